@@ -1,0 +1,247 @@
+//! Building and running the service: `Application::build` binds (or takes) the listeners,
+//! connects and migrates the database and registers the node; `run_until_stopped` serves
+//! until the shutdown future resolves, then closes sockets with 1001 and removes the node.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenKeys;
+use crate::config::{Settings, redact_url};
+use crate::edge::{self, EdgeState};
+use crate::grpc::{self, ConnectionService, DeliveryService};
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// Already-bound listeners (tests bind port 0).
+pub struct Listeners {
+    pub http: TcpListener,
+    pub socket: Option<TcpListener>,
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(s: &Settings) -> anyhow::Result<Self> {
+        let bind = |host: String, port: u16| async move {
+            TcpListener::bind((host.as_str(), port))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))
+        };
+        Ok(Self {
+            http: bind(s.host.clone(), s.http_port()).await?,
+            socket: match s.socket_port {
+                0 => None,
+                p => Some(bind(s.host.clone(), p).await?),
+            },
+            grpc: bind(s.grpc_host.clone(), s.grpc_port).await?,
+        })
+    }
+}
+
+pub struct Application {
+    listeners: Listeners,
+    settings: Settings,
+    hub: Arc<Hub>,
+    state: Arc<EdgeState>,
+    grpc_router: axum::Router,
+    health: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listeners = Listeners::bind(&settings).await?;
+        Self::build_with_listeners(settings, listeners).await
+    }
+
+    pub async fn build_with_listeners(settings: Settings, listeners: Listeners) -> anyhow::Result<Self> {
+        let keys = TokenKeys::new(settings.jwt_secret()?);
+        let store = Store::connect(&settings.database_url).await.map_err(|e| {
+            anyhow::anyhow!("cannot open database {}: {e}", redact_url(&settings.database_url))
+        })?;
+        store.migrate().await?;
+        let node_id = crate::ids::new_id();
+        let grpc_addr = listeners.grpc.local_addr()?;
+        store
+            .register_node(
+                &node_id,
+                Some(grpc_addr.to_string()),
+                crate::time::now_ms(),
+                settings.sweep_interval() * 3,
+            )
+            .await?;
+        let hub = Hub::new(node_id, settings.hub_config(), store);
+        let connection = ConnectionService { hub: hub.clone() };
+        let delivery = DeliveryService { hub: hub.clone() };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let grpc_router = grpc::router(
+            connection.clone(),
+            delivery.clone(),
+            health_service,
+            settings.grpc_token.clone(),
+        )?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(EdgeState {
+            hub: hub.clone(),
+            connection,
+            delivery,
+            keys,
+            trust_proxy: settings.trust_proxy,
+            ready: ready.clone(),
+            metrics: crate::telemetry::metrics_handle(),
+        });
+        Ok(Self {
+            listeners,
+            settings,
+            hub,
+            state,
+            grpc_router,
+            health,
+            ready,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listeners.http.local_addr().expect("bound listener")
+    }
+
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.listeners.socket.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.listeners.grpc.local_addr().expect("bound listener")
+    }
+
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    pub fn node_id(&self) -> String {
+        self.hub.node_id.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, closes every socket with
+    /// 1001, deletes this node's rows and `nodes` row, and returns (bounded to ~10 s).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| async move {
+            let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, svc)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        };
+        let Listeners { http, socket, grpc } = self.listeners;
+        tracing::info!(
+            http = %http.local_addr()?,
+            socket = ?socket.as_ref().and_then(|l| l.local_addr().ok()),
+            grpc = %grpc.local_addr()?,
+            node = %self.hub.node_id,
+            settings = ?self.settings,
+            "listening"
+        );
+        tasks.spawn(serve(http, edge::http_router(self.state.clone()), stop.clone()));
+        if let Some(socket) = socket {
+            tasks.spawn(serve(socket, edge::socket_router(self.state.clone()), stop.clone()));
+        }
+        tasks.spawn(serve(grpc, self.grpc_router, stop.clone()));
+
+        for name in ["", "messaging.v1.Delivery", "messaging.v1.Connection"] {
+            self.health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        self.ready.store(true, Ordering::Release);
+
+        let background = spawn_background(self.hub.clone(), &self.settings, stop.clone());
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        self.ready.store(false, Ordering::Release);
+        for name in ["", "messaging.v1.Delivery", "messaging.v1.Connection"] {
+            self.health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        stop.cancel();
+        self.hub.close_all(Duration::from_secs(5)).await;
+        background.abort();
+        if let Err(e) = self.hub.store.delete_node(&self.hub.node_id).await {
+            tracing::warn!(error = %e, "could not remove this node's rows");
+        }
+        // In-flight HTTP requests get what is left of the 10 s budget.
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Pings (§2.2), the lease renewal and the sweep (§5.3).
+fn spawn_background(hub: Arc<Hub>, settings: &Settings, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let ping_every = hub.config.ping_interval;
+    let sweep_every = settings.sweep_interval();
+    let lease = sweep_every * 3;
+    tokio::spawn(async move {
+        let mut ping = tokio::time::interval(ping_every);
+        let mut sweep = tokio::time::interval(sweep_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        sweep.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ping.tick() => hub.ping_round(),
+                _ = sweep.tick() => {
+                    let now = crate::time::now_ms();
+                    match hub.store.renew_lease(&hub.node_id, now, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(node = %hub.node_id, "node row was swept by another node; re-registering");
+                            let _ = hub.store.register_node(&hub.node_id, None, now, lease).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+                    }
+                    match hub.store.sweep(&hub.node_id, &hub.socket_ids(), now).await {
+                        Ok(rooms) => {
+                            for (church, room) in rooms {
+                                hub.trigger_attendance(&church, &room, false);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

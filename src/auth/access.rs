@@ -1,0 +1,129 @@
+//! The access table of §8.3, one function per column. Every join, read, post and moderation
+//! decision in the service goes through here, so this file can be checked against the
+//! contract line by line.
+use super::{Caller, Claims, Permission};
+use crate::store::entities::{conversations, private_messages};
+
+/// What the rules need to know about a conversation.
+pub struct Conv<'a> {
+    pub conv: &'a conversations::Model,
+    /// The `privateMessages` row whose `conversationId` is this conversation, if any.
+    pub pm: Option<&'a private_messages::Model>,
+}
+
+/// `contentType` is `streamingLive` or `freeshow`, `allowAnonymousPosts`, and `visibility = "public"`.
+pub fn is_anonymous_public(c: &conversations::Model) -> bool {
+    matches!(c.content_type.as_deref(), Some("streamingLive" | "freeshow"))
+        && c.allow_anonymous_posts
+        && c.visibility.as_deref() == Some("public")
+}
+
+fn ce(c: &Claims) -> bool {
+    c.has_permission(Permission::ContentEdit)
+}
+
+fn in_groups(c: &Claims, group: Option<&str>) -> bool {
+    group.is_some_and(|g| {
+        c.group_ids.iter().any(|x| x == g) || c.leader_group_ids.iter().any(|x| x == g)
+    })
+}
+
+fn leads(c: &Claims, group: Option<&str>) -> bool {
+    group.is_some_and(|g| c.leader_group_ids.iter().any(|x| x == g))
+}
+
+fn pm_participant(c: &Claims, pm: Option<&private_messages::Model>) -> bool {
+    !c.person_id.is_empty()
+        && pm.is_some_and(|pm| pm.from_person_id == c.person_id || pm.to_person_id == c.person_id)
+}
+
+/// The "read" column.
+pub fn can_read(caller: &Caller, x: &Conv) -> bool {
+    if caller.is_system() || is_anonymous_public(x.conv) {
+        return true;
+    }
+    let Some(c) = caller.member_of(&x.conv.church_id) else {
+        return false;
+    };
+    let content_id = x.conv.content_id.as_deref();
+    match x.conv.content_type.as_deref().unwrap_or("") {
+        "streamingLive" | "freeshow" => true,
+        "streamingLiveHost" => c.has_permission(Permission::ChatHost) || ce(c),
+        "group" | "groupAnnouncement" => in_groups(c, content_id) || ce(c),
+        "privateMessage" => pm_participant(c, x.pm),
+        "person" => c.has_permission(Permission::PeopleEdit),
+        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+        _ => true,
+    }
+}
+
+/// The "participate (post, react)" column.
+pub fn can_participate(caller: &Caller, x: &Conv) -> bool {
+    if caller.is_system() || is_anonymous_public(x.conv) {
+        return true;
+    }
+    let Some(c) = caller.member_of(&x.conv.church_id) else {
+        return false;
+    };
+    let content_id = x.conv.content_id.as_deref();
+    match x.conv.content_type.as_deref().unwrap_or("") {
+        "streamingLive" | "freeshow" => ce(c),
+        "streamingLiveHost" => c.has_permission(Permission::ChatHost) || ce(c),
+        "group" | "groupAnnouncement" => in_groups(c, content_id) || ce(c),
+        "privateMessage" => pm_participant(c, x.pm),
+        "person" => c.has_permission(Permission::PeopleEdit),
+        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+        _ => ce(c),
+    }
+}
+
+/// The "moderate (edit or delete others' messages)" column.
+pub fn can_moderate(caller: &Caller, x: &Conv) -> bool {
+    if caller.is_system() {
+        return true;
+    }
+    let Some(c) = caller.member_of(&x.conv.church_id) else {
+        return false;
+    };
+    if is_anonymous_public(x.conv) {
+        return ce(c);
+    }
+    let content_id = x.conv.content_id.as_deref();
+    match x.conv.content_type.as_deref().unwrap_or("") {
+        "group" | "groupAnnouncement" => ce(c) || leads(c, content_id),
+        "privateMessage" => false,
+        "person" => c.has_permission(Permission::PeopleEdit),
+        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+        _ => ce(c),
+    }
+}
+
+/// `canReadContent(contentType, contentId)` in `church_id`: the read column without a
+/// conversation, except that `privateMessage` requires `contentId` = the caller's person.
+pub fn can_read_content(
+    caller: &Caller,
+    church_id: &str,
+    content_type: &str,
+    content_id: &str,
+) -> bool {
+    if caller.is_system() {
+        return true;
+    }
+    let Some(c) = caller.member_of(church_id) else {
+        return false;
+    };
+    match content_type {
+        "streamingLive" | "freeshow" => true,
+        "streamingLiveHost" => c.has_permission(Permission::ChatHost) || ce(c),
+        "group" | "groupAnnouncement" => in_groups(c, Some(content_id)) || ce(c),
+        "privateMessage" => !c.person_id.is_empty() && c.person_id == content_id,
+        "person" => c.has_permission(Permission::PeopleEdit),
+        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+        _ => true,
+    }
+}
+
+/// Holders of Content Edit in `church_id` see `ipAddress` in connection lists.
+pub fn sees_ip_addresses(caller: &Caller, church_id: &str) -> bool {
+    caller.is_system() || caller.member_of(church_id).is_some_and(ce)
+}

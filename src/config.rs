@@ -1,0 +1,195 @@
+//! Configuration: flags, then environment variables (§1), then defaults. Secrets are never
+//! printed (`hide_env_values`, and `Debug` redacts them).
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::hub::HubConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "messaging", version, about = "Real-time delivery service: WebSocket rooms, fan-out and presence")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run pending migrations, then serve (the default).
+    Serve,
+    /// Run migrations and exit.
+    Migrate,
+    /// Print one HS256 development token with the claims of §8.1.
+    Token(TokenArgs),
+}
+
+#[derive(Clone, Args)]
+pub struct Settings {
+    /// HTTP port (REST under /messaging; WebSocket upgrades on any path). Falls back to SERVER_PORT, then 8084.
+    #[arg(long, env = "PORT", global = true)]
+    pub port: Option<u16>,
+    /// Address of the HTTP and WebSocket listeners.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0", global = true)]
+    pub host: String,
+    /// Dedicated WebSocket port; 0 disables it.
+    #[arg(long, env = "SOCKET_PORT", default_value_t = 8087, global = true)]
+    pub socket_port: u16,
+    /// gRPC port.
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051, global = true)]
+    pub grpc_port: u16,
+    /// gRPC bind address (internal by default).
+    #[arg(long, env = "GRPC_HOST", default_value = "127.0.0.1", global = true)]
+    pub grpc_host: String,
+    /// When set, every gRPC call must carry `authorization: Bearer <GRPC_TOKEN>`.
+    #[arg(long, env = "GRPC_TOKEN", hide_env_values = true, global = true)]
+    pub grpc_token: Option<String>,
+    /// sqlite:, postgres:// or mysql:// (MariaDB too).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://messaging.db?mode=rwc", hide_env_values = true, global = true)]
+    pub database_url: String,
+    /// HS256 key for tokens. Required.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+    /// Take the client IP from the first X-Forwarded-For address.
+    #[arg(long, env = "TRUST_PROXY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", global = true)]
+    pub trust_proxy: bool,
+    /// Bytes queued for one socket before it is evicted with 1013.
+    #[arg(long, env = "SOCKET_QUEUE_BYTES", default_value_t = 1 << 20, global = true)]
+    pub socket_queue_bytes: usize,
+    /// Seconds between WebSocket pings; a socket silent for a whole interval after a ping is dropped.
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 30.0, global = true)]
+    pub ping_interval_secs: f64,
+    /// Attendance coalescing window for rooms up to BIG_ROOM_ROWS rows (ms).
+    #[arg(long, env = "ATTENDANCE_WINDOW_MS", default_value_t = 100, global = true)]
+    pub attendance_window_ms: u64,
+    /// Attendance coalescing window for bigger rooms (ms).
+    #[arg(long, env = "ATTENDANCE_WINDOW_BIG_MS", default_value_t = 1000, global = true)]
+    pub attendance_window_big_ms: u64,
+    /// Rows above which a room uses the big attendance window.
+    #[arg(long, env = "BIG_ROOM_ROWS", default_value_t = 100, global = true)]
+    pub big_room_rows: usize,
+    /// Most viewers listed in one attendance frame (totalViewers counts all).
+    #[arg(long, env = "ROSTER_CAP", default_value_t = 100, global = true)]
+    pub roster_cap: usize,
+    /// Seconds between node lease renewals and sweeps; the lease lasts three intervals.
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 30.0, global = true)]
+    pub sweep_interval_secs: f64,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("port", &self.http_port())
+            .field("host", &self.host)
+            .field("socket_port", &self.socket_port)
+            .field("grpc", &format!("{}:{}", self.grpc_host, self.grpc_port))
+            .field("grpc_token", &self.grpc_token.as_ref().map(|_| "<redacted>"))
+            .field("database", &redact_url(&self.database_url))
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("trust_proxy", &self.trust_proxy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Settings {
+    /// `PORT`, then `SERVER_PORT`, then 8084.
+    pub fn http_port(&self) -> u16 {
+        self.port
+            .or_else(|| std::env::var("SERVER_PORT").ok()?.parse().ok())
+            .unwrap_or(8084)
+    }
+
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            max_queued_bytes: self.socket_queue_bytes,
+            ping_interval: Duration::from_secs_f64(self.ping_interval_secs.max(0.01)),
+            attendance_window: Duration::from_millis(self.attendance_window_ms),
+            attendance_window_big: Duration::from_millis(self.attendance_window_big_ms),
+            big_room_rows: self.big_room_rows,
+            roster_cap: self.roster_cap,
+            ..HubConfig::default()
+        }
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.sweep_interval_secs.max(0.01))
+    }
+
+    /// The secret, or the contract's refusal to start without one.
+    pub fn jwt_secret(&self) -> anyhow::Result<&str> {
+        match self.jwt_secret.as_deref() {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => anyhow::bail!("JWT_SECRET is required (set the JWT_SECRET environment variable or --jwt-secret)"),
+        }
+    }
+
+    /// Settings for tests and embedding: every default, no environment.
+    pub fn for_tests(database_url: &str, jwt_secret: &str) -> Self {
+        let mut s = Cli::parse_from(["messaging"]).settings;
+        s.port = Some(0);
+        s.host = "127.0.0.1".into();
+        s.socket_port = 0;
+        s.grpc_port = 0;
+        s.grpc_token = None;
+        s.database_url = database_url.into();
+        s.jwt_secret = Some(jwt_secret.into());
+        s
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub church_id: String,
+    #[arg(long)]
+    pub person_id: String,
+    /// Defaults to a fresh id.
+    #[arg(long)]
+    pub user_id: Option<String>,
+    #[arg(long, default_value = "")]
+    pub first_name: String,
+    #[arg(long, default_value = "")]
+    pub last_name: String,
+    #[arg(long, default_value = "")]
+    pub email: String,
+    /// A permission string such as Content__Edit (repeatable).
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    #[arg(long = "group-id")]
+    pub group_ids: Vec<String>,
+    #[arg(long = "leader-group-id")]
+    pub leader_group_ids: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 172_800)]
+    pub expires_in: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

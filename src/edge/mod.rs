@@ -1,0 +1,231 @@
+//! The HTTP/WebSocket edge: REST under `/messaging` turned into in-process calls on the
+//! service layer, WebSocket upgrades on any path, and the operational endpoints.
+pub mod body;
+pub mod connections;
+pub mod routes;
+pub mod upgrade;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::{Caller, TokenKeys};
+use crate::error::AppError;
+use crate::grpc::{ConnectionService, DeliveryService};
+use crate::hub::Hub;
+use routes::Endpoint;
+
+/// Request bodies over this many bytes get 413 (§9).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What every request handler can reach.
+pub struct EdgeState {
+    pub hub: Arc<Hub>,
+    pub connection: ConnectionService,
+    pub delivery: DeliveryService,
+    pub keys: TokenKeys,
+    pub trust_proxy: bool,
+    pub ready: Arc<AtomicBool>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// One REST request, after routing and authentication.
+pub struct Ctx {
+    pub caller: Caller,
+    pub client_ip: Option<String>,
+    pub connection: ConnectionService,
+    pub delivery: DeliveryService,
+}
+
+pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"))],
+        bytes,
+    )
+        .into_response()
+}
+
+pub fn ok_json<T: Serialize + ?Sized>(body: &T) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+fn framework_error(status: u16, message: &str, path: &str) -> Response {
+    let body = json!({"error": {
+        "message": message,
+        "status": status,
+        "timestamp": crate::time::format_ms(crate::time::now_ms()),
+        "path": path,
+    }});
+    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+}
+
+/// The HTTP port's router: every request goes through `dispatch`.
+pub fn http_router(state: Arc<EdgeState>) -> axum::Router {
+    axum::Router::new().fallback(dispatch).with_state(state)
+}
+
+/// The dedicated WebSocket port: any path upgrades; anything else gets 426.
+pub fn socket_router(state: Arc<EdgeState>) -> axum::Router {
+    axum::Router::new()
+        .fallback(|State(state): State<Arc<EdgeState>>, req: Request| async move {
+            if upgrade::is_websocket(req.headers()) {
+                upgrade::upgrade(state.hub.clone(), req)
+            } else {
+                json_response(StatusCode::UPGRADE_REQUIRED, &json!({"error": "Upgrade Required"}))
+            }
+        })
+        .with_state(state)
+}
+
+fn cors(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    resp
+}
+
+fn preflight() -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    resp
+}
+
+/// The client IP (§1 `TRUST_PROXY`); IPv4-mapped IPv6 is written as dotted IPv4.
+fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_proxy: bool) -> Option<String> {
+    let forwarded = trust_proxy
+        .then(|| headers.get("x-forwarded-for")?.to_str().ok()?.split(',').next())
+        .flatten()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let ip: IpAddr = match forwarded {
+        Some(f) => match f.parse() {
+            Ok(ip) => ip,
+            Err(_) => return Some(f.chars().take(45).collect()),
+        },
+        None => peer?.ip(),
+    };
+    Some(match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        v4 => v4.to_string(),
+    })
+}
+
+async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response {
+    if upgrade::is_websocket(req.headers()) {
+        return upgrade::upgrade(state.hub.clone(), req);
+    }
+    if req.method() == Method::OPTIONS {
+        return preflight();
+    }
+    let path = req.uri().path().to_string();
+    let Some(matched) = routes::find(req.method().as_str(), &path) else {
+        metrics::counter!("messaging_http_requests_total", "route" => "unmatched", "status" => "404")
+            .increment(1);
+        return cors(framework_error(404, "Endpoint not found", &path));
+    };
+    let resp = handle(&state, matched.endpoint, &matched.params, &path, req).await;
+    metrics::counter!(
+        "messaging_http_requests_total",
+        "route" => matched.pattern,
+        "status" => resp.status().as_str().to_string()
+    )
+    .increment(1);
+    cors(resp)
+}
+
+async fn read_body(body: Body) -> Result<Bytes, AppError> {
+    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AppError::PayloadTooLarge),
+        Err(_) => Err(AppError::InvalidJson),
+    }
+}
+
+async fn handle(
+    state: &EdgeState,
+    endpoint: Endpoint,
+    params: &[String],
+    path: &str,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    match endpoint {
+        Endpoint::Health => return ok_json(&json!({"status": "ok"})),
+        Endpoint::Ready => return ready(state).await,
+        Endpoint::Metrics => {
+            return (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                state.metrics.render(),
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    let raw = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let auth = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let ctx = Ctx {
+        caller: state.keys.caller_from_header(auth),
+        client_ip: client_ip(&parts.headers, peer, state.trust_proxy),
+        connection: state.connection.clone(),
+        delivery: state.delivery.clone(),
+    };
+    let p = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
+    let result = match endpoint {
+        Endpoint::ConnectionsList => connections::list(&ctx, p(0), p(1)).await,
+        Endpoint::ConnectionsJoin => connections::join(&ctx, &raw).await,
+        Endpoint::ConnectionsLeave => connections::leave(&ctx, p(0), p(1), p(2)).await,
+        Endpoint::ConnectionsSetName => connections::set_name(&ctx, &raw).await,
+        Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => unreachable_ok(),
+    };
+    match result {
+        Ok(r) => r,
+        Err(AppError::Internal(e)) => {
+            tracing::error!(error = %e, %path, "request failed");
+            framework_error(500, "Internal server error", path)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn unreachable_ok() -> Result<Response, AppError> {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn ready(state: &EdgeState) -> Response {
+    let reason = if !state.ready.load(Ordering::Acquire) {
+        Some("starting".to_string())
+    } else {
+        state.hub.store.ping().await.err().map(|e| format!("database: {e}"))
+    };
+    match reason {
+        None => ok_json(&json!({"status": "ready"})),
+        Some(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "reason": reason}),
+        ),
+    }
+}

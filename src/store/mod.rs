@@ -1,0 +1,406 @@
+//! Persistence through sea-orm: SQLite by default, PostgreSQL and MySQL/MariaDB by URL.
+//! Timestamps are stored as epoch milliseconds (exact, and identical on every backend).
+pub mod entities;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use migrations::sea_orm_migration::MigratorTrait;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use entities::{blocked_ips, connections, conversations, nodes, private_messages};
+
+#[derive(Clone)]
+pub struct Store {
+    pub db: DatabaseConnection,
+}
+
+/// A row to upsert into `connections`.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub church_id: String,
+    pub room: String,
+    pub socket_id: String,
+    pub person_id: Option<String>,
+    pub display_name: String,
+    pub ip_address: Option<String>,
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let mut opts = ConnectOptions::new(url.to_string());
+        opts.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30));
+        if url.starts_with("sqlite:") {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            // WAL lets readers run beside the one writer; write transactions start
+            // IMMEDIATE (see `write`) so they queue on busy_timeout instead of failing.
+            opts.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+            });
+        } else {
+            opts.max_connections(16).min_connections(1);
+        }
+        let db = Database::connect(opts).await?;
+        Ok(Self { db })
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        migrations::Migrator::up(&self.db, None).await
+    }
+
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.db.ping().await
+    }
+
+    fn is_sqlite(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Sqlite
+    }
+
+    /// Begins a write transaction (IMMEDIATE on SQLite, so concurrent writers wait for the
+    /// lock rather than deadlocking on an upgrade).
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        let opts = TransactionOptions {
+            sqlite_transaction_mode: self.is_sqlite().then_some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        self.db.begin_with_options(opts).await
+    }
+
+    /// Runs a write unit, retrying it when the database reports a transient conflict
+    /// (deadlock, serialization failure, busy). `f` must be idempotent up to its commit.
+    pub async fn write<T, E, F, Fut>(&self, mut f: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<DbErr> + std::fmt::Debug,
+    {
+        let mut attempt = 0;
+        loop {
+            match f().await {
+                Err(e) if attempt < 5 && is_transient(&format!("{e:?}")) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    // ---- conversations -------------------------------------------------------------
+
+    pub async fn conversation(&self, id: &str) -> Result<Option<conversations::Model>, DbErr> {
+        conversations::Entity::find_by_id(id.to_string()).one(&self.db).await
+    }
+
+    pub async fn private_message_of(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<private_messages::Model>, DbErr> {
+        private_messages::Entity::find()
+            .filter(private_messages::Column::ConversationId.eq(conversation_id))
+            .one(&self.db)
+            .await
+    }
+
+    pub async fn insert_conversation(&self, c: conversations::Model) -> Result<(), DbErr> {
+        let am: conversations::ActiveModel = c.into();
+        conversations::Entity::insert(am)
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn blocked_ips(&self, church: &str, conversation: &str) -> Result<Vec<String>, DbErr> {
+        let rows = blocked_ips::Entity::find()
+            .filter(blocked_ips::Column::ChurchId.eq(church))
+            .filter(blocked_ips::Column::ConversationId.eq(conversation))
+            .order_by_asc(blocked_ips::Column::IpAddress)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.ip_address).collect())
+    }
+
+    // ---- connections ---------------------------------------------------------------
+
+    /// Upserts rows on `(churchId, conversationId, socketId)` inside `txn` and returns
+    /// them as stored. An existing row keeps its `id` and `timeJoined`.
+    pub async fn upsert_rows(
+        txn: &DatabaseTransaction,
+        node_id: &str,
+        rows: &[NewRow],
+        now: i64,
+    ) -> Result<Vec<connections::Model>, DbErr> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let display_name = if r.display_name == "Anonymous " {
+                format!(
+                    "Anonymous_{}",
+                    Self::max_anonymous(txn, &r.church_id, &r.room).await? + 1
+                )
+            } else {
+                r.display_name.clone()
+            };
+            let am = connections::ActiveModel {
+                id: Set(crate::ids::new_id()),
+                church_id: Set(r.church_id.clone()),
+                conversation_id: Set(r.room.clone()),
+                person_id: Set(r.person_id.clone()),
+                display_name: Set(Some(display_name)),
+                time_joined: Set(now),
+                socket_id: Set(r.socket_id.clone()),
+                ip_address: Set(r.ip_address.clone()),
+                node_id: Set(node_id.to_string()),
+            };
+            connections::Entity::insert(am)
+                .on_conflict(
+                    OnConflict::columns([
+                        connections::Column::ChurchId,
+                        connections::Column::ConversationId,
+                        connections::Column::SocketId,
+                    ])
+                    .update_columns([
+                        connections::Column::PersonId,
+                        connections::Column::DisplayName,
+                        connections::Column::IpAddress,
+                        connections::Column::NodeId,
+                    ])
+                    .to_owned(),
+                )
+                .exec_without_returning(txn)
+                .await?;
+            let row = connections::Entity::find()
+                .filter(connections::Column::ChurchId.eq(&r.church_id))
+                .filter(connections::Column::ConversationId.eq(&r.room))
+                .filter(connections::Column::SocketId.eq(&r.socket_id))
+                .one(txn)
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound("upserted connection".into()))?;
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    /// The largest N among the room's `Anonymous_N` names (0 when none).
+    async fn max_anonymous<C: ConnectionTrait>(db: &C, church: &str, room: &str) -> Result<u64, DbErr> {
+        let names: Vec<Option<String>> = connections::Entity::find()
+            .select_only()
+            .column(connections::Column::DisplayName)
+            .filter(connections::Column::ChurchId.eq(church))
+            .filter(connections::Column::ConversationId.eq(room))
+            .filter(connections::Column::DisplayName.starts_with("Anonymous_"))
+            .into_tuple()
+            .all(db)
+            .await?;
+        Ok(names
+            .iter()
+            .filter_map(|n| n.as_deref()?.strip_prefix("Anonymous_")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0))
+    }
+
+    pub async fn room_rows(&self, church: &str, room: &str) -> Result<Vec<connections::Model>, DbErr> {
+        connections::Entity::find()
+            .filter(connections::Column::ChurchId.eq(church))
+            .filter(connections::Column::ConversationId.eq(room))
+            .order_by_asc(connections::Column::TimeJoined)
+            .order_by_asc(connections::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn person_rows(
+        &self,
+        church: &str,
+        room: &str,
+        person: &str,
+    ) -> Result<Vec<connections::Model>, DbErr> {
+        connections::Entity::find()
+            .filter(connections::Column::ChurchId.eq(church))
+            .filter(connections::Column::ConversationId.eq(room))
+            .filter(connections::Column::PersonId.eq(person))
+            .order_by_asc(connections::Column::TimeJoined)
+            .order_by_asc(connections::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn row(
+        &self,
+        church: &str,
+        room: &str,
+        socket: &str,
+    ) -> Result<Option<connections::Model>, DbErr> {
+        connections::Entity::find()
+            .filter(connections::Column::ChurchId.eq(church))
+            .filter(connections::Column::ConversationId.eq(room))
+            .filter(connections::Column::SocketId.eq(socket))
+            .one(&self.db)
+            .await
+    }
+
+    pub async fn delete_row(&self, id: &str) -> Result<bool, DbErr> {
+        let r = connections::Entity::delete_by_id(id.to_string())
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+
+    pub async fn socket_rows(&self, socket: &str) -> Result<Vec<connections::Model>, DbErr> {
+        connections::Entity::find()
+            .filter(connections::Column::SocketId.eq(socket))
+            .order_by_asc(connections::Column::TimeJoined)
+            .order_by_asc(connections::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn rename_rows(&self, ids: &[String], name: &str) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        connections::Entity::update_many()
+            .col_expr(
+                connections::Column::DisplayName,
+                sea_orm::sea_query::Expr::value(name.to_string()),
+            )
+            .filter(connections::Column::Id.is_in(ids.to_vec()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every row of a socket; returns the distinct rooms that lost a row.
+    pub async fn delete_socket_rows(&self, socket: &str) -> Result<Vec<(String, String)>, DbErr> {
+        let rows = self.socket_rows(socket).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        connections::Entity::delete_many()
+            .filter(connections::Column::SocketId.eq(socket))
+            .exec(&self.db)
+            .await?;
+        Ok(distinct_rooms(rows))
+    }
+
+    // ---- nodes, leases and the sweep (§5.3) -----------------------------------------
+
+    pub async fn register_node(
+        &self,
+        id: &str,
+        grpc_address: Option<String>,
+        now: i64,
+        lease: Duration,
+    ) -> Result<(), DbErr> {
+        let am = nodes::ActiveModel {
+            id: Set(id.to_string()),
+            grpc_address: Set(grpc_address),
+            started_at: Set(now),
+            lease_until: Set(now + lease.as_millis() as i64),
+        };
+        nodes::Entity::insert(am).exec_without_returning(&self.db).await?;
+        Ok(())
+    }
+
+    /// Extends the lease; false if the row is gone (another node swept us).
+    pub async fn renew_lease(&self, id: &str, now: i64, lease: Duration) -> Result<bool, DbErr> {
+        let r = nodes::Entity::update_many()
+            .col_expr(
+                nodes::Column::LeaseUntil,
+                sea_orm::sea_query::Expr::value(now + lease.as_millis() as i64),
+            )
+            .filter(nodes::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+
+    /// Deletes this node's rows whose socket is not live, the rows of nodes whose lease
+    /// expired, and those nodes. Returns the rooms that lost rows.
+    pub async fn sweep(
+        &self,
+        node_id: &str,
+        live_sockets: &std::collections::HashSet<String>,
+        now: i64,
+    ) -> Result<Vec<(String, String)>, DbErr> {
+        let own = connections::Entity::find()
+            .filter(connections::Column::NodeId.eq(node_id))
+            .all(&self.db)
+            .await?;
+        let stale: Vec<connections::Model> = own
+            .into_iter()
+            .filter(|r| !live_sockets.contains(&r.socket_id))
+            .collect();
+        let mut affected = Vec::new();
+        if !stale.is_empty() {
+            let ids: Vec<String> = stale.iter().map(|r| r.id.clone()).collect();
+            connections::Entity::delete_many()
+                .filter(connections::Column::Id.is_in(ids))
+                .exec(&self.db)
+                .await?;
+            affected.extend(stale);
+        }
+        let expired: Vec<String> = nodes::Entity::find()
+            .filter(nodes::Column::LeaseUntil.lt(now))
+            .filter(nodes::Column::Id.ne(node_id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        if !expired.is_empty() {
+            let orphans = connections::Entity::find()
+                .filter(connections::Column::NodeId.is_in(expired.clone()))
+                .all(&self.db)
+                .await?;
+            let txn = self.begin_write().await?;
+            connections::Entity::delete_many()
+                .filter(connections::Column::NodeId.is_in(expired.clone()))
+                .exec(&txn)
+                .await?;
+            nodes::Entity::delete_many()
+                .filter(nodes::Column::Id.is_in(expired))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+            affected.extend(orphans);
+        }
+        Ok(distinct_rooms(affected))
+    }
+
+    pub async fn delete_node(&self, id: &str) -> Result<(), DbErr> {
+        let txn = self.begin_write().await?;
+        connections::Entity::delete_many()
+            .filter(connections::Column::NodeId.eq(id))
+            .exec(&txn)
+            .await?;
+        nodes::Entity::delete_by_id(id.to_string()).exec(&txn).await?;
+        txn.commit().await
+    }
+}
+
+fn distinct_rooms(rows: Vec<connections::Model>) -> Vec<(String, String)> {
+    rows.into_iter()
+        .map(|r| (r.church_id, r.conversation_id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Deadlocks (MySQL 1213, PostgreSQL 40P01), serialization failures (40001), lock wait
+/// timeouts (MySQL 1205) and SQLite busy/locked are worth one more try.
+fn is_transient(debug: &str) -> bool {
+    const MARKERS: [&str; 7] = [
+        "1213", "40P01", "40001", "1205", "database is locked", "SQLITE_BUSY", "Deadlock",
+    ];
+    MARKERS.iter().any(|m| debug.contains(m))
+}
