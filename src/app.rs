@@ -58,10 +58,16 @@ impl Application {
         Self::build_with_listeners(settings, listeners).await
     }
 
-    pub async fn build_with_listeners(settings: Settings, listeners: Listeners) -> anyhow::Result<Self> {
+    pub async fn build_with_listeners(
+        settings: Settings,
+        listeners: Listeners,
+    ) -> anyhow::Result<Self> {
         let keys = TokenKeys::new(settings.jwt_secret()?);
         let store = Store::connect(&settings.database_url).await.map_err(|e| {
-            anyhow::anyhow!("cannot open database {}: {e}", redact_url(&settings.database_url))
+            anyhow::anyhow!(
+                "cannot open database {}: {e}",
+                redact_url(&settings.database_url)
+            )
         })?;
         store.migrate().await?;
         let node_id = crate::ids::new_id();
@@ -110,7 +116,10 @@ impl Application {
     }
 
     pub fn socket_addr(&self) -> Option<SocketAddr> {
-        self.listeners.socket.as_ref().and_then(|l| l.local_addr().ok())
+        self.listeners
+            .socket
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -127,7 +136,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves; then stops accepting, closes every socket with
     /// 1001, deletes this node's rows and `nodes` row, and returns (bounded to ~10 s).
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| async move {
@@ -145,9 +157,17 @@ impl Application {
             settings = ?self.settings,
             "listening"
         );
-        tasks.spawn(serve(http, edge::http_router(self.state.clone()), stop.clone()));
+        tasks.spawn(serve(
+            http,
+            edge::http_router(self.state.clone()),
+            stop.clone(),
+        ));
         if let Some(socket) = socket {
-            tasks.spawn(serve(socket, edge::socket_router(self.state.clone()), stop.clone()));
+            tasks.spawn(serve(
+                socket,
+                edge::socket_router(self.state.clone()),
+                stop.clone(),
+            ));
         }
         tasks.spawn(serve(grpc, self.grpc_router, stop.clone()));
 
@@ -185,7 +205,11 @@ impl Application {
 }
 
 /// Pings (§2.2), the lease renewal and the sweep (§5.3).
-fn spawn_background(hub: Arc<Hub>, settings: &Settings, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn spawn_background(
+    hub: Arc<Hub>,
+    settings: &Settings,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let ping_every = hub.config.ping_interval;
     let sweep_every = settings.sweep_interval();
     let lease = sweep_every * 3;

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::hub::HubConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "messaging", version, about = "Real-time delivery service: WebSocket rooms, fan-out and presence")]
+#[command(
+    name = "messaging",
+    version,
+    about = "Real-time delivery service: WebSocket rooms, fan-out and presence"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -22,7 +26,7 @@ pub enum Command {
     /// Run migrations and exit.
     Migrate,
     /// Print one HS256 development token with the claims of §8.1.
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
 }
 
 #[derive(Clone, Args)]
@@ -46,7 +50,13 @@ pub struct Settings {
     #[arg(long, env = "GRPC_TOKEN", hide_env_values = true, global = true)]
     pub grpc_token: Option<String>,
     /// sqlite:, postgres:// or mysql:// (MariaDB too).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://messaging.db?mode=rwc", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://messaging.db?mode=rwc",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: String,
     /// HS256 key for tokens. Required.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
@@ -58,13 +68,28 @@ pub struct Settings {
     #[arg(long, env = "SOCKET_QUEUE_BYTES", default_value_t = 1 << 20, global = true)]
     pub socket_queue_bytes: usize,
     /// Seconds between WebSocket pings; a socket silent for a whole interval after a ping is dropped.
-    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 30.0, global = true)]
+    #[arg(
+        long,
+        env = "PING_INTERVAL_SECS",
+        default_value_t = 30.0,
+        global = true
+    )]
     pub ping_interval_secs: f64,
     /// Attendance coalescing window for rooms up to BIG_ROOM_ROWS rows (ms).
-    #[arg(long, env = "ATTENDANCE_WINDOW_MS", default_value_t = 100, global = true)]
+    #[arg(
+        long,
+        env = "ATTENDANCE_WINDOW_MS",
+        default_value_t = 100,
+        global = true
+    )]
     pub attendance_window_ms: u64,
     /// Attendance coalescing window for bigger rooms (ms).
-    #[arg(long, env = "ATTENDANCE_WINDOW_BIG_MS", default_value_t = 1000, global = true)]
+    #[arg(
+        long,
+        env = "ATTENDANCE_WINDOW_BIG_MS",
+        default_value_t = 1000,
+        global = true
+    )]
     pub attendance_window_big_ms: u64,
     /// Rows above which a room uses the big attendance window.
     #[arg(long, env = "BIG_ROOM_ROWS", default_value_t = 100, global = true)]
@@ -73,7 +98,12 @@ pub struct Settings {
     #[arg(long, env = "ROSTER_CAP", default_value_t = 100, global = true)]
     pub roster_cap: usize,
     /// Seconds between node lease renewals and sweeps; the lease lasts three intervals.
-    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 30.0, global = true)]
+    #[arg(
+        long,
+        env = "SWEEP_INTERVAL_SECS",
+        default_value_t = 30.0,
+        global = true
+    )]
     pub sweep_interval_secs: f64,
 }
 
@@ -84,9 +114,15 @@ impl std::fmt::Debug for Settings {
             .field("host", &self.host)
             .field("socket_port", &self.socket_port)
             .field("grpc", &format!("{}:{}", self.grpc_host, self.grpc_port))
-            .field("grpc_token", &self.grpc_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "grpc_token",
+                &self.grpc_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("database", &redact_url(&self.database_url))
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("trust_proxy", &self.trust_proxy)
             .finish_non_exhaustive()
     }
@@ -132,7 +168,9 @@ impl Settings {
     pub fn jwt_secret(&self) -> anyhow::Result<&str> {
         match self.jwt_secret.as_deref() {
             Some(s) if !s.is_empty() => Ok(s),
-            _ => anyhow::bail!("JWT_SECRET is required (set the JWT_SECRET environment variable or --jwt-secret)"),
+            _ => anyhow::bail!(
+                "JWT_SECRET is required (set the JWT_SECRET environment variable or --jwt-secret)"
+            ),
         }
     }
 
@@ -183,8 +221,14 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?mode=rwc"
+        );
     }
 
     #[test]

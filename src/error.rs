@@ -86,7 +86,9 @@ impl AppError {
             AppError::IpBlocked => json!({"error": "IP address blocked"}),
             AppError::NotFound(m) | AppError::Conflict(m) => json!({"error": m}),
             AppError::PayloadTooLarge => json!({"error": "Payload too large"}),
-            AppError::Internal(_) => json!({"error": {"message": "Internal server error", "status": 500}}),
+            AppError::Internal(_) => {
+                json!({"error": {"message": "Internal server error", "status": 500}})
+            }
         }
     }
 }

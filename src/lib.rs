@@ -15,7 +15,8 @@ pub mod time;
 pub mod pb {
     //! Generated from `proto/messaging.proto`.
     tonic::include_proto!("messaging.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("messaging_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("messaging_descriptor");
 }
 
 pub use app::{Application, Listeners};

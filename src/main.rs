@@ -9,7 +9,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = messaging::Application::build(cli.settings).await?;
-            app.run_until_stopped(messaging::app::shutdown_signal()).await
+            app.run_until_stopped(messaging::app::shutdown_signal())
+                .await
         }
         Command::Migrate => {
             let store = messaging::store::Store::connect(&cli.settings.database_url).await?;

@@ -21,7 +21,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full("messaging_fanout_seconds".into()),
-                    &[1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0],
+                    &[
+                        1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
+                    ],
                 )
                 .and_then(|b| b.install_recorder());
             match handle {

@@ -13,8 +13,10 @@ pub struct Conv<'a> {
 
 /// `contentType` is `streamingLive` or `freeshow`, `allowAnonymousPosts`, and `visibility = "public"`.
 pub fn is_anonymous_public(c: &conversations::Model) -> bool {
-    matches!(c.content_type.as_deref(), Some("streamingLive" | "freeshow"))
-        && c.allow_anonymous_posts
+    matches!(
+        c.content_type.as_deref(),
+        Some("streamingLive" | "freeshow")
+    ) && c.allow_anonymous_posts
         && c.visibility.as_deref() == Some("public")
 }
 

@@ -95,9 +95,16 @@ mod tests {
         assert_eq!(o.opt_str("b", 10).unwrap(), None);
         assert!(matches!(parse(b" "), Err(AppError::InvalidJson)));
         assert!(matches!(parse(b"{"), Err(AppError::InvalidJson)));
-        assert!(matches!(array(&json!({}), 1), Err(AppError::InvalidBody { .. })));
-        assert!(matches!(array(&json!([1, 2]), 1), Err(AppError::TooManyItems)));
-        let o = Obj::new(&json!({"f": 1, "t": 0, "s": "é"}), String::new()).unwrap();
+        assert!(matches!(
+            array(&json!({}), 1),
+            Err(AppError::InvalidBody { .. })
+        ));
+        assert!(matches!(
+            array(&json!([1, 2]), 1),
+            Err(AppError::TooManyItems)
+        ));
+        let v = json!({"f": 1, "t": 0, "s": "é"});
+        let o = Obj::new(&v, String::new()).unwrap();
         assert_eq!(o.opt_bool("f").unwrap(), Some(true));
         assert_eq!(o.opt_bool("t").unwrap(), Some(false));
         assert_eq!(o.req_str("s", 1).unwrap(), "é");

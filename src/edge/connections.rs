@@ -79,7 +79,9 @@ pub async fn join(ctx: &Ctx, raw: &[u8]) -> AppResult<Response> {
 }
 
 pub async fn leave(ctx: &Ctx, church: &str, room: &str, socket: &str) -> AppResult<Response> {
-    ctx.connection.leave(&ctx.caller, church, room, socket).await?;
+    ctx.connection
+        .leave(&ctx.caller, church, room, socket)
+        .await?;
     Ok(ok_json(&json!({"success": true})))
 }
 

@@ -50,7 +50,10 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Res
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        )],
         bytes,
     )
         .into_response()
@@ -67,7 +70,10 @@ fn framework_error(status: u16, message: &str, path: &str) -> Response {
         "timestamp": crate::time::format_ms(crate::time::now_ms()),
         "path": path,
     }});
-    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    )
 }
 
 /// The HTTP port's router: every request goes through `dispatch`.
@@ -78,26 +84,37 @@ pub fn http_router(state: Arc<EdgeState>) -> axum::Router {
 /// The dedicated WebSocket port: any path upgrades; anything else gets 426.
 pub fn socket_router(state: Arc<EdgeState>) -> axum::Router {
     axum::Router::new()
-        .fallback(|State(state): State<Arc<EdgeState>>, req: Request| async move {
-            if upgrade::is_websocket(req.headers()) {
-                upgrade::upgrade(state.hub.clone(), req)
-            } else {
-                json_response(StatusCode::UPGRADE_REQUIRED, &json!({"error": "Upgrade Required"}))
-            }
-        })
+        .fallback(
+            |State(state): State<Arc<EdgeState>>, req: Request| async move {
+                if upgrade::is_websocket(req.headers()) {
+                    upgrade::upgrade(state.hub.clone(), req)
+                } else {
+                    json_response(
+                        StatusCode::UPGRADE_REQUIRED,
+                        &json!({"error": "Upgrade Required"}),
+                    )
+                }
+            },
+        )
         .with_state(state)
 }
 
 fn cors(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     resp
 }
 
 fn preflight() -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Authorization, Content-Type"),
@@ -106,14 +123,24 @@ fn preflight() -> Response {
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
     );
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
     resp
 }
 
 /// The client IP (§1 `TRUST_PROXY`); IPv4-mapped IPv6 is written as dotted IPv4.
 fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_proxy: bool) -> Option<String> {
     let forwarded = trust_proxy
-        .then(|| headers.get("x-forwarded-for")?.to_str().ok()?.split(',').next())
+        .then(|| {
+            headers
+                .get("x-forwarded-for")?
+                .to_str()
+                .ok()?
+                .split(',')
+                .next()
+        })
         .flatten()
         .map(str::trim)
         .filter(|s| !s.is_empty());
@@ -125,7 +152,9 @@ fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_proxy: bool) -
         None => peer?.ip(),
     };
     Some(match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
         v4 => v4.to_string(),
     })
 }
@@ -185,8 +214,14 @@ async fn handle(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let auth = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let auth = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let ctx = Ctx {
         caller: state.keys.caller_from_header(auth),
         client_ip: client_ip(&parts.headers, peer, state.trust_proxy),
@@ -219,7 +254,13 @@ async fn ready(state: &EdgeState) -> Response {
     let reason = if !state.ready.load(Ordering::Acquire) {
         Some("starting".to_string())
     } else {
-        state.hub.store.ping().await.err().map(|e| format!("database: {e}"))
+        state
+            .hub
+            .store
+            .ping()
+            .await
+            .err()
+            .map(|e| format!("database: {e}"))
     };
     match reason {
         None => ok_json(&json!({"status": "ready"})),

@@ -22,13 +22,41 @@ pub struct Route {
 }
 
 pub const ROUTES: &[Route] = &[
-    Route { method: "GET", path: "/health", endpoint: Endpoint::Health },
-    Route { method: "GET", path: "/ready", endpoint: Endpoint::Ready },
-    Route { method: "GET", path: "/metrics", endpoint: Endpoint::Metrics },
-    Route { method: "GET", path: "/messaging/connections/{}/{}", endpoint: Endpoint::ConnectionsList },
-    Route { method: "POST", path: "/messaging/connections", endpoint: Endpoint::ConnectionsJoin },
-    Route { method: "DELETE", path: "/messaging/connections/{}/{}/{}", endpoint: Endpoint::ConnectionsLeave },
-    Route { method: "POST", path: "/messaging/connections/setName", endpoint: Endpoint::ConnectionsSetName },
+    Route {
+        method: "GET",
+        path: "/health",
+        endpoint: Endpoint::Health,
+    },
+    Route {
+        method: "GET",
+        path: "/ready",
+        endpoint: Endpoint::Ready,
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+        endpoint: Endpoint::Metrics,
+    },
+    Route {
+        method: "GET",
+        path: "/messaging/connections/{}/{}",
+        endpoint: Endpoint::ConnectionsList,
+    },
+    Route {
+        method: "POST",
+        path: "/messaging/connections",
+        endpoint: Endpoint::ConnectionsJoin,
+    },
+    Route {
+        method: "DELETE",
+        path: "/messaging/connections/{}/{}/{}",
+        endpoint: Endpoint::ConnectionsLeave,
+    },
+    Route {
+        method: "POST",
+        path: "/messaging/connections/setName",
+        endpoint: Endpoint::ConnectionsSetName,
+    },
 ];
 
 /// A matched route: the endpoint, its path pattern (a metrics label) and its parameters.

@@ -32,8 +32,10 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
         has_token(headers, header::CONNECTION, "upgrade"),
     ) else {
         let mut resp = (StatusCode::BAD_REQUEST, "bad websocket handshake").into_response();
-        resp.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return resp;
     };
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -61,13 +61,23 @@ impl ConnectionService {
     }
 
     /// Whether the caller may read a conversation (privateMessage needs its participants row).
-    async fn can_read_conversation(&self, caller: &Caller, conv: &conversations::Model) -> AppResult<bool> {
+    async fn can_read_conversation(
+        &self,
+        caller: &Caller,
+        conv: &conversations::Model,
+    ) -> AppResult<bool> {
         let pm = if conv.content_type.as_deref() == Some("privateMessage") && !caller.is_system() {
             self.store().private_message_of(&conv.id).await?
         } else {
             None
         };
-        Ok(access::can_read(caller, &access::Conv { conv, pm: pm.as_ref() }))
+        Ok(access::can_read(
+            caller,
+            &access::Conv {
+                conv,
+                pm: pm.as_ref(),
+            },
+        ))
     }
 
     /// Resolves a room named in a path (`church`, `room`) for reading, listing or leaving:
@@ -79,10 +89,12 @@ impl ConnectionService {
                     church: church.to_string(),
                     person: String::new(),
                 }),
-                Caller::User(c) if !c.person_id.is_empty() && c.church_id == church => Ok(Room::Alerts {
-                    church: c.church_id.clone(),
-                    person: c.person_id.clone(),
-                }),
+                Caller::User(c) if !c.person_id.is_empty() && c.church_id == church => {
+                    Ok(Room::Alerts {
+                        church: c.church_id.clone(),
+                        person: c.person_id.clone(),
+                    })
+                }
                 _ => Err(AppError::Unauthorized),
             };
         }
@@ -125,22 +137,44 @@ impl ConnectionService {
         }
         // Shape.
         for (i, it) in items.iter().enumerate() {
-            check_len(&it.conversation_id, MAX_ROOM_ID, format!("/{i}/conversationId"), true)?;
+            check_len(
+                &it.conversation_id,
+                MAX_ROOM_ID,
+                format!("/{i}/conversationId"),
+                true,
+            )?;
             check_len(&it.socket_id, MAX_SOCKET_ID, format!("/{i}/socketId"), true)?;
             let name = it.display_name.as_deref().unwrap_or("");
             check_len(name, MAX_DISPLAY_NAME, format!("/{i}/displayName"), false)?;
             if caller.is_system() {
-                check_len(&it.church_id, MAX_ID, format!("/{i}/churchId"), it.conversation_id == ALERTS || it.conversation_id.starts_with("content-"))?;
+                check_len(
+                    &it.church_id,
+                    MAX_ID,
+                    format!("/{i}/churchId"),
+                    it.conversation_id == ALERTS || it.conversation_id.starts_with("content-"),
+                )?;
                 let person = it.person_id.as_deref().unwrap_or("");
-                check_len(person, MAX_ID, format!("/{i}/personId"), it.conversation_id == ALERTS)?;
-                check_len(it.ip_address.as_deref().unwrap_or(""), 45, format!("/{i}/ipAddress"), false)?;
+                check_len(
+                    person,
+                    MAX_ID,
+                    format!("/{i}/personId"),
+                    it.conversation_id == ALERTS,
+                )?;
+                check_len(
+                    it.ip_address.as_deref().unwrap_or(""),
+                    45,
+                    format!("/{i}/ipAddress"),
+                    false,
+                )?;
             }
         }
         // Rooms that need a token.
         let needs_token = |room: &str| room == ALERTS || room.starts_with("content-");
         for it in &items {
             match caller {
-                Caller::Anonymous if needs_token(&it.conversation_id) => return Err(AppError::Unauthorized),
+                Caller::Anonymous if needs_token(&it.conversation_id) => {
+                    return Err(AppError::Unauthorized);
+                }
                 Caller::User(c) if it.conversation_id == ALERTS && c.person_id.is_empty() => {
                     return Err(AppError::Unauthorized);
                 }
@@ -153,7 +187,10 @@ impl ConnectionService {
         for it in &items {
             let room = if it.conversation_id == ALERTS {
                 match caller.claims() {
-                    Some(c) => Room::Alerts { church: c.church_id.clone(), person: c.person_id.clone() },
+                    Some(c) => Room::Alerts {
+                        church: c.church_id.clone(),
+                        person: c.person_id.clone(),
+                    },
                     None => Room::Alerts {
                         church: it.church_id.clone(),
                         person: it.person_id.clone().unwrap_or_default(),
@@ -164,7 +201,9 @@ impl ConnectionService {
                     return Err(AppError::NotFound("Conversation not found"));
                 }
                 Room::Content {
-                    church: caller.claims().map_or_else(|| it.church_id.clone(), |c| c.church_id.clone()),
+                    church: caller
+                        .claims()
+                        .map_or_else(|| it.church_id.clone(), |c| c.church_id.clone()),
                 }
             } else {
                 if !convs.contains_key(&it.conversation_id) {
@@ -180,7 +219,10 @@ impl ConnectionService {
         }
         let mut sockets = BTreeMap::new();
         for it in &items {
-            let h = self.hub.socket(&it.socket_id).ok_or(AppError::NotFound("Socket not found"))?;
+            let h = self
+                .hub
+                .socket(&it.socket_id)
+                .ok_or(AppError::NotFound("Socket not found"))?;
             sockets.insert(it.socket_id.clone(), h);
         }
         // Access.
@@ -236,14 +278,19 @@ impl ConnectionService {
             .store()
             .write(|| async {
                 let txn = self.store().begin_write().await?;
-                let stored = Store::upsert_rows(&txn, &node_id, &rows, crate::time::now_ms()).await?;
+                let stored =
+                    Store::upsert_rows(&txn, &node_id, &rows, crate::time::now_ms()).await?;
                 txn.commit().await?;
                 Ok::<_, AppError>(stored)
             })
             .await?;
         for row in &stored {
             if let Some(h) = sockets.get(&row.socket_id) {
-                let audience = Audience::of_row(&row.church_id, &row.conversation_id, row.person_id.as_deref());
+                let audience = Audience::of_row(
+                    &row.church_id,
+                    &row.conversation_id,
+                    row.person_id.as_deref(),
+                );
                 self.hub.add_member(h, audience);
             }
         }
@@ -251,23 +298,31 @@ impl ConnectionService {
         let mut seen = std::collections::BTreeSet::new();
         for row in &stored {
             if seen.insert((row.church_id.clone(), row.conversation_id.clone())) {
-                self.hub.trigger_attendance(&row.church_id, &row.conversation_id, true);
+                self.hub
+                    .trigger_attendance(&row.church_id, &row.conversation_id, true);
             }
         }
         Ok(stored)
     }
 
     /// Leave (§10.2). Returns whether a row was removed.
-    pub async fn leave(&self, caller: &Caller, church: &str, room: &str, socket: &str) -> AppResult<bool> {
+    pub async fn leave(
+        &self,
+        caller: &Caller,
+        church: &str,
+        room: &str,
+        socket: &str,
+    ) -> AppResult<bool> {
         let resolved = self.room_for_reading(caller, church, room).await?;
         let church = resolved.church().to_string();
         let Some(row) = self.store().row(&church, room, socket).await? else {
             return Ok(false);
         };
-        if let Room::Alerts { person, .. } = &resolved {
-            if !caller.is_system() && row.person_id.as_deref() != Some(person.as_str()) {
-                return Ok(false);
-            }
+        if let Room::Alerts { person, .. } = &resolved
+            && !caller.is_system()
+            && row.person_id.as_deref() != Some(person.as_str())
+        {
+            return Ok(false);
         }
         let removed = match self.hub.socket(socket) {
             Some(h) => {
@@ -275,7 +330,11 @@ impl ConnectionService {
                 let removed = self.store().delete_row(&row.id).await?;
                 self.hub.remove_member(
                     socket,
-                    &Audience::of_row(&row.church_id, &row.conversation_id, row.person_id.as_deref()),
+                    &Audience::of_row(
+                        &row.church_id,
+                        &row.conversation_id,
+                        row.person_id.as_deref(),
+                    ),
                 );
                 removed
             }
@@ -288,7 +347,12 @@ impl ConnectionService {
     }
 
     /// setName (§10.2): renames the socket's readable non-alerts rows.
-    pub async fn set_name(&self, caller: &Caller, socket: &str, name: &str) -> AppResult<Vec<connections::Model>> {
+    pub async fn set_name(
+        &self,
+        caller: &Caller,
+        socket: &str,
+        name: &str,
+    ) -> AppResult<Vec<connections::Model>> {
         check_len(socket, MAX_SOCKET_ID, "/socketId".into(), true)?;
         check_len(name, MAX_DISPLAY_NAME, "/name".into(), false)?;
         let rows: Vec<_> = self
@@ -303,7 +367,11 @@ impl ConnectionService {
         }
         let mut readable = Vec::new();
         for r in rows {
-            if self.room_for_reading(caller, &r.church_id, &r.conversation_id).await.is_ok() {
+            if self
+                .room_for_reading(caller, &r.church_id, &r.conversation_id)
+                .await
+                .is_ok()
+            {
                 readable.push(r);
             }
         }
@@ -315,14 +383,20 @@ impl ConnectionService {
         let mut out = Vec::with_capacity(readable.len());
         for mut r in readable {
             r.display_name = Some(name.to_string());
-            self.hub.trigger_attendance(&r.church_id, &r.conversation_id, false);
+            self.hub
+                .trigger_attendance(&r.church_id, &r.conversation_id, false);
             out.push(r);
         }
         Ok(out)
     }
 
     /// The rows of a room by `timeJoined`; for `alerts`, only the caller's own rows.
-    pub async fn list_room(&self, caller: &Caller, church: &str, room: &str) -> AppResult<Vec<connections::Model>> {
+    pub async fn list_room(
+        &self,
+        caller: &Caller,
+        church: &str,
+        room: &str,
+    ) -> AppResult<Vec<connections::Model>> {
         let resolved = self.room_for_reading(caller, church, room).await?;
         Ok(match resolved {
             Room::Alerts { church, person } if !caller.is_system() => {
@@ -333,7 +407,12 @@ impl ConnectionService {
     }
 
     /// The current attendance of a room, as the `attendance` frame would carry it.
-    pub async fn attendance(&self, caller: &Caller, church: &str, room: &str) -> AppResult<AttendanceData> {
+    pub async fn attendance(
+        &self,
+        caller: &Caller,
+        church: &str,
+        room: &str,
+    ) -> AppResult<AttendanceData> {
         if room == ALERTS {
             return Err(AppError::BadRequest("Attendance is not kept for alerts"));
         }
@@ -364,36 +443,71 @@ fn list(rows: Vec<connections::Model>) -> Response<pb::ConnectionList> {
 
 #[tonic::async_trait]
 impl pb::connection_server::Connection for ConnectionService {
-    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::ConnectionList>, Status> {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::ConnectionList>, Status> {
         let items = request.into_inner().items;
-        Ok(list(ConnectionService::join(self, &Caller::System, None, items).await?))
+        Ok(list(
+            ConnectionService::join(self, &Caller::System, None, items).await?,
+        ))
     }
 
-    async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveReply>, Status> {
         let r = request.into_inner();
-        let removed = ConnectionService::leave(self, &Caller::System, &r.church_id, &r.room_id, &r.socket_id).await?;
-        Ok(Response::new(pb::LeaveReply { success: true, removed }))
+        let removed = ConnectionService::leave(
+            self,
+            &Caller::System,
+            &r.church_id,
+            &r.room_id,
+            &r.socket_id,
+        )
+        .await?;
+        Ok(Response::new(pb::LeaveReply {
+            success: true,
+            removed,
+        }))
     }
 
-    async fn set_name(&self, request: Request<pb::SetNameRequest>) -> Result<Response<pb::ConnectionList>, Status> {
+    async fn set_name(
+        &self,
+        request: Request<pb::SetNameRequest>,
+    ) -> Result<Response<pb::ConnectionList>, Status> {
         let r = request.into_inner();
-        Ok(list(ConnectionService::set_name(self, &Caller::System, &r.socket_id, &r.name).await?))
+        Ok(list(
+            ConnectionService::set_name(self, &Caller::System, &r.socket_id, &r.name).await?,
+        ))
     }
 
-    async fn list_room(&self, request: Request<pb::RoomRequest>) -> Result<Response<pb::ConnectionList>, Status> {
+    async fn list_room(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::ConnectionList>, Status> {
         let r = request.into_inner();
-        Ok(list(ConnectionService::list_room(self, &Caller::System, &r.church_id, &r.room_id).await?))
+        Ok(list(
+            ConnectionService::list_room(self, &Caller::System, &r.church_id, &r.room_id).await?,
+        ))
     }
 
-    async fn attendance(&self, request: Request<pb::RoomRequest>) -> Result<Response<pb::AttendanceReply>, Status> {
+    async fn attendance(
+        &self,
+        request: Request<pb::RoomRequest>,
+    ) -> Result<Response<pb::AttendanceReply>, Status> {
         let r = request.into_inner();
-        let a = ConnectionService::attendance(self, &Caller::System, &r.church_id, &r.room_id).await?;
+        let a =
+            ConnectionService::attendance(self, &Caller::System, &r.church_id, &r.room_id).await?;
         Ok(Response::new(pb::AttendanceReply {
             conversation_id: a.conversation_id,
             viewers: a
                 .viewers
                 .into_iter()
-                .map(|v| pb::Viewer { id: v.id, display_name: v.display_name })
+                .map(|v| pb::Viewer {
+                    id: v.id,
+                    display_name: v.display_name,
+                })
                 .collect(),
             total_viewers: a.total_viewers as u32,
         }))

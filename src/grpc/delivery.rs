@@ -44,7 +44,13 @@ fn required(value: &str, field: &str, max: usize) -> AppResult<()> {
 
 impl DeliveryService {
     /// Fans one envelope out to the room `(church_id, room)`; returns the rows reached.
-    pub fn send_to_room(&self, church_id: &str, room: &str, action: &str, data: &str) -> AppResult<usize> {
+    pub fn send_to_room(
+        &self,
+        church_id: &str,
+        room: &str,
+        action: &str,
+        data: &str,
+    ) -> AppResult<usize> {
         required(church_id, "churchId", 64)?;
         required(room, "conversationId", 64)?;
         let data = checked_data(action, data)?;
@@ -81,7 +87,9 @@ impl pb::delivery_server::Delivery for DeliveryService {
     ) -> Result<Response<pb::DeliveryReply>, Status> {
         let r = request.into_inner();
         let n = self.send_to_room(&r.church_id, &r.conversation_id, &r.action, &r.data)?;
-        Ok(Response::new(pb::DeliveryReply { delivered: n as u32 }))
+        Ok(Response::new(pb::DeliveryReply {
+            delivered: n as u32,
+        }))
     }
 
     async fn send_to_person(
@@ -97,6 +105,8 @@ impl pb::delivery_server::Delivery for DeliveryService {
             &r.action,
             &r.data,
         )?;
-        Ok(Response::new(pb::DeliveryReply { delivered: n as u32 }))
+        Ok(Response::new(pb::DeliveryReply {
+            delivered: n as u32,
+        }))
     }
 }

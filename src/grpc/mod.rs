@@ -17,7 +17,9 @@ use crate::pb;
 pub fn router(
     connection: ConnectionService,
     delivery: DeliveryService,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     token: Option<String>,
 ) -> anyhow::Result<axum::Router> {
     let reflection = || {
@@ -35,10 +37,12 @@ pub fn router(
     Ok(match token {
         Some(t) if !t.is_empty() => {
             let expected: std::sync::Arc<[u8]> = format!("Bearer {t}").into_bytes().into();
-            router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-                let expected = expected.clone();
-                async move { check_token(&expected, req, next).await }
-            }))
+            router.layer(axum::middleware::from_fn(
+                move |req: Request, next: Next| {
+                    let expected = expected.clone();
+                    async move { check_token(&expected, req, next).await }
+                },
+            ))
         }
         _ => router,
     })

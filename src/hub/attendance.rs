@@ -36,7 +36,11 @@ pub struct AttendanceData {
 
 /// The frame's data from a room's rows: sorted by stored `displayName` (null, then "",
 /// then the rest case-insensitively; ties by row id), "" shown as "Anonymous", capped.
-pub fn attendance_data(room: &str, mut rows: Vec<connections::Model>, cap: usize) -> AttendanceData {
+pub fn attendance_data(
+    room: &str,
+    mut rows: Vec<connections::Model>,
+    cap: usize,
+) -> AttendanceData {
     fn rank(name: &Option<String>) -> (u8, String) {
         match name.as_deref() {
             None => (0, String::new()),
@@ -83,9 +87,14 @@ impl Hub {
             }
             pending.insert(key.clone(), with_blocked_ip);
         }
-        let rows = self
-            .local_count(&Audience::room(church, room))
-            .max(self.attendance.last_total.lock().get(&key).copied().unwrap_or(0));
+        let rows = self.local_count(&Audience::room(church, room)).max(
+            self.attendance
+                .last_total
+                .lock()
+                .get(&key)
+                .copied()
+                .unwrap_or(0),
+        );
         let window = if rows > self.config.big_room_rows {
             self.config.attendance_window_big
         } else {
@@ -178,6 +187,8 @@ mod tests {
         assert_eq!((d.viewers.len(), d.total_viewers), (2, 5));
         let json = serde_json::to_string(&d).unwrap();
         assert!(!json.contains("ipAddress"));
-        assert!(json.starts_with(r#"{"conversationId":"R","viewers":[{"id":"2","displayName":null}"#));
+        assert!(
+            json.starts_with(r#"{"conversationId":"R","viewers":[{"id":"2","displayName":null}"#)
+        );
     }
 }

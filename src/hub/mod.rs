@@ -204,12 +204,15 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     ws::text_frame(&json)
 }
 
+/// The local sockets of one audience, by socket id.
+type Members = HashMap<Arc<str>, Arc<SocketHandle>>;
+
 pub struct Hub {
     pub node_id: String,
     pub config: HubConfig,
     pub store: Store,
     sockets: RwLock<HashMap<Arc<str>, Arc<SocketHandle>>>,
-    members: RwLock<HashMap<Audience, HashMap<Arc<str>, Arc<SocketHandle>>>>,
+    members: RwLock<HashMap<Audience, Members>>,
     local_rows: AtomicUsize,
     attendance: attendance::Coalescer,
 }

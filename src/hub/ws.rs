@@ -103,7 +103,10 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, h: &SocketHandle, max_frame:
                 return ReadEnd::Violation(close_code::PROTOCOL_ERROR, "reserved bits set");
             }
             if b1 & 0x80 == 0 {
-                return ReadEnd::Violation(close_code::PROTOCOL_ERROR, "client frames must be masked");
+                return ReadEnd::Violation(
+                    close_code::PROTOCOL_ERROR,
+                    "client frames must be masked",
+                );
             }
             let (len, mut off) = match b1 & 0x7f {
                 126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4),
@@ -132,7 +135,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, h: &SocketHandle, max_frame:
                         return ReadEnd::Gone;
                     }
                 }
-                0x8 | 0x9 | 0xA if len > 125 || !fin => {
+                0x8..=0xA if len > 125 || !fin => {
                     return ReadEnd::Violation(close_code::PROTOCOL_ERROR, "bad control frame");
                 }
                 0x8 => {
@@ -275,7 +278,11 @@ where
         Some((code, why)) => {
             // An evicted peer gets longer: it is slow by definition, and a clean 1013 tells
             // it why it was dropped.
-            let within = if code == close_code::TRY_AGAIN_LATER { 5 } else { 1 };
+            let within = if code == close_code::TRY_AGAIN_LATER {
+                5
+            } else {
+                1
+            };
             let finish = writer.finish(close_frame(code, why), Duration::from_secs(within));
             tokio::join!(cleanup, finish);
         }
@@ -310,6 +317,9 @@ mod tests {
         assert_eq!(&f[..4], &[0x81, 126, 1, 44]);
         let f = text_frame(&vec![b'x'; 70_000]);
         assert_eq!(f[1], 127);
-        assert_eq!(&close_frame(1013, "slow consumer")[..4], &[0x88, 15, 0x03, 0xF5]);
+        assert_eq!(
+            &close_frame(1013, "slow consumer")[..4],
+            &[0x88, 15, 0x03, 0xF5]
+        );
     }
 }

@@ -42,11 +42,13 @@ impl Store {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the one writer; write transactions start
             // IMMEDIATE (see `write`) so they queue on busy_timeout instead of failing.
-            opts.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-            });
+            opts.max_connections(4)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(10))
+                });
         } else {
             opts.max_connections(16).min_connections(1);
         }
@@ -99,7 +101,9 @@ impl Store {
     // ---- conversations -------------------------------------------------------------
 
     pub async fn conversation(&self, id: &str) -> Result<Option<conversations::Model>, DbErr> {
-        conversations::Entity::find_by_id(id.to_string()).one(&self.db).await
+        conversations::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
     }
 
     pub async fn private_message_of(
@@ -120,7 +124,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn blocked_ips(&self, church: &str, conversation: &str) -> Result<Vec<String>, DbErr> {
+    pub async fn blocked_ips(
+        &self,
+        church: &str,
+        conversation: &str,
+    ) -> Result<Vec<String>, DbErr> {
         let rows = blocked_ips::Entity::find()
             .filter(blocked_ips::Column::ChurchId.eq(church))
             .filter(blocked_ips::Column::ConversationId.eq(conversation))
@@ -191,7 +199,11 @@ impl Store {
     }
 
     /// The largest N among the room's `Anonymous_N` names (0 when none).
-    async fn max_anonymous<C: ConnectionTrait>(db: &C, church: &str, room: &str) -> Result<u64, DbErr> {
+    async fn max_anonymous<C: ConnectionTrait>(
+        db: &C,
+        church: &str,
+        room: &str,
+    ) -> Result<u64, DbErr> {
         let names: Vec<Option<String>> = connections::Entity::find()
             .select_only()
             .column(connections::Column::DisplayName)
@@ -203,12 +215,21 @@ impl Store {
             .await?;
         Ok(names
             .iter()
-            .filter_map(|n| n.as_deref()?.strip_prefix("Anonymous_")?.parse::<u64>().ok())
+            .filter_map(|n| {
+                n.as_deref()?
+                    .strip_prefix("Anonymous_")?
+                    .parse::<u64>()
+                    .ok()
+            })
             .max()
             .unwrap_or(0))
     }
 
-    pub async fn room_rows(&self, church: &str, room: &str) -> Result<Vec<connections::Model>, DbErr> {
+    pub async fn room_rows(
+        &self,
+        church: &str,
+        room: &str,
+    ) -> Result<Vec<connections::Model>, DbErr> {
         connections::Entity::find()
             .filter(connections::Column::ChurchId.eq(church))
             .filter(connections::Column::ConversationId.eq(room))
@@ -307,7 +328,9 @@ impl Store {
             started_at: Set(now),
             lease_until: Set(now + lease.as_millis() as i64),
         };
-        nodes::Entity::insert(am).exec_without_returning(&self.db).await?;
+        nodes::Entity::insert(am)
+            .exec_without_returning(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -383,7 +406,9 @@ impl Store {
             .filter(connections::Column::NodeId.eq(id))
             .exec(&txn)
             .await?;
-        nodes::Entity::delete_by_id(id.to_string()).exec(&txn).await?;
+        nodes::Entity::delete_by_id(id.to_string())
+            .exec(&txn)
+            .await?;
         txn.commit().await
     }
 }
@@ -400,7 +425,13 @@ fn distinct_rooms(rows: Vec<connections::Model>) -> Vec<(String, String)> {
 /// timeouts (MySQL 1205) and SQLite busy/locked are worth one more try.
 fn is_transient(debug: &str) -> bool {
     const MARKERS: [&str; 7] = [
-        "1213", "40P01", "40001", "1205", "database is locked", "SQLITE_BUSY", "Deadlock",
+        "1213",
+        "40P01",
+        "40001",
+        "1205",
+        "database is locked",
+        "SQLITE_BUSY",
+        "Deadlock",
     ];
     MARKERS.iter().any(|m| debug.contains(m))
 }

@@ -1,0 +1,231 @@
+//! The error policy of §9 for the endpoints of this layer.
+use serde_json::{Value, json};
+
+use crate::db_test;
+use crate::helpers::*;
+
+db_test!(
+    bad_bodies_get_exact_errors_and_write_nothing,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let a = app.ws_with_id().await;
+        let raw = |body: &'static str| {
+            app.client
+                .post(app.url("/messaging/connections"))
+                .body(body)
+        };
+        assert_eq!(
+            app.send(raw("[{"), None).await,
+            (400, json!({"error": "Invalid JSON"}))
+        );
+        assert_eq!(
+            app.send(raw(""), None).await,
+            (400, json!({"error": "Invalid JSON"}))
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": room, "socketId": 5}])
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/0/socketId"})
+            )
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": room, "socketId": a.id}, {"socketId": a.id}])
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/1/conversationId"})
+            )
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/connections",
+                None,
+                &json!({"conversationId": room})
+            )
+            .await,
+            (400, json!({"error": "Invalid request body", "field": ""}))
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": room, "socketId": a.id, "displayName": "x".repeat(46)}])
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/0/displayName"})
+            )
+        );
+        let many: Vec<Value> = (0..101)
+            .map(|_| json!({"conversationId": room, "socketId": a.id}))
+            .collect();
+        assert_eq!(
+            app.post("/messaging/connections", None, &json!(many)).await,
+            (400, json!({"error": "Too many items"}))
+        );
+        assert_eq!(
+            app.post("/messaging/connections", None, &json!([])).await,
+            (200, json!([]))
+        );
+        let big = format!("[{{\"conversationId\":\"{}\"}}]", "x".repeat(1 << 20));
+        assert_eq!(
+            app.send(
+                app.client.post(app.url("/messaging/connections")).body(big),
+                None
+            )
+            .await,
+            (413, json!({"error": "Payload too large"}))
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/connections/setName",
+                None,
+                &json!({"socketId": a.id, "name": 3})
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/name"})
+            )
+        );
+        assert!(
+            app.store.room_rows("C1", &room).await.unwrap().is_empty(),
+            "nothing half-written"
+        );
+        // Unknown routes and methods.
+        for (method, path) in [
+            ("GET", "/messaging/nothing/here"),
+            ("PUT", "/messaging/connections"),
+            ("GET", "/"),
+        ] {
+            let req = app.client.request(method.parse().unwrap(), app.url(path));
+            let (s, body) = app.send(req, None).await;
+            assert_eq!(s, 404);
+            let e = body["error"].as_object().unwrap();
+            assert_eq!(
+                e.keys().map(String::as_str).collect::<Vec<_>>(),
+                ["message", "status", "timestamp", "path"]
+            );
+            assert_eq!(
+                (
+                    e["message"].as_str(),
+                    e["status"].as_u64(),
+                    e["path"].as_str()
+                ),
+                (Some("Endpoint not found"), Some(404), Some(path))
+            );
+        }
+        // The process keeps serving: the same socket can still join.
+        app.join_one(&room, &a.id, "fine").await;
+    }
+);
+
+db_test!(
+    routing_cors_and_operational_endpoints,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        for path in [
+            format!("/MESSAGING/Connections/C1/{room}/"),
+            format!("/messaging/connections/C1/{room}"),
+        ] {
+            let resp = app.client.get(app.url(&path)).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+            assert_eq!(
+                resp.headers()["content-type"],
+                "application/json; charset=utf-8"
+            );
+        }
+        let resp = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url("/messaging/connections"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(
+            resp.headers()["access-control-allow-methods"]
+                .to_str()
+                .unwrap()
+                .contains("DELETE")
+        );
+        assert_eq!(
+            app.get("/health", None).await,
+            (200, json!({"status": "ok"}))
+        );
+        assert_eq!(
+            app.get("/ready", None).await,
+            (200, json!({"status": "ready"}))
+        );
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in ["messaging_sockets_open", "messaging_http_requests_total"] {
+            assert!(metrics.contains(name), "{name} missing from /metrics");
+        }
+    }
+);
+
+db_test!(
+    tokens_invalid_or_expired_are_anonymous_or_401,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let a = app.ws_with_id().await;
+        let expired = app
+            .keys
+            .mint(&messaging::auth::Claims {
+                id: "U".into(),
+                church_id: "C1".into(),
+                person_id: "P".into(),
+                exp: Some(messaging::time::now_ms() / 1000 - 5),
+                ..Default::default()
+            })
+            .unwrap();
+        let forged = messaging::auth::TokenKeys::new("not-the-secret")
+            .mint(&messaging::auth::Claims {
+                id: "U".into(),
+                church_id: "C1".into(),
+                person_id: "P".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        // Anonymous-allowed endpoint: a bad token is anonymous, not an error.
+        for t in [&expired, &forged, &"garbage".to_string()] {
+            let rows = app
+                .join(Some(t), json!([{"conversationId": room, "socketId": a.id}]))
+                .await;
+            assert_eq!(rows[0]["personId"], Value::Null);
+        }
+        // Token endpoint (alerts): 401.
+        for t in [&expired, &forged] {
+            let (s, body) = app
+                .post(
+                    "/messaging/connections",
+                    Some(t),
+                    &json!([{"conversationId": "alerts", "socketId": a.id}]),
+                )
+                .await;
+            assert_eq!((s, body), (401, json!({"error": "Unauthorized"})));
+        }
+    }
+);

@@ -1,0 +1,504 @@
+//! Test harness: a real server on port 0 over a fresh database, real WebSocket, HTTP and
+//! gRPC clients, and helpers that wait on events with a timeout (never sleep-and-hope).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use messaging::auth::{Claims, TokenKeys};
+use messaging::pb;
+use messaging::store::Store;
+use messaging::store::entities::conversations;
+use messaging::{Application, Listeners, Settings};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// A fresh database, dropped when the test ends.
+pub struct TestDb {
+    pub url: String,
+    admin: Option<(String, String)>,
+    _dir: Option<tempfile_dir::TempDir>,
+}
+
+mod tempfile_dir {
+    /// A temporary directory removed on drop (keeps the dev-dependencies small).
+    pub struct TempDir(pub std::path::PathBuf);
+    impl TempDir {
+        pub fn new() -> Self {
+            let p =
+                std::env::temp_dir().join(format!("messaging-test-{}", messaging::ids::new_id()));
+            std::fs::create_dir_all(&p).expect("temp dir");
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl TestDb {
+    /// `None` when the backend's URL is not configured (the test is then skipped).
+    pub async fn create(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile_dir::TempDir::new();
+                let url = format!("sqlite://{}?mode=rwc", dir.0.join("test.db").display());
+                Some(Self {
+                    url,
+                    admin: None,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres | Backend::Mysql => {
+                let var = if backend == Backend::Postgres {
+                    "DATABASE_URL_POSTGRES"
+                } else {
+                    "DATABASE_URL_MYSQL"
+                };
+                let Ok(admin_url) = std::env::var(var) else {
+                    eprintln!("skipped: {var} is not set");
+                    return None;
+                };
+                let name = format!(
+                    "msg_{}",
+                    messaging::ids::new_id()
+                        .to_lowercase()
+                        .replace(['-', '_'], "x")
+                );
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("admin connection");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create database");
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .unwrap_or(&admin_url);
+                Some(Self {
+                    url: format!("{base}/{name}"),
+                    admin: Some((admin_url.clone(), name)),
+                    _dir: None,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin_url, name)) = self.admin.take() {
+            // Drop runs outside the test's runtime: use a small one of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let admin = Database::connect(&admin_url).await.ok()?;
+                    let force = if admin_url.starts_with("postgres") {
+                        " WITH (FORCE)"
+                    } else {
+                        ""
+                    };
+                    admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}{force}"))
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub socket: SocketAddr,
+    pub grpc: SocketAddr,
+    pub node_id: String,
+    pub store: Store,
+    pub keys: TokenKeys,
+    pub client: reqwest::Client,
+    pub hub: std::sync::Arc<messaging::hub::Hub>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub stopped: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub db_url: String,
+}
+
+pub fn settings(db: &TestDb) -> Settings {
+    Settings::for_tests(&db.url, SECRET)
+}
+
+impl TestApp {
+    pub async fn spawn(db: &TestDb) -> Self {
+        Self::spawn_with(settings(db)).await
+    }
+
+    pub async fn spawn_with(settings: Settings) -> Self {
+        let listeners = Listeners {
+            http: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            socket: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")),
+            grpc: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        };
+        let db_url = settings.database_url.clone();
+        let app = Application::build_with_listeners(settings, listeners)
+            .await
+            .expect("build app");
+        let (http, socket, grpc) = (
+            app.http_addr(),
+            app.socket_addr().expect("socket port"),
+            app.grpc_addr(),
+        );
+        let node_id = app.node_id();
+        let hub = app.hub();
+        let store = hub.store.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stopped = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            http,
+            socket,
+            grpc,
+            node_id,
+            store,
+            keys: TokenKeys::new(SECRET),
+            client: reqwest::Client::new(),
+            hub,
+            stop: Some(tx),
+            stopped: Some(stopped),
+            db_url,
+        }
+    }
+
+    /// Triggers the graceful shutdown and waits for it.
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.stopped.take() {
+            tokio::time::timeout(Duration::from_secs(15), h)
+                .await
+                .expect("shutdown within 15 s")
+                .expect("join")
+                .expect("clean stop");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn token(&self, church: &str, person: &str, perms: &[&str]) -> String {
+        self.keys
+            .mint(&Claims {
+                id: format!("U-{person}"),
+                church_id: church.into(),
+                person_id: person.into(),
+                first_name: "First".into(),
+                last_name: person.into(),
+                permissions: perms.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .expect("mint")
+    }
+
+    /// Creates a conversation through the store (the conversations endpoints come later).
+    pub async fn conversation(
+        &self,
+        church: &str,
+        content_type: &str,
+        anonymous_public: bool,
+    ) -> String {
+        let id = messaging::ids::new_id();
+        self.store
+            .insert_conversation(conversations::Model {
+                id: id.clone(),
+                church_id: church.into(),
+                content_type: Some(content_type.into()),
+                content_id: Some("CONTENT1".into()),
+                title: Some("t".into()),
+                date_created: messaging::time::now_ms(),
+                group_id: None,
+                visibility: Some("public".into()),
+                first_post_id: None,
+                last_post_id: None,
+                post_count: 0,
+                allow_anonymous_posts: anonymous_public,
+            })
+            .await
+            .expect("insert conversation");
+        id
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        self.send(self.client.post(self.url(path)).json(body), token)
+            .await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.send(self.client.get(self.url(path)), token).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.send(self.client.delete(self.url(path)), token).await
+    }
+
+    pub async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, v)
+    }
+
+    /// Joins sockets to a room over REST; panics unless 200.
+    pub async fn join(&self, token: Option<&str>, items: Value) -> Value {
+        let (status, body) = self.post("/messaging/connections", token, &items).await;
+        assert_eq!(status, 200, "join failed: {body}");
+        body
+    }
+
+    pub async fn join_one(&self, room: &str, socket: &str, name: &str) -> Value {
+        self.join(
+            None,
+            serde_json::json!([{"conversationId": room, "socketId": socket, "displayName": name}]),
+        )
+        .await
+    }
+
+    pub async fn delivery(&self) -> pb::delivery_client::DeliveryClient<tonic::transport::Channel> {
+        pb::delivery_client::DeliveryClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("grpc connect")
+    }
+
+    pub async fn connection(
+        &self,
+    ) -> pb::connection_client::ConnectionClient<tonic::transport::Channel> {
+        pb::connection_client::ConnectionClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("grpc connect")
+    }
+
+    /// Fans a `message` frame out over gRPC; returns the delivered count.
+    pub async fn grpc_send(&self, church: &str, room: &str, data: &Value) -> u32 {
+        self.delivery()
+            .await
+            .send_conversation_messages(pb::SendConversationMessagesRequest {
+                church_id: church.into(),
+                conversation_id: room.into(),
+                action: "message".into(),
+                data: data.to_string(),
+            })
+            .await
+            .expect("send")
+            .into_inner()
+            .delivered
+    }
+
+    pub async fn ws(&self) -> Ws {
+        Ws::connect(&format!("ws://{}/", self.socket)).await
+    }
+
+    /// A socket already through the handshake.
+    pub async fn ws_with_id(&self) -> Ws {
+        let mut ws = self.ws().await;
+        ws.get_id().await;
+        ws
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A WebSocket client.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub id: String,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Self {
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        Self {
+            stream,
+            id: String::new(),
+        }
+    }
+
+    /// A client whose kernel receive buffer is tiny, so that when it stops reading the
+    /// server's queue for it fills after little traffic.
+    pub async fn connect_small_rcvbuf(addr: SocketAddr) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let tcp = sock.connect(addr).await.expect("tcp connect");
+        let (stream, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("ws handshake");
+        Self {
+            stream,
+            id: String::new(),
+        }
+    }
+
+    pub async fn get_id(&mut self) -> String {
+        self.stream
+            .send(Message::text("getId"))
+            .await
+            .expect("send getId");
+        let f = self.frame().await;
+        assert_eq!(f["action"], "socketId");
+        self.id = f["data"].as_str().expect("id").to_string();
+        self.id.clone()
+    }
+
+    /// The next text frame, raw.
+    pub async fn text(&mut self) -> String {
+        match self.try_text(WAIT).await {
+            Some(t) => t,
+            None => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    pub async fn try_text(&mut self, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
+            match msg.ok()? {
+                Message::Text(t) => return Some(t.to_string()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn frame(&mut self) -> Value {
+        serde_json::from_str(&self.text().await).expect("frame is JSON")
+    }
+
+    /// The next frame with this action, skipping others.
+    pub async fn next_action(&mut self, action: &str) -> Value {
+        loop {
+            let f = self.frame().await;
+            if f["action"] == action {
+                return f;
+            }
+        }
+    }
+
+    /// Frames until one matches `pred`, returning all frames seen (the match last).
+    pub async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let f = self.frame().await;
+            let done = pred(&f);
+            seen.push(f);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Reads until the close frame; returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => return Some(f.code.into()),
+                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => panic!("no close within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns true (an event observed through the public interface),
+/// panicking after `WAIT`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Declares one async test per backend: `name::sqlite`, `name::postgres`, `name::mysql`.
+/// PostgreSQL and MariaDB run when `DATABASE_URL_POSTGRES` / `DATABASE_URL_MYSQL` are set.
+#[macro_export]
+macro_rules! db_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            async fn run(backend: $crate::helpers::Backend) {
+                let Some(db) = $crate::helpers::TestDb::create(backend).await else {
+                    return;
+                };
+                let f = $body;
+                f(db).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run($crate::helpers::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                run($crate::helpers::Backend::Mysql).await
+            }
+        }
+    };
+}

@@ -1,0 +1,202 @@
+//! The socket protocol (§2): handshake, id stability, limits, keepalive, eviction.
+use std::time::Duration;
+
+use futures::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::db_test;
+use crate::helpers::*;
+
+db_test!(handshake_and_id_stability, |db: TestDb| async move {
+    let app = TestApp::spawn(&db).await;
+    let mut a = app.ws().await;
+    // Nothing before the first client frame.
+    assert!(a.try_text(Duration::from_millis(300)).await.is_none());
+    a.stream.send(Message::text("getId")).await.unwrap();
+    let raw = a.text().await;
+    let id = serde_json::from_str::<serde_json::Value>(&raw).unwrap()["data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        raw,
+        format!(r#"{{"churchId":"","conversationId":"","action":"socketId","data":"{id}"}}"#)
+    );
+    assert_eq!(id.len(), 11);
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    );
+    // Any later frame, text or binary, whatever its content, echoes the same id once.
+    a.stream
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    a.stream
+        .send(Message::text("anything at all"))
+        .await
+        .unwrap();
+    assert_eq!(a.frame().await["data"], id);
+    assert_eq!(a.frame().await["data"], id);
+    assert!(a.try_text(Duration::from_millis(200)).await.is_none());
+    // A new socket, on either entry point, gets a new id.
+    let mut b = Ws::connect(&format!("ws://{}/any/path", app.http)).await;
+    assert_ne!(b.get_id().await, id);
+});
+
+db_test!(inbound_frame_over_4k_closes_1009, |db: TestDb| async move {
+    let app = TestApp::spawn(&db).await;
+    let mut a = app.ws_with_id().await;
+    let mut b = app.ws_with_id().await;
+    a.stream
+        .send(Message::text("x".repeat(4097)))
+        .await
+        .unwrap();
+    assert_eq!(a.close_code().await, Some(1009));
+    // Exactly 4096 bytes is fine, and the process keeps serving everyone else.
+    b.stream
+        .send(Message::text("y".repeat(4096)))
+        .await
+        .unwrap();
+    assert_eq!(b.frame().await["data"], b.id);
+});
+
+db_test!(
+    non_upgrade_on_socket_port_gets_426,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let resp = app
+            .client
+            .get(format!("http://{}/x", app.socket))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 426);
+        assert_eq!(
+            resp.json::<serde_json::Value>().await.unwrap(),
+            json!({"error": "Upgrade Required"})
+        );
+    }
+);
+
+db_test!(
+    silent_peer_is_dropped_and_room_told,
+    |db: TestDb| async move {
+        let mut s = settings(&db);
+        s.ping_interval_secs = 0.2;
+        let app = TestApp::spawn_with(s).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let mut watcher = app.ws_with_id().await;
+        // The silent peer: it handshakes, joins, then is never polled again, so it never pongs.
+        let mut silent = app.ws_with_id().await;
+        app.join_one(&room, &watcher.id, "watcher").await;
+        app.join_one(&room, &silent.id, "silent").await;
+        watcher
+            .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 2)
+            .await;
+        // The watcher keeps answering pings because it is being read; the silent one is not.
+        watcher
+            .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 1)
+            .await;
+        let (_, rows) = app
+            .get(&format!("/messaging/connections/C1/{room}"), None)
+            .await;
+        assert_eq!(rows.as_array().unwrap().len(), 1);
+        assert_eq!(rows[0]["socketId"], watcher.id);
+        drop(silent.stream.close(None).await);
+    }
+);
+
+db_test!(
+    stalled_reader_is_evicted_while_200_others_get_everything,
+    |db: TestDb| async move {
+        let mut s = settings(&db);
+        s.socket_queue_bytes = 64 * 1024;
+        let app = TestApp::spawn_with(s).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let mut readers = Vec::new();
+        let mut items = Vec::new();
+        for _ in 0..200 {
+            let ws = app.ws_with_id().await;
+            items.push(json!({"conversationId": room, "socketId": ws.id}));
+            readers.push(ws);
+        }
+        let mut stalled = Ws::connect_small_rcvbuf(app.socket).await;
+        stalled.get_id().await;
+        items.push(json!({"conversationId": room, "socketId": stalled.id}));
+        for chunk in items.chunks(100) {
+            app.join(None, json!(chunk)).await;
+        }
+        // Readers drain concurrently; the stalled socket is never polled.
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for (i, mut ws) in readers.into_iter().enumerate() {
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let mut expected = 0u64;
+                loop {
+                    let f = ws.frame().await;
+                    if f["action"] != "message" {
+                        continue;
+                    }
+                    let seq = f["data"]["seq"].as_u64().unwrap();
+                    assert_eq!(seq, expected, "reader {i} out of order");
+                    expected += 1;
+                    if f["data"]["last"] == true {
+                        // Hand the socket back so it stays open (and subscribed).
+                        done_tx.send((expected, ws)).unwrap();
+                        return;
+                    }
+                }
+            });
+        }
+        let pad = "p".repeat(4000);
+        let mut seq = 0u64;
+        // Send until the stalled socket drops out of the delivered count (its eviction).
+        loop {
+            let n = app
+                .grpc_send("C1", &room, &json!({"seq": seq, "pad": pad}))
+                .await;
+            seq += 1;
+            if n == 200 {
+                break;
+            }
+            assert_eq!(n, 201);
+            assert!(seq < 20_000, "stalled socket was never evicted");
+        }
+        for _ in 0..20 {
+            app.grpc_send("C1", &room, &json!({"seq": seq, "pad": pad}))
+                .await;
+            seq += 1;
+        }
+        assert_eq!(
+            app.grpc_send("C1", &room, &json!({"seq": seq, "last": true}))
+                .await,
+            200
+        );
+        let mut finished = Vec::new();
+        for _ in 0..200 {
+            let (got, ws) = tokio::time::timeout(WAIT, done_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, seq + 1);
+            finished.push(ws);
+        }
+        // The stalled peer, once it reads, finds the 1013 close after what was written.
+        assert_eq!(stalled.close_code().await, Some(1013));
+        let hub = app.hub.clone();
+        let stalled_id = stalled.id.clone();
+        eventually("evicted socket's rows deleted", || {
+            let app = &app;
+            let room = room.clone();
+            let sid = stalled_id.clone();
+            async move {
+                let rows = app.store.room_rows("C1", &room).await.unwrap();
+                rows.len() == 200 && rows.iter().all(|r| r.socket_id != sid)
+            }
+        })
+        .await;
+        assert!(!hub.holds_socket(&stalled.id));
+    }
+);
