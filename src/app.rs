@@ -95,6 +95,7 @@ impl Application {
             hub: hub.clone(),
             connection,
             delivery,
+            services: crate::service::Services::new(hub.clone()),
             keys,
             trust_proxy: settings.trust_proxy,
             ready: ready.clone(),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc;
 pub mod hub;
 pub mod ids;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod time;

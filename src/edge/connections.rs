@@ -43,13 +43,16 @@ fn to_json(ctx: &Ctx, rows: Vec<connections::Model>) -> Vec<ConnectionJson> {
         .collect()
 }
 
-pub async fn list(ctx: &Ctx, church: &str, room: &str) -> AppResult<Response> {
-    let rows = ctx.connection.list_room(&ctx.caller, church, room).await?;
+pub async fn list(ctx: &Ctx) -> AppResult<Response> {
+    let rows = ctx
+        .connection
+        .list_room(&ctx.caller, ctx.param(0), ctx.param(1))
+        .await?;
     Ok(ok_json(&to_json(ctx, rows)))
 }
 
-pub async fn join(ctx: &Ctx, raw: &[u8]) -> AppResult<Response> {
-    let v = body::parse(raw)?;
+pub async fn join(ctx: &Ctx) -> AppResult<Response> {
+    let v = ctx.json()?;
     let items = body::array(&v, MAX_BATCH)?;
     let mut parsed = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -78,15 +81,15 @@ pub async fn join(ctx: &Ctx, raw: &[u8]) -> AppResult<Response> {
     Ok(ok_json(&to_json(ctx, rows)))
 }
 
-pub async fn leave(ctx: &Ctx, church: &str, room: &str, socket: &str) -> AppResult<Response> {
+pub async fn leave(ctx: &Ctx) -> AppResult<Response> {
     ctx.connection
-        .leave(&ctx.caller, church, room, socket)
+        .leave(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
         .await?;
     Ok(ok_json(&json!({"success": true})))
 }
 
-pub async fn set_name(ctx: &Ctx, raw: &[u8]) -> AppResult<Response> {
-    let v = body::parse(raw)?;
+pub async fn set_name(ctx: &Ctx) -> AppResult<Response> {
+    let v = ctx.json()?;
     let o = body::Obj::new(&v, String::new())?;
     let socket = o.req_str("socketId", MAX_SOCKET_ID)?;
     let name = o.req_str_any("name", MAX_DISPLAY_NAME)?;

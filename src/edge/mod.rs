@@ -1,7 +1,13 @@
 //! The HTTP/WebSocket edge: REST under `/messaging` turned into in-process calls on the
 //! service layer, WebSocket upgrades on any path, and the operational endpoints.
+pub mod blocked_ips;
 pub mod body;
 pub mod connections;
+pub mod conversations;
+pub mod messages;
+pub mod notifications;
+pub mod openapi;
+pub mod private_messages;
 pub mod routes;
 pub mod upgrade;
 
@@ -22,7 +28,8 @@ use crate::auth::{Caller, TokenKeys};
 use crate::error::AppError;
 use crate::grpc::{ConnectionService, DeliveryService};
 use crate::hub::Hub;
-use routes::Endpoint;
+use crate::service::Services;
+use routes::{Auth, Endpoint};
 
 /// Request bodies over this many bytes get 413 (§9).
 pub const MAX_BODY: usize = 1 << 20;
@@ -32,18 +39,44 @@ pub struct EdgeState {
     pub hub: Arc<Hub>,
     pub connection: ConnectionService,
     pub delivery: DeliveryService,
+    pub services: Services,
     pub keys: TokenKeys,
     pub trust_proxy: bool,
     pub ready: Arc<AtomicBool>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-/// One REST request, after routing and authentication.
+/// One REST request, after routing, the body-size check and authentication.
 pub struct Ctx {
     pub caller: Caller,
     pub client_ip: Option<String>,
+    /// Path parameters in path order, percent-decoded.
+    pub params: Vec<String>,
+    query: Option<String>,
+    pub body: Bytes,
     pub connection: ConnectionService,
     pub delivery: DeliveryService,
+    pub svc: Services,
+}
+
+impl Ctx {
+    /// The `i`-th path parameter.
+    pub fn param(&self, i: usize) -> &str {
+        self.params.get(i).map(String::as_str).unwrap_or_default()
+    }
+
+    /// A query parameter, decoded (`+` is a space); `None` when absent.
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| routes::percent_decode(&v.replace('+', " ")).unwrap_or_default())
+        })
+    }
+
+    /// The body as JSON (`Invalid JSON` when empty or malformed).
+    pub fn json(&self) -> Result<serde_json::Value, AppError> {
+        body::parse(&self.body)
+    }
 }
 
 pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
@@ -172,10 +205,11 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
             .increment(1);
         return cors(framework_error(404, "Endpoint not found", &path));
     };
-    let resp = handle(&state, matched.endpoint, &matched.params, &path, req).await;
+    let pattern = matched.route.path;
+    let resp = handle(&state, matched, &path, req).await;
     metrics::counter!(
         "messaging_http_requests_total",
-        "route" => matched.pattern,
+        "route" => pattern,
         "status" => resp.status().as_str().to_string()
     )
     .increment(1);
@@ -190,15 +224,9 @@ async fn read_body(body: Body) -> Result<Bytes, AppError> {
     }
 }
 
-async fn handle(
-    state: &EdgeState,
-    endpoint: Endpoint,
-    params: &[String],
-    path: &str,
-    req: Request,
-) -> Response {
+async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    match endpoint {
+    match matched.route.endpoint {
         Endpoint::Health => return ok_json(&json!({"status": "ok"})),
         Endpoint::Ready => return ready(state).await,
         Endpoint::Metrics => {
@@ -208,6 +236,7 @@ async fn handle(
             )
                 .into_response();
         }
+        Endpoint::OpenApi => return ok_json(openapi::document()),
         _ => {}
     }
     let raw = match read_body(body).await {
@@ -222,19 +251,66 @@ async fn handle(
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    let caller = state.keys.caller_from_header(auth);
+    // Endpoint-level authentication (check 3 of §9), before the body is looked at.
+    let allowed = match matched.route.auth {
+        Auth::None | Auth::Optional => true,
+        Auth::Token => caller.claims().is_some(),
+        Auth::Permission(p) => caller.claims().is_some_and(|c| c.has_permission(p)),
+    };
+    if !allowed {
+        return AppError::Unauthorized.into_response();
+    }
     let ctx = Ctx {
-        caller: state.keys.caller_from_header(auth),
+        caller,
         client_ip: client_ip(&parts.headers, peer, state.trust_proxy),
+        params: matched.params,
+        query: parts.uri.query().map(str::to_string),
+        body: raw,
         connection: state.connection.clone(),
         delivery: state.delivery.clone(),
+        svc: state.services.clone(),
     };
-    let p = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
-    let result = match endpoint {
-        Endpoint::ConnectionsList => connections::list(&ctx, p(0), p(1)).await,
-        Endpoint::ConnectionsJoin => connections::join(&ctx, &raw).await,
-        Endpoint::ConnectionsLeave => connections::leave(&ctx, p(0), p(1), p(2)).await,
-        Endpoint::ConnectionsSetName => connections::set_name(&ctx, &raw).await,
-        Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => unreachable_ok(),
+    let result = match matched.route.endpoint {
+        Endpoint::ConnectionsList => connections::list(&ctx).await,
+        Endpoint::ConnectionsJoin => connections::join(&ctx).await,
+        Endpoint::ConnectionsLeave => connections::leave(&ctx).await,
+        Endpoint::ConnectionsSetName => connections::set_name(&ctx).await,
+        Endpoint::MessagesByConversation => messages::by_conversation(&ctx).await,
+        Endpoint::MessagesCatchup => messages::catchup(&ctx).await,
+        Endpoint::MessagesSend => messages::send(&ctx).await,
+        Endpoint::MessagesPost => messages::post(&ctx).await,
+        Endpoint::MessagesSetCallout => messages::set_callout(&ctx).await,
+        Endpoint::MessagesGet => messages::get(&ctx).await,
+        Endpoint::MessagesReact => messages::react(&ctx).await,
+        Endpoint::MessagesDelete => messages::delete(&ctx).await,
+        Endpoint::ConversationsCurrent => conversations::current(&ctx).await,
+        Endpoint::ConversationsEnsure => conversations::ensure(&ctx).await,
+        Endpoint::ConversationsSave => conversations::save(&ctx).await,
+        Endpoint::ConversationsGet => conversations::get(&ctx).await,
+        Endpoint::ConversationsByContent => conversations::by_content(&ctx).await,
+        Endpoint::ConversationsMessagesByContent => conversations::messages_by_content(&ctx).await,
+        Endpoint::ConversationsTimeline => conversations::timeline(&ctx).await,
+        Endpoint::ConversationsPosts => conversations::posts(&ctx).await,
+        Endpoint::ConversationsPostsByGroup => conversations::posts_by_group(&ctx).await,
+        Endpoint::ConversationsStart => conversations::start(&ctx).await,
+        Endpoint::ConversationsDelete => conversations::delete(&ctx).await,
+        Endpoint::PrivateMessagesCreate => private_messages::create(&ctx).await,
+        Endpoint::PrivateMessagesList => private_messages::list(&ctx).await,
+        Endpoint::PrivateMessagesGet => private_messages::get(&ctx).await,
+        Endpoint::PrivateMessagesDelete => private_messages::delete(&ctx).await,
+        Endpoint::NotificationsUnreadCount => notifications::unread_count(&ctx).await,
+        Endpoint::NotificationsMy => notifications::my(&ctx).await,
+        Endpoint::NotificationsCreate => notifications::create(&ctx).await,
+        Endpoint::NotificationsMarkRead => notifications::mark_read(&ctx).await,
+        Endpoint::NotificationsDeleteMy => notifications::delete_my(&ctx).await,
+        Endpoint::NotificationsDelete => notifications::delete(&ctx).await,
+        Endpoint::BlockedIpsToggle => blocked_ips::toggle(&ctx).await,
+        Endpoint::BlockedIpsList => blocked_ips::list(&ctx).await,
+        Endpoint::BlockedIpsClear => blocked_ips::clear(&ctx).await,
+        Endpoint::Health | Endpoint::Ready | Endpoint::Metrics | Endpoint::OpenApi => {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
     };
     match result {
         Ok(r) => r,
@@ -244,10 +320,6 @@ async fn handle(
         }
         Err(e) => e.into_response(),
     }
-}
-
-fn unreachable_ok() -> Result<Response, AppError> {
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn ready(state: &EdgeState) -> Response {

@@ -1,68 +1,131 @@
 //! The REST route table and its matcher. Literal segments match case-insensitively, a
 //! trailing `/` is optional, parameters are percent-decoded and keep their case, and a
 //! literal segment wins over a parameter in the same position (§9).
+//!
+//! The table is also the source of the OpenAPI document (`edge::openapi`).
 
-/// Every REST endpoint the edge serves.
+/// Every endpoint the HTTP port serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
     Ready,
     Metrics,
+    OpenApi,
     ConnectionsList,
     ConnectionsJoin,
     ConnectionsLeave,
     ConnectionsSetName,
+    MessagesByConversation,
+    MessagesCatchup,
+    MessagesSend,
+    MessagesPost,
+    MessagesSetCallout,
+    MessagesGet,
+    MessagesReact,
+    MessagesDelete,
+    ConversationsCurrent,
+    ConversationsEnsure,
+    ConversationsSave,
+    ConversationsGet,
+    ConversationsByContent,
+    ConversationsMessagesByContent,
+    ConversationsTimeline,
+    ConversationsPosts,
+    ConversationsPostsByGroup,
+    ConversationsStart,
+    ConversationsDelete,
+    PrivateMessagesCreate,
+    PrivateMessagesList,
+    PrivateMessagesGet,
+    PrivateMessagesDelete,
+    NotificationsUnreadCount,
+    NotificationsMy,
+    NotificationsCreate,
+    NotificationsMarkRead,
+    NotificationsDeleteMy,
+    NotificationsDelete,
+    BlockedIpsToggle,
+    BlockedIpsList,
+    BlockedIpsClear,
+}
+
+/// Who may call an endpoint (§8, §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No token involved (operational endpoints).
+    None,
+    /// Token optional: anonymous callers allowed (per-object rules may still need one).
+    Optional,
+    /// A valid token is required.
+    Token,
+    /// A token with this permission is required.
+    Permission(crate::auth::Permission),
 }
 
 pub struct Route {
     pub method: &'static str,
-    /// Path segments; `{}` is a parameter.
+    /// The path; `{name}` segments are parameters.
     pub path: &'static str,
     pub endpoint: Endpoint,
+    pub auth: Auth,
+    pub summary: &'static str,
 }
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        path: "/health",
-        endpoint: Endpoint::Health,
-    },
-    Route {
-        method: "GET",
-        path: "/ready",
-        endpoint: Endpoint::Ready,
-    },
-    Route {
-        method: "GET",
-        path: "/metrics",
-        endpoint: Endpoint::Metrics,
-    },
-    Route {
-        method: "GET",
-        path: "/messaging/connections/{}/{}",
-        endpoint: Endpoint::ConnectionsList,
-    },
-    Route {
-        method: "POST",
-        path: "/messaging/connections",
-        endpoint: Endpoint::ConnectionsJoin,
-    },
-    Route {
-        method: "DELETE",
-        path: "/messaging/connections/{}/{}/{}",
-        endpoint: Endpoint::ConnectionsLeave,
-    },
-    Route {
-        method: "POST",
-        path: "/messaging/connections/setName",
-        endpoint: Endpoint::ConnectionsSetName,
-    },
-];
+macro_rules! routes {
+    ($( $method:literal $path:literal => $endpoint:ident, $auth:expr, $summary:literal; )*) => {
+        &[$( Route { method: $method, path: $path, endpoint: Endpoint::$endpoint, auth: $auth, summary: $summary }, )*]
+    };
+}
 
-/// A matched route: the endpoint, its path pattern (a metrics label) and its parameters.
+use crate::auth::Permission::{ContentEdit, MessagingAdmin};
+use Auth::{None as Open, Optional, Permission as Perm, Token};
+
+pub const ROUTES: &[Route] = routes! {
+    "GET" "/health" => Health, Open, "Liveness: 200 while the process runs";
+    "GET" "/ready" => Ready, Open, "Readiness: migrations done, listeners up, database answering";
+    "GET" "/metrics" => Metrics, Open, "Prometheus metrics";
+    "GET" "/messaging/openapi.json" => OpenApi, Open, "This OpenAPI 3.1 document";
+    "GET" "/messaging/connections/{churchId}/{roomId}" => ConnectionsList, Optional, "Rows of a room by timeJoined (alerts: only the caller's own)";
+    "POST" "/messaging/connections" => ConnectionsJoin, Optional, "Join sockets to rooms (upsert); attendance and blockedIp follow";
+    "DELETE" "/messaging/connections/{churchId}/{roomId}/{socketId}" => ConnectionsLeave, Optional, "Remove a socket from a room";
+    "POST" "/messaging/connections/setName" => ConnectionsSetName, Optional, "Rename a socket in every room it is in (not alerts)";
+    "GET" "/messaging/messages/conversation/{conversationId}" => MessagesByConversation, Token, "Messages of a conversation of the caller's church, ascending";
+    "GET" "/messaging/messages/catchup/{churchId}/{conversationId}" => MessagesCatchup, Optional, "Messages since a time (inclusive), ascending";
+    "POST" "/messaging/messages/send" => MessagesSend, Optional, "Post messages (authenticated, or anonymous in anonymous-public rooms)";
+    "POST" "/messaging/messages" => MessagesPost, Token, "Create messages, or edit them (items with id)";
+    "POST" "/messaging/messages/setCallout" => MessagesSetCallout, Perm(ContentEdit), "Broadcast a callout to a conversation room (not stored)";
+    "GET" "/messaging/messages/{churchId}/{id}" => MessagesGet, Optional, "One message";
+    "POST" "/messaging/messages/{messageId}/reactions" => MessagesReact, Token, "Toggle a reaction";
+    "DELETE" "/messaging/messages/{id}" => MessagesDelete, Token, "Delete a message (author or moderator)";
+    "GET" "/messaging/conversations/current/{churchId}/{contentType}/{contentId}" => ConversationsCurrent, Optional, "The conversation of the last 24 hours for a content item, created if needed";
+    "POST" "/messaging/conversations/ensure" => ConversationsEnsure, Token, "Get or create the current streamingLive conversation";
+    "POST" "/messaging/conversations" => ConversationsSave, Token, "Create conversations, or update them (items with id, Content Edit)";
+    "GET" "/messaging/conversations/{churchId}/{id}" => ConversationsGet, Optional, "One conversation";
+    "GET" "/messaging/conversations/{churchId}/{contentType}/{contentId}" => ConversationsByContent, Optional, "Conversations of a content item, newest first";
+    "GET" "/messaging/conversations/messages/{contentType}/{contentId}" => ConversationsMessagesByContent, Token, "Conversations of a content item with a page of their messages";
+    "GET" "/messaging/conversations/timeline/ids" => ConversationsTimeline, Token, "First and last message of up to 100 conversations";
+    "GET" "/messaging/conversations/posts" => ConversationsPosts, Token, "The caller's recent group conversations";
+    "GET" "/messaging/conversations/posts/group/{groupId}" => ConversationsPostsByGroup, Token, "Recent conversations of one group";
+    "POST" "/messaging/conversations/start" => ConversationsStart, Token, "Create a conversation with its first message";
+    "DELETE" "/messaging/conversations/{churchId}/{id}" => ConversationsDelete, Perm(ContentEdit), "Delete a conversation with its messages";
+    "POST" "/messaging/privatemessages" => PrivateMessagesCreate, Token, "Attach private-message participants to conversations";
+    "GET" "/messaging/privatemessages" => PrivateMessagesList, Token, "The caller's private messages (marks them seen)";
+    "GET" "/messaging/privatemessages/{id}" => PrivateMessagesGet, Token, "One private message";
+    "DELETE" "/messaging/privatemessages/{id}" => PrivateMessagesDelete, Token, "Delete a private message thread";
+    "GET" "/messaging/notifications/unreadCount" => NotificationsUnreadCount, Token, "Unread notification and private-message counts";
+    "GET" "/messaging/notifications/my" => NotificationsMy, Token, "The caller's notifications (then marked read)";
+    "POST" "/messaging/notifications/create" => NotificationsCreate, Perm(MessagingAdmin), "Create notifications for people";
+    "POST" "/messaging/notifications/markRead/{churchId}/{personId}" => NotificationsMarkRead, Token, "Mark all of a person's notifications read";
+    "DELETE" "/messaging/notifications/my" => NotificationsDeleteMy, Token, "Delete the caller's notifications";
+    "DELETE" "/messaging/notifications/{churchId}/{id}" => NotificationsDelete, Token, "Delete one notification (owner or Messaging Admin)";
+    "POST" "/messaging/blockedips" => BlockedIpsToggle, Perm(ContentEdit), "Toggle blocked IPs of conversations";
+    "GET" "/messaging/blockedips/{churchId}/{conversationId}" => BlockedIpsList, Optional, "Blocked IPs of a conversation";
+    "POST" "/messaging/blockedips/clear" => BlockedIpsClear, Perm(ContentEdit), "Clear the blocked IPs of a service";
+};
+
+/// A matched route with its parameters, in path order.
 pub struct Matched {
-    pub endpoint: Endpoint,
-    pub pattern: &'static str,
+    pub route: &'static Route,
     pub params: Vec<String>,
 }
 
@@ -71,20 +134,26 @@ fn segments(path: &str) -> Vec<&str> {
     trimmed.split('/').skip(1).collect()
 }
 
+fn is_param(seg: &str) -> bool {
+    seg.starts_with('{') && seg.ends_with('}')
+}
+
 /// Finds the route for `method` and a raw (still percent-encoded) `path`.
 pub fn find(method: &str, path: &str) -> Option<Matched> {
     let segs = segments(path);
-    let mut best: Option<(Vec<bool>, &Route)> = None;
+    let mut best: Option<(Vec<bool>, &'static Route)> = None;
     for route in ROUTES.iter().filter(|r| r.method == method) {
         let pattern = segments(route.path);
         if pattern.len() != segs.len() {
             continue;
         }
-        let mut shape = Vec::with_capacity(pattern.len());
+        let shape: Vec<bool> = pattern.iter().map(|p| is_param(p)).collect();
         let ok = pattern.iter().zip(&segs).all(|(p, s)| {
-            let is_param = *p == "{}";
-            shape.push(is_param);
-            is_param && !s.is_empty() || p.eq_ignore_ascii_case(s)
+            if is_param(p) {
+                !s.is_empty()
+            } else {
+                p.eq_ignore_ascii_case(s)
+            }
         });
         // `false` (literal) sorts before `true` (parameter): the most literal match wins.
         if ok && best.as_ref().is_none_or(|(b, _)| shape < *b) {
@@ -98,14 +167,10 @@ pub fn find(method: &str, path: &str) -> Option<Matched> {
         .filter(|(_, is_param)| *is_param)
         .map(|(s, _)| percent_decode(s))
         .collect::<Option<Vec<_>>>()?;
-    Some(Matched {
-        endpoint: route.endpoint,
-        pattern: route.path,
-        params,
-    })
+    Some(Matched { route, params })
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -129,10 +194,46 @@ mod tests {
     #[test]
     fn literal_segments_ignore_case_and_trailing_slash() {
         let m = find("POST", "/MESSAGING/Connections/SETNAME/").unwrap();
-        assert_eq!(m.endpoint, Endpoint::ConnectionsSetName);
+        assert_eq!(m.route.endpoint, Endpoint::ConnectionsSetName);
         let m = find("GET", "/messaging/connections/Ch%20urch/Room1").unwrap();
         assert_eq!(m.params, ["Ch urch", "Room1"]);
         assert!(find("PUT", "/messaging/connections").is_none());
         assert!(find("GET", "/messaging/connections//x").is_none());
+        assert!(find("POST", "/messaging/privateMessages").is_some());
+        assert!(find("POST", "/MESSAGING/blockedIps/clear/").is_some());
+    }
+
+    #[test]
+    fn literals_win_over_parameters() {
+        let ep = |m, p| find(m, p).unwrap().route.endpoint;
+        assert_eq!(
+            ep("GET", "/messaging/messages/conversation/X"),
+            Endpoint::MessagesByConversation
+        );
+        assert_eq!(ep("GET", "/messaging/messages/C/X"), Endpoint::MessagesGet);
+        assert_eq!(
+            ep("GET", "/messaging/conversations/posts/group/G"),
+            Endpoint::ConversationsPostsByGroup
+        );
+        assert_eq!(
+            ep("GET", "/messaging/conversations/C/sermon/S"),
+            Endpoint::ConversationsByContent
+        );
+        assert_eq!(
+            ep("GET", "/messaging/conversations/timeline/ids"),
+            Endpoint::ConversationsTimeline
+        );
+        assert_eq!(
+            ep("GET", "/messaging/conversations/C/X"),
+            Endpoint::ConversationsGet
+        );
+        assert_eq!(
+            ep("DELETE", "/messaging/notifications/my"),
+            Endpoint::NotificationsDeleteMy
+        );
+        assert_eq!(
+            ep("DELETE", "/messaging/notifications/C/N"),
+            Endpoint::NotificationsDelete
+        );
     }
 }
