@@ -1,1 +1,204 @@
-//! Not yet written.
+//! Notifications (§10.6): counts, the caller's list, creation by a Messaging Admin with its
+//! `notification` frames (§7), marking read and deleting.
+use std::collections::HashSet;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, IsolationLevel, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+
+use super::Services;
+use super::alerts::{self, PRIVATE_MESSAGE, TxError, begin_isolated};
+use super::model::{Counts, Notification};
+use crate::auth::{Claims, Permission};
+use crate::error::{AppError, AppResult};
+use crate::store::entities::notifications;
+
+/// Ids per `IN (…)` list when marking a whole listing read, well under every backend's
+/// bind-parameter limit.
+const IDS_PER_STATEMENT: usize = 500;
+
+/// The body of `POST /notifications/create`, validated.
+#[derive(Debug, Clone)]
+pub struct NewNotifications {
+    pub people_ids: Vec<String>,
+    pub content_type: String,
+    pub content_id: String,
+    pub message: String,
+    pub link: Option<String>,
+}
+
+/// `GET /notifications/unreadCount`.
+pub async fn unread_count(svc: &Services, me: &Claims) -> AppResult<Counts> {
+    alerts::counts(&svc.store().db, &me.church_id, &me.person_id).await
+}
+
+/// `GET /notifications/my`: newest first, without private-message notifications; the rows
+/// are then marked read, and the response shows them as they were before.
+pub async fn my(svc: &Services, me: &Claims) -> AppResult<Vec<Notification>> {
+    let store = svc.store();
+    let rows = store
+        .write(|| async {
+            let txn = store.begin_write().await?;
+            let rows = notifications::Entity::find()
+                .filter(notifications::Column::ChurchId.eq(&me.church_id))
+                .filter(notifications::Column::PersonId.eq(&me.person_id))
+                .filter(notifications::Column::ContentType.ne(PRIVATE_MESSAGE))
+                .order_by_desc(notifications::Column::TimeSent)
+                .order_by_desc(notifications::Column::Id)
+                .all(&txn)
+                .await?;
+            // Only the rows returned: one created meanwhile stays unread until it is seen.
+            let unread: Vec<String> = rows
+                .iter()
+                .filter(|r| r.is_new)
+                .map(|r| r.id.clone())
+                .collect();
+            for chunk in unread.chunks(IDS_PER_STATEMENT) {
+                notifications::Entity::update_many()
+                    .col_expr(notifications::Column::IsNew, Expr::value(false))
+                    .filter(notifications::Column::Id.is_in(chunk.to_vec()))
+                    .exec(&txn)
+                    .await?;
+            }
+            txn.commit().await?;
+            Ok::<_, TxError>(rows)
+        })
+        .await?;
+    Ok(rows.into_iter().map(Notification::from).collect())
+}
+
+/// `POST /notifications/create`: one notification per person who has no unread one for the
+/// same `(contentType, contentId)`, then the frames and `deliveryMethod`.
+pub async fn create(
+    svc: &Services,
+    me: &Claims,
+    input: &NewNotifications,
+) -> AppResult<Vec<Notification>> {
+    let mut seen = HashSet::new();
+    let people: Vec<String> = input
+        .people_ids
+        .iter()
+        .filter(|p| seen.insert(p.as_str()))
+        .cloned()
+        .collect();
+    if people.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = svc.store();
+    let mut rows = store
+        .write(|| async {
+            // "At most one unread per (person, contentType, contentId)" has no index behind
+            // it (§11): SERIALIZABLE turns two concurrent creates into a conflict that
+            // `write` retries, and the retry then sees the other's rows and skips them.
+            let txn = begin_isolated(store, IsolationLevel::Serializable).await?;
+            let unread: HashSet<String> = notifications::Entity::find()
+                .select_only()
+                .column(notifications::Column::PersonId)
+                .filter(notifications::Column::ChurchId.eq(&me.church_id))
+                .filter(notifications::Column::PersonId.is_in(people.iter().cloned()))
+                .filter(notifications::Column::ContentType.eq(&input.content_type))
+                .filter(notifications::Column::ContentId.eq(&input.content_id))
+                .filter(notifications::Column::IsNew.eq(true))
+                .into_tuple::<String>()
+                .all(&txn)
+                .await?
+                .into_iter()
+                .collect();
+            let now = crate::time::now_ms();
+            let rows: Vec<notifications::Model> = people
+                .iter()
+                .filter(|p| !unread.contains(*p))
+                .map(|p| notifications::Model {
+                    id: crate::ids::new_id(),
+                    church_id: me.church_id.clone(),
+                    person_id: p.clone(),
+                    content_type: input.content_type.clone(),
+                    content_id: input.content_id.clone(),
+                    time_sent: now,
+                    is_new: true,
+                    message: input.message.clone(),
+                    link: input.link.clone(),
+                    delivery_method: None,
+                    triggered_by_person_id: Some(me.person_id.clone()),
+                    category: None,
+                })
+                .collect();
+            if !rows.is_empty() {
+                notifications::Entity::insert_many(rows.iter().cloned().map(active))
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+            txn.commit().await?;
+            Ok::<_, TxError>(rows)
+        })
+        .await?;
+    alerts::deliver_notifications(svc, &mut rows).await?;
+    Ok(rows.into_iter().map(Notification::from).collect())
+}
+
+fn active(n: notifications::Model) -> notifications::ActiveModel {
+    notifications::ActiveModel {
+        id: Set(n.id),
+        church_id: Set(n.church_id),
+        person_id: Set(n.person_id),
+        content_type: Set(n.content_type),
+        content_id: Set(n.content_id),
+        time_sent: Set(n.time_sent),
+        is_new: Set(n.is_new),
+        message: Set(n.message),
+        link: Set(n.link),
+        delivery_method: Set(n.delivery_method),
+        triggered_by_person_id: Set(n.triggered_by_person_id),
+        category: Set(n.category),
+    }
+}
+
+fn is_admin(me: &Claims) -> bool {
+    me.has_permission(Permission::MessagingAdmin)
+}
+
+/// `POST /notifications/markRead/{churchId}/{personId}`: the person themself or a Messaging
+/// Admin, in the caller's own church only.
+pub async fn mark_read(svc: &Services, me: &Claims, church: &str, person: &str) -> AppResult<()> {
+    if church != me.church_id || (person != me.person_id && !is_admin(me)) {
+        return Err(AppError::Unauthorized);
+    }
+    notifications::Entity::update_many()
+        .col_expr(notifications::Column::IsNew, Expr::value(false))
+        .filter(notifications::Column::ChurchId.eq(church))
+        .filter(notifications::Column::PersonId.eq(person))
+        .filter(notifications::Column::IsNew.eq(true))
+        .exec(&svc.store().db)
+        .await?;
+    Ok(())
+}
+
+/// `DELETE /notifications/my`: the caller's notifications except private-message ones,
+/// which belong to their threads.
+pub async fn delete_my(svc: &Services, me: &Claims) -> AppResult<()> {
+    notifications::Entity::delete_many()
+        .filter(notifications::Column::ChurchId.eq(&me.church_id))
+        .filter(notifications::Column::PersonId.eq(&me.person_id))
+        .filter(notifications::Column::ContentType.ne(PRIVATE_MESSAGE))
+        .exec(&svc.store().db)
+        .await?;
+    Ok(())
+}
+
+/// `DELETE /notifications/{churchId}/{id}`: its owner, or a Messaging Admin of its church.
+pub async fn delete(svc: &Services, me: &Claims, church: &str, id: &str) -> AppResult<()> {
+    let db = &svc.store().db;
+    let row = notifications::Entity::find_by_id(id.to_string())
+        .one(db)
+        .await?
+        .filter(|n| n.church_id == church)
+        .ok_or(AppError::NotFound("Notification not found"))?;
+    let owner = row.person_id == me.person_id;
+    if row.church_id != me.church_id || !(owner || is_admin(me)) {
+        return Err(AppError::Unauthorized);
+    }
+    notifications::Entity::delete_by_id(row.id).exec(db).await?;
+    Ok(())
+}

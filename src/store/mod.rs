@@ -1,5 +1,6 @@
 //! Persistence through sea-orm: SQLite by default, PostgreSQL and MySQL/MariaDB by URL.
 //! Timestamps are stored as epoch milliseconds (exact, and identical on every backend).
+pub mod chat;
 pub mod entities;
 
 use std::collections::BTreeSet;

@@ -1,0 +1,239 @@
+//! Queries of the chat surfaces: messages, reactions, conversation stats, blocked IPs.
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::Store;
+use super::entities::{blocked_ips, conversations, message_reactions, messages};
+
+impl Store {
+    /// A conversation's messages by `(timeSent, id)`, optionally from `since` (inclusive).
+    pub async fn messages_of(&self, conversation: &str, since: Option<i64>) -> Result<Vec<messages::Model>, DbErr> {
+        let mut q = messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
+        if let Some(t) = since {
+            q = q.filter(messages::Column::TimeSent.gte(t));
+        }
+        q.order_by_asc(messages::Column::TimeSent)
+            .order_by_asc(messages::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn message(&self, id: &str) -> Result<Option<messages::Model>, DbErr> {
+        messages::Entity::find_by_id(id.to_string()).one(&self.db).await
+    }
+
+    /// Whether `ip` is blocked in a conversation.
+    pub async fn ip_blocked(&self, church: &str, conversation: &str, ip: &str) -> Result<bool, DbErr> {
+        Ok(blocked_ips::Entity::find()
+            .filter(blocked_ips::Column::ChurchId.eq(church))
+            .filter(blocked_ips::Column::ConversationId.eq(conversation))
+            .filter(blocked_ips::Column::IpAddress.eq(ip))
+            .count(&self.db)
+            .await?
+            > 0)
+    }
+
+    /// Locks a conversation row for the rest of the transaction (a no-op on SQLite, whose
+    /// write transactions are already serialized), so that concurrent writers of one
+    /// conversation recompute its stats one after the other.
+    pub async fn lock_conversation<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<conversations::Model>, DbErr> {
+        conversations::Entity::find_by_id(id.to_string())
+            .lock_exclusive()
+            .one(db)
+            .await
+    }
+
+    /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
+    pub async fn refresh_stats<C: ConnectionTrait>(db: &C, conversation: &str) -> Result<(), DbErr> {
+        let of_conv = || messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
+        let count = of_conv().count(db).await?;
+        let id_by = |desc: bool| {
+            let q = of_conv().select_only().column(messages::Column::Id);
+            if desc {
+                q.order_by_desc(messages::Column::TimeSent).order_by_desc(messages::Column::Id)
+            } else {
+                q.order_by_asc(messages::Column::TimeSent).order_by_asc(messages::Column::Id)
+            }
+        };
+        let first: Option<String> = id_by(false).into_tuple().one(db).await?;
+        let last: Option<String> = id_by(true).into_tuple().one(db).await?;
+        conversations::Entity::update_many()
+            .col_expr(conversations::Column::PostCount, Expr::value(count as i32))
+            .col_expr(conversations::Column::FirstPostId, Expr::value(first))
+            .col_expr(conversations::Column::LastPostId, Expr::value(last))
+            .filter(conversations::Column::Id.eq(conversation))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    /// Toggles the reaction `(message, person, emoji)`; returns whether it now exists.
+    pub async fn toggle_reaction<C: ConnectionTrait>(
+        db: &C,
+        msg: &messages::Model,
+        person: &str,
+        emoji: &str,
+        now: i64,
+    ) -> Result<bool, DbErr> {
+        let removed = message_reactions::Entity::delete_many()
+            .filter(message_reactions::Column::MessageId.eq(&msg.id))
+            .filter(message_reactions::Column::PersonId.eq(person))
+            .filter(message_reactions::Column::Emoji.eq(emoji))
+            .exec(db)
+            .await?
+            .rows_affected;
+        if removed > 0 {
+            return Ok(false);
+        }
+        message_reactions::Entity::insert(message_reactions::ActiveModel {
+            id: Set(crate::ids::new_id()),
+            church_id: Set(msg.church_id.clone()),
+            message_id: Set(msg.id.clone()),
+            conversation_id: Set(msg.conversation_id.clone()),
+            person_id: Set(person.to_string()),
+            emoji: Set(emoji.to_string()),
+            time_added: Set(now),
+        })
+        .exec_without_returning(db)
+        .await?;
+        Ok(true)
+    }
+
+    /// Reactions of some messages, oldest first.
+    pub async fn reactions_of(&self, message_ids: Vec<String>) -> Result<Vec<message_reactions::Model>, DbErr> {
+        if message_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        message_reactions::Entity::find()
+            .filter(message_reactions::Column::MessageId.is_in(message_ids))
+            .order_by_asc(message_reactions::Column::TimeAdded)
+            .order_by_asc(message_reactions::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    /// Deletes messages (and their reactions) by id.
+    pub async fn delete_messages<C: ConnectionTrait>(db: &C, ids: Vec<String>) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        message_reactions::Entity::delete_many()
+            .filter(message_reactions::Column::MessageId.is_in(ids.clone()))
+            .exec(db)
+            .await?;
+        messages::Entity::delete_many()
+            .filter(messages::Column::Id.is_in(ids))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes conversations with their messages and reactions.
+    pub async fn delete_conversations<C: ConnectionTrait>(db: &C, ids: Vec<String>) -> Result<(), DbErr> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        message_reactions::Entity::delete_many()
+            .filter(message_reactions::Column::ConversationId.is_in(ids.clone()))
+            .exec(db)
+            .await?;
+        messages::Entity::delete_many()
+            .filter(messages::Column::ConversationId.is_in(ids.clone()))
+            .exec(db)
+            .await?;
+        blocked_ips::Entity::delete_many()
+            .filter(blocked_ips::Column::ConversationId.is_in(ids.clone()))
+            .exec(db)
+            .await?;
+        conversations::Entity::delete_many()
+            .filter(conversations::Column::Id.is_in(ids))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Conversations of a content item in a church, newest first.
+    pub async fn conversations_by_content(
+        &self,
+        church: &str,
+        content_type: &str,
+        content_id: &str,
+        created_since: Option<i64>,
+    ) -> Result<Vec<conversations::Model>, DbErr> {
+        let mut q = conversations::Entity::find()
+            .filter(conversations::Column::ChurchId.eq(church))
+            .filter(conversations::Column::ContentType.eq(content_type))
+            .filter(conversations::Column::ContentId.eq(content_id));
+        if let Some(t) = created_since {
+            q = q.filter(conversations::Column::DateCreated.gte(t));
+        }
+        q.order_by_desc(conversations::Column::DateCreated)
+            .order_by_desc(conversations::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn church_known(&self, church: &str) -> Result<bool, DbErr> {
+        Ok(conversations::Entity::find()
+            .filter(conversations::Column::ChurchId.eq(church))
+            .count(&self.db)
+            .await?
+            > 0)
+    }
+
+    pub async fn conversations_by_ids(&self, ids: Vec<String>) -> Result<Vec<conversations::Model>, DbErr> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        conversations::Entity::find()
+            .filter(conversations::Column::Id.is_in(ids))
+            .all(&self.db)
+            .await
+    }
+
+    /// Group conversations of a church that have posts.
+    pub async fn group_conversations(&self, church: &str, groups: Vec<String>) -> Result<Vec<conversations::Model>, DbErr> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        conversations::Entity::find()
+            .filter(conversations::Column::ChurchId.eq(church))
+            .filter(conversations::Column::GroupId.is_in(groups))
+            .filter(conversations::Column::LastPostId.is_not_null())
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn messages_by_ids(&self, ids: Vec<String>) -> Result<Vec<messages::Model>, DbErr> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        messages::Entity::find()
+            .filter(messages::Column::Id.is_in(ids))
+            .all(&self.db)
+            .await
+    }
+
+    /// One page of a conversation's messages, newest first.
+    pub async fn message_page(&self, conversation: &str, page: u64, limit: u64) -> Result<Vec<messages::Model>, DbErr> {
+        messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation))
+            .order_by_desc(messages::Column::TimeSent)
+            .order_by_desc(messages::Column::Id)
+            .offset((page - 1) * limit)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn insert_conversation_in<C: ConnectionTrait>(db: &C, c: &conversations::Model) -> Result<(), DbErr> {
+        let am: conversations::ActiveModel = c.clone().into();
+        conversations::Entity::insert(am).exec_without_returning(db).await?;
+        Ok(())
+    }
+}
