@@ -1,6 +1,8 @@
 //! Integration tests: real sockets on port 0, real HTTP/WebSocket/gRPC, real databases.
 mod helpers;
 
+mod alerts_flow;
+mod chat;
 mod errors;
 mod grpc_api;
 mod nodes;
