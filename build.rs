@@ -15,5 +15,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .type_attribute(".", "#[allow(clippy::all)]")
         .compile_fds(compiler.file_descriptor_set())?;
+    embed_client(&out_dir)?;
+    Ok(())
+}
+
+/// Embeds the browser client (`client/`, without its tests and node tooling) so the binary
+/// serves it wherever it runs.
+fn embed_client(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=client");
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("client");
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if path.is_dir() {
+                if !matches!(name, "node_modules" | "test" | "tests" | "artifacts") && !name.starts_with('.') {
+                    println!("cargo:rerun-if-changed={}", path.display());
+                    stack.push(path);
+                }
+                continue;
+            }
+            let content_type = match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
+                "js" | "mjs" => "text/javascript; charset=utf-8",
+                "ts" => "application/typescript; charset=utf-8",
+                "html" => "text/html; charset=utf-8",
+                "css" => "text/css; charset=utf-8",
+                "svg" => "image/svg+xml",
+                "png" => "image/png",
+                "ico" => "image/x-icon",
+                "md" => "text/markdown; charset=utf-8",
+                _ => continue,
+            };
+            let rel = path.strip_prefix(&root)?.to_string_lossy().replace('\\', "/");
+            files.push(format!(
+                "    (\"/client/{rel}\", \"{content_type}\", include_bytes!({:?})),\n",
+                path.display().to_string()
+            ));
+        }
+    }
+    files.sort();
+    let code = format!(
+        "/// (path, content type, bytes) of each embedded client file.\npub static ASSETS: &[(&str, &str, &[u8])] = &[\n{}];\n",
+        files.concat()
+    );
+    std::fs::write(out_dir.join("client_assets.rs"), code)?;
     Ok(())
 }

@@ -63,6 +63,9 @@ impl Application {
         listeners: Listeners,
     ) -> anyhow::Result<Self> {
         let keys = TokenKeys::new(settings.jwt_secret()?);
+        if settings.dev {
+            tracing::warn!("DEV MODE: GET /demo/token mints tokens for anyone; never enable this in production");
+        }
         let store = Store::connect(&settings.database_url).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot open database {}: {e}",
@@ -98,6 +101,7 @@ impl Application {
             services: crate::service::Services::new(hub.clone()),
             keys,
             trust_proxy: settings.trust_proxy,
+            dev: settings.dev,
             ready: ready.clone(),
             metrics: crate::telemetry::metrics_handle(),
         });

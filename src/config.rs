@@ -97,6 +97,9 @@ pub struct Settings {
     /// Most viewers listed in one attendance frame (totalViewers counts all).
     #[arg(long, env = "ROSTER_CAP", default_value_t = 100, global = true)]
     pub roster_cap: usize,
+    /// Development mode: `GET /demo/token` mints tokens for the demo page. Never in production.
+    #[arg(long, env = "DEV_MODE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", global = true)]
+    pub dev: bool,
     /// Seconds between node lease renewals and sweeps; the lease lasts three intervals.
     #[arg(
         long,
@@ -124,6 +127,7 @@ impl std::fmt::Debug for Settings {
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("trust_proxy", &self.trust_proxy)
+            .field("dev", &self.dev)
             .finish_non_exhaustive()
     }
 }

@@ -9,6 +9,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod private_messages;
 pub mod routes;
+pub mod static_files;
 pub mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +43,8 @@ pub struct EdgeState {
     pub services: Services,
     pub keys: TokenKeys,
     pub trust_proxy: bool,
+    /// Development mode (the demo token endpoint).
+    pub dev: bool,
     pub ready: Arc<AtomicBool>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -200,6 +203,11 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
         return preflight();
     }
     let path = req.uri().path().to_string();
+    if req.method() == Method::GET
+        && let Some(resp) = static_files::serve(&state, &path, req.uri().query())
+    {
+        return resp;
+    }
     let Some(matched) = routes::find(req.method().as_str(), &path) else {
         metrics::counter!("messaging_http_requests_total", "route" => "unmatched", "status" => "404")
             .increment(1);

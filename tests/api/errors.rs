@@ -108,7 +108,7 @@ db_test!(
         for (method, path) in [
             ("GET", "/messaging/nothing/here"),
             ("PUT", "/messaging/connections"),
-            ("GET", "/"),
+            ("GET", "/nothing"),
         ] {
             let req = app.client.request(method.parse().unwrap(), app.url(path));
             let (s, body) = app.send(req, None).await;
