@@ -11,7 +11,7 @@ use crate::pb;
 use crate::store::entities::connections;
 
 /// The `Connection` object of §10.1, in its field order.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionJson {
     id: String,
@@ -21,6 +21,7 @@ pub struct ConnectionJson {
     display_name: Option<String>,
     time_joined: String,
     socket_id: String,
+    /// Only for Content Edit holders of the church.
     ip_address: Option<String>,
 }
 

@@ -124,22 +124,6 @@ mod req {
     }
 }
 
-/// The room rows as the REST edge shows them.
-#[derive(JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct ConnectionDoc {
-    id: String,
-    church_id: String,
-    conversation_id: String,
-    person_id: Option<String>,
-    display_name: Option<String>,
-    time_joined: String,
-    socket_id: String,
-    /// Only for Content Edit holders of the church.
-    ip_address: Option<String>,
-}
-
 #[derive(JsonSchema)]
 #[allow(dead_code)]
 struct Success {
@@ -186,10 +170,10 @@ fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
     use Endpoint::*;
     match ep {
         Health | Ready | Metrics | OpenApi => {}
-        ConnectionsList => set!(_, Vec<ConnectionDoc>),
-        ConnectionsJoin => set!(Vec<req::JoinItem>, Vec<ConnectionDoc>),
+        ConnectionsList => set!(_, Vec<super::connections::ConnectionJson>),
+        ConnectionsJoin => set!(Vec<req::JoinItem>, Vec<super::connections::ConnectionJson>),
         ConnectionsLeave => set!(_, Success),
-        ConnectionsSetName => set!(req::SetName, Vec<ConnectionDoc>),
+        ConnectionsSetName => set!(req::SetName, Vec<super::connections::ConnectionJson>),
         MessagesByConversation => set!(_, Vec<Message>),
         MessagesCatchup => {
             set!(_, Vec<Message>);

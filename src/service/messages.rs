@@ -73,6 +73,15 @@ fn ce_in(caller: &Caller, church: &str) -> bool {
 }
 
 impl Services {
+    /// A message of `church` by id, or 404.
+    async fn load_message_in(&self, church: &str, id: &str) -> AppResult<messages::Model> {
+        self.store()
+            .message(id)
+            .await?
+            .filter(|m| m.church_id == church)
+            .ok_or(AppError::NotFound("Message not found"))
+    }
+
     /// Loads each distinct conversation of a batch once (404 on the first unknown one).
     async fn batch_conversations(
         &self,
@@ -156,12 +165,7 @@ impl Services {
         let mut edited = std::collections::HashMap::new();
         for it in &items {
             if let Some(id) = &it.id {
-                let m = self
-                    .store()
-                    .message(id)
-                    .await?
-                    .filter(|m| m.church_id == church)
-                    .ok_or(AppError::NotFound("Message not found"))?;
+                let m = self.load_message_in(&church, id).await?;
                 if !convs.contains_key(&m.conversation_id) {
                     let c = self.load_conversation_in(&church, &m.conversation_id).await?;
                     convs.insert(m.conversation_id.clone(), c);
@@ -281,12 +285,7 @@ impl Services {
     /// `DELETE /messages/{id}`: author (who can still read) or moderator.
     pub async fn delete_message(&self, caller: &Caller, id: &str) -> AppResult<()> {
         let claims = member(caller)?;
-        let m = self
-            .store()
-            .message(id)
-            .await?
-            .filter(|m| m.church_id == claims.church_id)
-            .ok_or(AppError::NotFound("Message not found"))?;
+        let m = self.load_message_in(&claims.church_id, id).await?;
         let c = self.load_conversation(&m.conversation_id).await?;
         let author = !claims.person_id.is_empty()
             && m.person_id.as_deref() == Some(claims.person_id.as_str())
@@ -319,12 +318,7 @@ impl Services {
     /// `POST /messages/{messageId}/reactions`: toggles; returns whether it was added.
     pub async fn react(&self, caller: &Caller, message_id: &str, emoji: &str) -> AppResult<bool> {
         let claims = person(caller)?;
-        let m = self
-            .store()
-            .message(message_id)
-            .await?
-            .filter(|m| m.church_id == claims.church_id)
-            .ok_or(AppError::NotFound("Message not found"))?;
+        let m = self.load_message_in(&claims.church_id, message_id).await?;
         let c = self.load_conversation(&m.conversation_id).await?;
         if !c.can_participate(caller) {
             return Err(AppError::Unauthorized);
@@ -395,12 +389,7 @@ impl Services {
 
     /// `GET /messages/{churchId}/{id}`.
     pub async fn get_message(&self, caller: &Caller, church: &str, id: &str) -> AppResult<Message> {
-        let m = self
-            .store()
-            .message(id)
-            .await?
-            .filter(|m| m.church_id == church)
-            .ok_or(AppError::NotFound("Message not found"))?;
+        let m = self.load_message_in(church, id).await?;
         let c = self.load_conversation(&m.conversation_id).await?;
         if !c.can_read(caller) {
             return Err(AppError::Unauthorized);
