@@ -8,7 +8,7 @@ use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
 use serde::Serialize;
 
 use super::model::{Callout, Message};
-use super::{ConvAccess, Services, alerts, member, person};
+use super::{ConvAccess, Services, alerts, member, person, writer};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult};
 use crate::store::Store;
@@ -28,8 +28,11 @@ pub struct MessageInput {
     pub message_type: Option<String>,
 }
 
+/// The conversations of a batch, by id.
+pub type ConvMap = std::collections::HashMap<String, ConvAccess>;
+
 /// What was written, in request order, with what its frames need.
-struct Written {
+pub(super) struct Written {
     message: messages::Model,
     conv: conversations::Model,
     created: bool,
@@ -87,7 +90,7 @@ impl Services {
         &self,
         items: &[MessageInput],
         church: Option<&str>,
-    ) -> AppResult<std::collections::HashMap<String, ConvAccess>> {
+    ) -> AppResult<ConvMap> {
         let mut out = std::collections::HashMap::new();
         for it in items.iter().filter(|i| i.id.is_none()) {
             if !out.contains_key(&it.conversation_id) {
@@ -147,8 +150,7 @@ impl Services {
             rows.push(new_message(c, it, person_id, display_name, now));
         }
         self.check_ip_blocks(caller, ip, convs.values().map(|c| &c.conv)).await?;
-        let written = self.write_messages(rows.into_iter().map(|m| (m, true)).collect(), &convs).await?;
-        Ok(self.announce(written).await)
+        self.commit_and_announce(rows.into_iter().map(|m| (m, true)).collect(), convs).await
     }
 
     /// `POST /messages`: creates (no `id`) and edits (with `id`) for token holders.
@@ -207,17 +209,60 @@ impl Services {
         }
         let new_convs = rows.iter().filter(|(_, created)| *created).map(|(m, _)| &convs[&m.conversation_id].conv);
         self.check_ip_blocks(caller, ip, new_convs).await?;
-        let written = self.write_messages(rows, &convs).await?;
-        Ok(self.announce(written).await)
+        self.commit_and_announce(rows, convs).await
+    }
+
+    /// Writes, then sends the frames. New messages go through the group-commit writer
+    /// (see `writer`), so concurrent posts share transactions; batches with edits are
+    /// written directly.
+    async fn commit_and_announce(&self, rows: Vec<(messages::Model, bool)>, convs: ConvMap) -> AppResult<Vec<Message>> {
+        match &self.writer {
+            Some(writer) if rows.iter().all(|(_, created)| *created) => writer.submit(rows, convs).await,
+            _ => {
+                let written = self.write_messages(rows, &convs).await?;
+                Ok(self.announce(written).await)
+            }
+        }
+    }
+
+    /// One group commit: every job's rows in one transaction, then each job's frames in
+    /// commit order. If the shared transaction fails, each job is retried on its own so
+    /// that one bad job cannot fail the others.
+    pub(super) async fn write_jobs(&self, jobs: Vec<writer::Job>) {
+        let mut all_rows = Vec::new();
+        let mut all_convs = ConvMap::new();
+        for j in &jobs {
+            all_rows.extend(j.rows.iter().cloned());
+            all_convs.extend(j.convs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        match self.write_messages(all_rows, &all_convs).await {
+            Ok(written) => {
+                let mut written = written.into_iter();
+                for j in jobs {
+                    let mine: Vec<Written> = written.by_ref().take(j.rows.len()).collect();
+                    let _ = j.reply.send(Ok(self.announce(mine).await));
+                }
+            }
+            Err(_) if jobs.len() > 1 => {
+                for j in jobs {
+                    let result = match self.write_messages(j.rows, &j.convs).await {
+                        Ok(w) => Ok(self.announce(w).await),
+                        Err(e) => Err(e),
+                    };
+                    let _ = j.reply.send(result);
+                }
+            }
+            Err(e) => {
+                if let Some(j) = jobs.into_iter().next() {
+                    let _ = j.reply.send(Err(e));
+                }
+            }
+        }
     }
 
     /// Writes created and edited messages in one transaction, with stats and the
     /// private-message flow; nothing is sent yet.
-    async fn write_messages(
-        &self,
-        rows: Vec<(messages::Model, bool)>,
-        convs: &std::collections::HashMap<String, ConvAccess>,
-    ) -> AppResult<Vec<Written>> {
+    async fn write_messages(&self, rows: Vec<(messages::Model, bool)>, convs: &ConvMap) -> AppResult<Vec<Written>> {
         let store = self.store();
         store
             .write(|| async {

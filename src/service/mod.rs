@@ -9,6 +9,7 @@ pub mod messages;
 pub mod model;
 pub mod notifications;
 pub mod private_messages;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -26,13 +27,23 @@ pub type ContentDecryptor = Arc<dyn Fn(&str) -> String + Send + Sync>;
 pub struct Services {
     pub hub: Arc<Hub>,
     pub decrypt: ContentDecryptor,
+    /// The group-commit writer of new messages; `None` inside the writer itself.
+    writer: Option<writer::Writer>,
 }
 
 impl Services {
+    /// Must be called inside a Tokio runtime: it starts the message writer, which stops
+    /// when the last clone of these services is dropped.
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self {
+        let inner = Self {
             hub,
             decrypt: Arc::new(|s: &str| s.to_string()),
+            writer: None,
+        };
+        let writer = writer::Writer::spawn(inner.clone());
+        Self {
+            writer: Some(writer),
+            ..inner
         }
     }
 
