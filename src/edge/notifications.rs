@@ -102,7 +102,9 @@ mod tests {
         assert_eq!(field_of(json!([])), "");
         assert_eq!(field_of(json!({"contentType": "t"})), "/peopleIds");
         assert_eq!(
-            field_of(json!({"peopleIds": ["P1", 5], "contentType": "t", "contentId": "c", "message": "m"})),
+            field_of(
+                json!({"peopleIds": ["P1", 5], "contentType": "t", "contentId": "c", "message": "m"})
+            ),
             "/peopleIds/1"
         );
         assert_eq!(
@@ -111,11 +113,15 @@ mod tests {
         );
         let long = "é".repeat(MAX_MESSAGE_BYTES / 2 + 1);
         assert_eq!(
-            field_of(json!({"peopleIds": [], "contentType": "t", "contentId": "c", "message": long})),
+            field_of(
+                json!({"peopleIds": [], "contentType": "t", "contentId": "c", "message": long})
+            ),
             "/message"
         );
         assert_eq!(
-            field_of(json!({"peopleIds": [], "contentType": "t", "contentId": "c", "message": "m", "link": "x".repeat(101)})),
+            field_of(
+                json!({"peopleIds": [], "contentType": "t", "contentId": "c", "message": "m", "link": "x".repeat(101)})
+            ),
             "/link"
         );
         let many: Vec<String> = (0..101).map(|i| format!("P{i}")).collect();

@@ -10,7 +10,9 @@ use sea_orm::{
 
 use super::Services;
 use super::alerts::{PRIVATE_MESSAGE, TxError, begin_isolated};
-use super::model::{Conversation, ConversationWithMessages, Message, PrivateMessage, PrivateMessageView};
+use super::model::{
+    Conversation, ConversationWithMessages, Message, PrivateMessage, PrivateMessageView,
+};
 use crate::auth::Claims;
 use crate::error::{AppError, AppResult};
 use crate::store::entities::{

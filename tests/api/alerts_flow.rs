@@ -1,10 +1,7 @@
 //! Alerts (§7), private messages (§10.5) and notifications (§10.6), over real sockets.
 use futures::SinkExt;
-use messaging::service::{Services, alerts};
-use messaging::store::entities::{
-    conversations, message_reactions, messages, notifications, private_messages,
-};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use messaging::service::alerts;
+use messaging::store::entities::{message_reactions, messages, notifications, private_messages};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
@@ -13,60 +10,20 @@ use crate::helpers::*;
 
 const PM: &str = "/messaging/privatemessages";
 
-/// Creates a message in a private conversation the way the messages service does: the
-/// message row, the stats and the private-message flow in one transaction, then the alert
-/// after the commit. Returns the message id.
-// TODO(messages): switch to `POST /messaging/messages` once that endpoint is in.
+/// Posts a message as `sender` (of church C1) through `POST /messaging/messages`, which
+/// runs the private-message flow; returns the message id.
 async fn pm_message(app: &TestApp, conv_id: &str, sender: &str, name: &str) -> String {
-    let conv = app
-        .store
-        .conversation(conv_id)
-        .await
-        .unwrap()
-        .expect("conversation");
-    let txn = app.store.begin_write().await.unwrap();
-    let id = messaging::ids::new_id();
     // Strictly increasing times keep "latest message" unambiguous within a test.
     tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-    let now = messaging::time::now_ms();
-    messages::Entity::insert(messages::ActiveModel {
-        id: Set(id.clone()),
-        church_id: Set(conv.church_id.clone()),
-        conversation_id: Set(conv.id.clone()),
-        person_id: Set(Some(sender.into())),
-        display_name: Set(Some(name.into())),
-        time_sent: Set(now),
-        time_updated: Set(None),
-        message_type: Set("message".into()),
-        content: Set("hi".into()),
-    })
-    .exec_without_returning(&txn)
-    .await
-    .unwrap();
-    conversations::Entity::update_many()
-        .col_expr(
-            conversations::Column::PostCount,
-            Expr::col(conversations::Column::PostCount).add(1),
+    let (status, body) = app
+        .post(
+            "/messaging/messages",
+            Some(&app.token("C1", sender, &[])),
+            &json!([{"conversationId": conv_id, "content": "hi", "displayName": name}]),
         )
-        .col_expr(conversations::Column::LastPostId, Expr::value(id.clone()))
-        .col_expr(
-            conversations::Column::FirstPostId,
-            Expr::value(conv.first_post_id.clone().unwrap_or_else(|| id.clone())),
-        )
-        .filter(conversations::Column::Id.eq(&conv.id))
-        .exec(&txn)
-        .await
-        .unwrap();
-    let alert = alerts::on_message_created(&txn, &conv, Some(sender), name, now)
-        .await
-        .unwrap();
-    txn.commit().await.unwrap();
-    if let Some(a) = &alert {
-        alerts::deliver_pm_alert(&Services::new(app.hub.clone()), a)
-            .await
-            .unwrap();
-    }
-    id
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body[0]["id"].as_str().expect("message id").to_string()
 }
 
 /// A socket joined to the alerts room of the token's person.
@@ -179,7 +136,11 @@ db_test!(
                 n[0].content_id.as_str(),
                 n[0].message.as_str()
             ),
-            ("privateMessage", pm_id.as_str(), "New Message from First PA")
+            (
+                "privateMessage",
+                pm_id.as_str(),
+                "New Message from First PA"
+            )
         );
         assert_eq!(n[0].category.as_deref(), Some("direct_messages"));
         assert_eq!(n[0].triggered_by_person_id.as_deref(), Some("PA"));
@@ -234,7 +195,11 @@ db_test!(
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].delivery_method, None);
         assert_eq!(
-            pm_row(&app, &pm_id).await.unwrap().notify_person_id.as_deref(),
+            pm_row(&app, &pm_id)
+                .await
+                .unwrap()
+                .notify_person_id
+                .as_deref(),
             Some("PB")
         );
 
@@ -258,7 +223,11 @@ db_test!(
         assert_eq!(f["data"]["counts"], counts_of(0, 1));
         assert_eq!(counts(&app, &b).await, counts_of(0, 0));
         assert_eq!(
-            pm_row(&app, &pm_id).await.unwrap().notify_person_id.as_deref(),
+            pm_row(&app, &pm_id)
+                .await
+                .unwrap()
+                .notify_person_id
+                .as_deref(),
             Some("PA")
         );
         assert_no_frame(&mut b_tab).await;
@@ -353,7 +322,10 @@ db_test!(private_message_create_rules, |db: TestDb| async move {
         .await;
     assert_eq!(
         (status, body),
-        (409, json!({"error": "Conversation already has participants"}))
+        (
+            409,
+            json!({"error": "Conversation already has participants"})
+        )
     );
     let (status, _) = app
         .post(
@@ -366,7 +338,13 @@ db_test!(private_message_create_rules, |db: TestDb| async move {
         )
         .await;
     assert_eq!(status, 409);
-    assert!(app.store.private_message_of(&conv2).await.unwrap().is_none());
+    assert!(
+        app.store
+            .private_message_of(&conv2)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Unknown conversations and other churches' conversations are 404, nothing written.
     let foreign = app.conversation("C2", "privateMessage", false).await;
@@ -386,8 +364,20 @@ db_test!(private_message_create_rules, |db: TestDb| async move {
             (404, json!({"error": "Conversation not found"}))
         );
     }
-    assert!(app.store.private_message_of(&conv2).await.unwrap().is_none());
-    assert!(app.store.private_message_of(&foreign).await.unwrap().is_none());
+    assert!(
+        app.store
+            .private_message_of(&conv2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        app.store
+            .private_message_of(&foreign)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Shape errors name the first offending value; nothing is written.
     let (status, body) = app
@@ -404,9 +394,7 @@ db_test!(private_message_create_rules, |db: TestDb| async move {
             json!({"error": "Invalid request body", "field": "/1/toPersonId"})
         )
     );
-    let (status, body) = app
-        .post(PM, Some(&c), &json!({"toPersonId": "PA"}))
-        .await;
+    let (status, body) = app.post(PM, Some(&c), &json!({"toPersonId": "PA"})).await;
     assert_eq!(
         (status, body),
         (400, json!({"error": "Invalid request body", "field": ""}))
@@ -416,7 +404,13 @@ db_test!(private_message_create_rules, |db: TestDb| async move {
         .collect();
     let (status, body) = app.post(PM, Some(&c), &Value::Array(many)).await;
     assert_eq!((status, body), (400, json!({"error": "Too many items"})));
-    assert!(app.store.private_message_of(&conv2).await.unwrap().is_none());
+    assert!(
+        app.store
+            .private_message_of(&conv2)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let (status, body) = app.post(PM, Some(&c), &json!([])).await;
     assert_eq!((status, body), (200, json!([])));
 
@@ -467,9 +461,7 @@ db_test!(
         let (status, body) = app.get(&format!("{PM}/NOPE0000000"), Some(&a)).await;
         assert_eq!((status, &body), (404, &not_found));
         let other_church = app.token("C2", "PA", &[]);
-        let (status, body) = app
-            .get(&format!("{PM}/{pm_id}"), Some(&other_church))
-            .await;
+        let (status, body) = app.get(&format!("{PM}/{pm_id}"), Some(&other_church)).await;
         assert_eq!((status, &body), (404, &not_found));
 
         // Opening a thread flagged for someone else leaves the flag alone.
@@ -482,12 +474,7 @@ db_test!(
         let (_, view) = app.get(&format!("{PM}/{pm_id}"), Some(&b)).await;
         assert_eq!(view["notifyPersonId"], Value::Null);
         assert_eq!(pm_row(&app, &pm_id).await.unwrap().notify_person_id, None);
-        assert!(
-            notifications_of(&app, "PB")
-                .await
-                .iter()
-                .all(|n| !n.is_new)
-        );
+        assert!(notifications_of(&app, "PB").await.iter().all(|n| !n.is_new));
         assert_eq!(counts(&app, &b).await, counts_of(0, 0));
 
         // Delete: participants only; unknown ids are "Conversation not found".
@@ -562,18 +549,34 @@ db_test!(
             .collect();
         assert_eq!(ids, [&newer_pm, &older_pm, &quiet_pm]);
         assert!(!ids.contains(&foreign_pm.as_str()));
-        assert_eq!(inbox[0]["conversation"]["messages"].as_array().unwrap().len(), 1);
-        assert_eq!(inbox[0]["conversation"]["messages"][0]["id"], latest.as_str());
+        assert_eq!(
+            inbox[0]["conversation"]["messages"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            inbox[0]["conversation"]["messages"][0]["id"],
+            latest.as_str()
+        );
         assert_eq!(inbox[0]["conversation"]["postCount"], 2);
         assert_eq!(inbox[0]["notifyPersonId"], "PA");
         assert_eq!(inbox[2]["lastMessageTime"], Value::Null);
         assert_eq!(inbox[2]["conversation"]["messages"], json!([]));
         // Only the rows flagged for the caller are cleared.
         assert_eq!(
-            pm_row(&app, &older_pm).await.unwrap().notify_person_id.as_deref(),
+            pm_row(&app, &older_pm)
+                .await
+                .unwrap()
+                .notify_person_id
+                .as_deref(),
             Some("PC")
         );
-        assert_eq!(pm_row(&app, &newer_pm).await.unwrap().notify_person_id, None);
+        assert_eq!(
+            pm_row(&app, &newer_pm).await.unwrap().notify_person_id,
+            None
+        );
         let (_, inbox) = app.get(PM, Some(&a)).await;
         assert_eq!(inbox[0]["notifyPersonId"], Value::Null);
     }
@@ -654,8 +657,10 @@ db_test!(
         assert_eq!(by_person("PD")["deliveryMethod"], Value::Null);
         let stored = notifications_of(&app, "PB").await;
         assert_eq!(stored[0].delivery_method.as_deref(), Some("socket"));
-        assert_eq!(b_tab.text().await,
-            r#"{"churchId":"C1","conversationId":"alert","action":"notification","data":{"counts":{"notificationCount":1,"pmCount":0}}}"#);
+        assert_eq!(
+            b_tab.text().await,
+            r#"{"churchId":"C1","conversationId":"alert","action":"notification","data":{"counts":{"notificationCount":1,"pmCount":0}}}"#
+        );
         for ws in [&mut x_tab, &mut admin_tab, &mut b_elsewhere] {
             assert_no_frame(ws).await;
         }
@@ -669,14 +674,20 @@ db_test!(
         let (_, again) = app.post(create, Some(&admin), &more).await;
         assert_eq!(again.as_array().unwrap().len(), 1);
         assert_eq!(again[0]["personId"], "PX");
-        assert_eq!(x_tab.next_action("notification").await["data"]["counts"], counts_of(1, 0));
+        assert_eq!(
+            x_tab.next_action("notification").await["data"]["counts"],
+            counts_of(1, 0)
+        );
         // Another content id is another notification.
         let mut other = body.clone();
         other["contentId"] = json!("E2");
         other["peopleIds"] = json!(["PB"]);
         let (_, created2) = app.post(create, Some(&admin), &other).await;
         assert_eq!(created2.as_array().unwrap().len(), 1);
-        assert_eq!(b_tab.next_action("notification").await["data"]["counts"], counts_of(2, 0));
+        assert_eq!(
+            b_tab.next_action("notification").await["data"]["counts"],
+            counts_of(2, 0)
+        );
         assert_eq!(counts(&app, &b).await, counts_of(2, 0));
         assert_eq!(counts(&app, &d).await, counts_of(1, 0));
 
@@ -705,7 +716,10 @@ db_test!(
             .map(|n| n["personId"].as_str().unwrap())
             .collect();
         assert_eq!(people, ["PB"]);
-        assert_eq!(b_tab.next_action("notification").await["data"]["counts"], counts_of(1, 0));
+        assert_eq!(
+            b_tab.next_action("notification").await["data"]["counts"],
+            counts_of(1, 0)
+        );
     }
 );
 
@@ -715,7 +729,8 @@ db_test!(
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "PADM", &["Messaging__Admin"]);
         let create = "/messaging/notifications/create";
-        let good = json!({"peopleIds": ["PB"], "contentType": "event", "contentId": "E1", "message": "m"});
+        let good =
+            json!({"peopleIds": ["PB"], "contentType": "event", "contentId": "E1", "message": "m"});
         for token in [
             None,
             Some(app.token("C1", "PB", &["Content__Edit"])),
@@ -727,13 +742,34 @@ db_test!(
         let invalid = |field: &str| json!({"error": "Invalid request body", "field": field});
         let mut cases = vec![
             (json!({"contentType": "event"}), invalid("/peopleIds")),
-            (json!({"peopleIds": ["PB", 7], "contentType": "e", "contentId": "c", "message": "m"}), invalid("/peopleIds/1")),
-            (json!({"peopleIds": ["PB"], "contentId": "c", "message": "m"}), invalid("/contentType")),
-            (json!({"peopleIds": ["PB"], "contentType": "x".repeat(46), "contentId": "c", "message": "m"}), invalid("/contentType")),
-            (json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c".repeat(256), "message": "m"}), invalid("/contentId")),
-            (json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c"}), invalid("/message")),
-            (json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c", "message": "é".repeat(32_768)}), invalid("/message")),
-            (json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c", "message": "m", "link": "l".repeat(101)}), invalid("/link")),
+            (
+                json!({"peopleIds": ["PB", 7], "contentType": "e", "contentId": "c", "message": "m"}),
+                invalid("/peopleIds/1"),
+            ),
+            (
+                json!({"peopleIds": ["PB"], "contentId": "c", "message": "m"}),
+                invalid("/contentType"),
+            ),
+            (
+                json!({"peopleIds": ["PB"], "contentType": "x".repeat(46), "contentId": "c", "message": "m"}),
+                invalid("/contentType"),
+            ),
+            (
+                json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c".repeat(256), "message": "m"}),
+                invalid("/contentId"),
+            ),
+            (
+                json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c"}),
+                invalid("/message"),
+            ),
+            (
+                json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c", "message": "é".repeat(32_768)}),
+                invalid("/message"),
+            ),
+            (
+                json!({"peopleIds": ["PB"], "contentType": "e", "contentId": "c", "message": "m", "link": "l".repeat(101)}),
+                invalid("/link"),
+            ),
         ];
         let many: Vec<String> = (0..101).map(|i| format!("P{i}")).collect();
         cases.push((
@@ -746,9 +782,7 @@ db_test!(
         }
         let (status, body) = app
             .send(
-                app.client
-                    .post(app.url(create))
-                    .body("{\"peopleIds\":"),
+                app.client.post(app.url(create)).body("{\"peopleIds\":"),
                 Some(&admin),
             )
             .await;
@@ -798,9 +832,7 @@ db_test!(
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "PADM", &["Messaging__Admin"]);
         let (a, b) = (app.token("C1", "PA", &[]), app.token("C1", "PB", &[]));
-        let create = |people: Value, content: &str| {
-            json!({"peopleIds": people, "contentType": "event", "contentId": content, "message": "m"})
-        };
+        let create = |people: Value, content: &str| json!({"peopleIds": people, "contentType": "event", "contentId": content, "message": "m"});
         let (_, created) = app
             .post(
                 "/messaging/notifications/create",
@@ -823,25 +855,45 @@ db_test!(
         let success = (200, json!({"success": true}));
         // Someone else's notifications: only a Messaging Admin, and only in their church.
         let (s, body) = app
-            .post("/messaging/notifications/markRead/C1/PB", Some(&a), &json!({}))
+            .post(
+                "/messaging/notifications/markRead/C1/PB",
+                Some(&a),
+                &json!({}),
+            )
             .await;
         assert_eq!((s, body), unauthorized);
         let (s, body) = app
-            .post("/messaging/notifications/markRead/C2/PA", Some(&a), &json!({}))
+            .post(
+                "/messaging/notifications/markRead/C2/PA",
+                Some(&a),
+                &json!({}),
+            )
             .await;
         assert_eq!((s, body), unauthorized);
         let (s, body) = app
-            .post("/messaging/notifications/markRead/C2/PB", Some(&admin), &json!({}))
+            .post(
+                "/messaging/notifications/markRead/C2/PB",
+                Some(&admin),
+                &json!({}),
+            )
             .await;
         assert_eq!((s, body), unauthorized);
         assert_eq!(counts(&app, &b).await, counts_of(2, 1));
         let (s, body) = app
-            .post("/messaging/notifications/markRead/C1/PA", Some(&a), &json!({}))
+            .post(
+                "/messaging/notifications/markRead/C1/PA",
+                Some(&a),
+                &json!({}),
+            )
             .await;
         assert_eq!((s, body), success);
         assert_eq!(counts(&app, &a).await, counts_of(0, 0));
         let (s, body) = app
-            .post("/messaging/notifications/markRead/C1/PB", Some(&admin), &json!({}))
+            .post(
+                "/messaging/notifications/markRead/C1/PB",
+                Some(&admin),
+                &json!({}),
+            )
             .await;
         assert_eq!((s, body), success);
         assert_eq!(counts(&app, &b).await, counts_of(0, 1));
@@ -899,10 +951,120 @@ db_test!(
         for (path, token) in [
             ("/messaging/notifications/unreadCount", None),
             ("/messaging/notifications/my", None),
-            ("/messaging/notifications/unreadCount", Some(app.token("C1", "", &[]))),
+            (
+                "/messaging/notifications/unreadCount",
+                Some(app.token("C1", "", &[])),
+            ),
         ] {
             let (s, body) = app.get(path, token.as_deref()).await;
             assert_eq!((s, body), unauthorized);
         }
+    }
+);
+
+db_test!(
+    concurrent_thread_creates_and_messages_stay_single,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let a = app.token("C1", "PA", &[]);
+        let conv = app.conversation("C1", "privateMessage", false).await;
+        let item = json!([{"toPersonId": "PB", "conversationId": conv}]);
+        let creates = (0..8).map(|_| app.post(PM, Some(&a), &item));
+        let ids: std::collections::BTreeSet<String> = futures::future::join_all(creates)
+            .await
+            .into_iter()
+            .map(|(status, body)| {
+                assert_eq!(status, 200, "{body}");
+                body[0]["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "every create returns the one row");
+
+        // Different pairs racing for one conversation: one wins, the rest get 409.
+        let contested = app.conversation("C1", "privateMessage", false).await;
+        let tokens: Vec<String> = (0..6)
+            .map(|i| app.token("C1", &format!("Q{i}"), &[]))
+            .collect();
+        let body = json!([{"toPersonId": "PB", "conversationId": contested}]);
+        let results =
+            futures::future::join_all(tokens.iter().map(|t| app.post(PM, Some(t), &body))).await;
+        let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 409),
+            "{statuses:?}"
+        );
+
+        let sends = (0..6).map(|_| pm_message(&app, &conv, "PA", "Ann"));
+        futures::future::join_all(sends).await;
+        let n = notifications_of(&app, "PB").await;
+        assert_eq!(n.len(), 1, "one unread notification per thread");
+        assert_eq!(
+            counts(&app, &app.token("C1", "PB", &[])).await,
+            counts_of(0, 1)
+        );
+    }
+);
+
+db_test!(
+    private_message_posted_over_rest_alerts_the_recipient,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let (a, b) = (app.token("C1", "PA", &[]), app.token("C1", "PB", &[]));
+        let (conv, _) = thread(&app, &a, "PB").await;
+        let mut b_alerts = alerts_socket(&app, &b).await;
+        let mut a_alerts = alerts_socket(&app, &a).await;
+        // One tab of B's in both the thread's room and alerts: `message` comes first.
+        let mut b_both = alerts_socket(&app, &b).await;
+        app.join(
+            Some(&b),
+            json!([{"conversationId": conv, "socketId": b_both.id}]),
+        )
+        .await;
+        let (status, body) = app
+            .post(
+                "/messaging/messages",
+                Some(&a),
+                &json!([{"conversationId": conv, "content": "hello"}]),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let f = b_alerts.frame().await;
+        assert_eq!(
+            (&f["action"], &f["conversationId"], &f["data"]),
+            (
+                &json!("privateMessage"),
+                &json!(conv),
+                &json!({"counts": counts_of(0, 1)})
+            )
+        );
+        let seen = b_both.until(|f| f["action"] == "privateMessage").await;
+        let order: Vec<&str> = seen
+            .iter()
+            .filter_map(|f| f["action"].as_str())
+            .filter(|a| ["message", "privateMessage"].contains(a))
+            .collect();
+        assert_eq!(order, ["message", "privateMessage"]);
+        assert_no_frame(&mut a_alerts).await;
+
+        // Editing does not notify again.
+        let id = body[0]["id"].as_str().unwrap();
+        let (status, body) = app
+            .post(
+                "/messaging/messages",
+                Some(&a),
+                &json!([{"id": id, "conversationId": conv, "content": "edited"}]),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_no_frame(&mut b_alerts).await;
+
+        let (_, inbox) = app.get(PM, Some(&b)).await;
+        assert_eq!(inbox[0]["conversation"]["messages"][0]["content"], "edited");
+        assert_eq!(counts(&app, &b).await, counts_of(0, 0));
     }
 );
