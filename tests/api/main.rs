@@ -1,6 +1,7 @@
 //! Integration tests: real sockets on port 0, real HTTP/WebSocket/gRPC, real databases.
 mod helpers;
 
+mod access_matrix;
 mod alerts_flow;
 mod chat;
 mod errors;
