@@ -137,6 +137,10 @@ db_test!(
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
+        let token = app.token("C1", "P1", &[]);
+        for path in ["/messaging/privateMessages", "/MESSAGING/privatemessages/"] {
+            assert_eq!(app.get(path, Some(&token)).await, (200, json!([])), "{path}");
+        }
         for path in [
             format!("/MESSAGING/Connections/C1/{room}/"),
             format!("/messaging/connections/C1/{room}"),
