@@ -22,7 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Embeds the browser client (`client/`, without its tests and node tooling) so the binary
 /// serves it wherever it runs.
 fn embed_client(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=client");
+    // Watch what is embedded, not the folder: `client/` also holds node_modules and test
+    // artifacts, which would otherwise rebuild the crate after every npm or browser run.
+    // (A new top-level file needs a touch of build.rs; new files in subfolders are seen.)
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("client");
     let mut files = Vec::new();
     let mut stack = vec![root.clone()];
@@ -50,6 +52,7 @@ fn embed_client(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
                 _ => continue,
             };
             let rel = path.strip_prefix(&root)?.to_string_lossy().replace('\\', "/");
+            println!("cargo:rerun-if-changed={}", path.display());
             files.push(format!(
                 "    (\"/client/{rel}\", \"{content_type}\", include_bytes!({:?})),\n",
                 path.display().to_string()
