@@ -29,18 +29,29 @@ fn embed_client(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
     let mut files = Vec::new();
     let mut stack = vec![root.clone()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries {
             let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if path.is_dir() {
-                if !matches!(name, "node_modules" | "test" | "tests" | "artifacts") && !name.starts_with('.') {
+                if !matches!(name, "node_modules" | "test" | "tests" | "artifacts")
+                    && !name.starts_with('.')
+                {
                     println!("cargo:rerun-if-changed={}", path.display());
                     stack.push(path);
                 }
                 continue;
             }
-            let content_type = match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
+            let content_type = match path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or_default()
+            {
                 "js" | "mjs" => "text/javascript; charset=utf-8",
                 "ts" => "application/typescript; charset=utf-8",
                 "html" => "text/html; charset=utf-8",
@@ -51,7 +62,10 @@ fn embed_client(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
                 "md" => "text/markdown; charset=utf-8",
                 _ => continue,
             };
-            let rel = path.strip_prefix(&root)?.to_string_lossy().replace('\\', "/");
+            let rel = path
+                .strip_prefix(&root)?
+                .to_string_lossy()
+                .replace('\\', "/");
             println!("cargo:rerun-if-changed={}", path.display());
             files.push(format!(
                 "    (\"/client/{rel}\", \"{content_type}\", include_bytes!({:?})),\n",

@@ -64,7 +64,9 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let keys = TokenKeys::new(settings.jwt_secret()?);
         if settings.dev {
-            tracing::warn!("DEV MODE: GET /demo/token mints tokens for anyone; never enable this in production");
+            tracing::warn!(
+                "DEV MODE: GET /demo/token mints tokens for anyone; never enable this in production"
+            );
         }
         let store = Store::connect(&settings.database_url).await.map_err(|e| {
             anyhow::anyhow!(

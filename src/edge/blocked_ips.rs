@@ -25,11 +25,17 @@ pub async fn toggle(ctx: &Ctx) -> AppResult<Response> {
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
-    Ok(ok_json(&ctx.svc.toggle_blocked_ips(&ctx.caller, items).await?))
+    Ok(ok_json(
+        &ctx.svc.toggle_blocked_ips(&ctx.caller, items).await?,
+    ))
 }
 
 pub async fn list(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&ctx.svc.list_blocked_ips(&ctx.caller, ctx.param(0), ctx.param(1)).await?))
+    Ok(ok_json(
+        &ctx.svc
+            .list_blocked_ips(&ctx.caller, ctx.param(0), ctx.param(1))
+            .await?,
+    ))
 }
 
 pub async fn clear(ctx: &Ctx) -> AppResult<Response> {

@@ -24,7 +24,9 @@ pub async fn ensure(ctx: &Ctx) -> AppResult<Response> {
     let o = body::Obj::new(&v, String::new())?;
     let t = o.opt_str("contentType", 45)?.unwrap_or_default();
     let id = o.opt_str("contentId", 255)?.unwrap_or_default();
-    Ok(ok_json(&ctx.svc.ensure_conversation(&ctx.caller, &t, &id).await?))
+    Ok(ok_json(
+        &ctx.svc.ensure_conversation(&ctx.caller, &t, &id).await?,
+    ))
 }
 
 pub async fn save(ctx: &Ctx) -> AppResult<Response> {
@@ -38,7 +40,10 @@ pub async fn save(ctx: &Ctx) -> AppResult<Response> {
         // A new conversation names its content; an update may leave it out.
         let (content_type, content_id) = match id {
             Some(_) => (o.opt_str("contentType", 45)?, o.opt_str("contentId", 255)?),
-            None => (Some(o.req_str("contentType", 45)?), Some(o.req_str("contentId", 255)?)),
+            None => (
+                Some(o.req_str("contentType", 45)?),
+                Some(o.req_str("contentId", 255)?),
+            ),
         };
         items.push(ConversationInput {
             id,
@@ -53,11 +58,17 @@ pub async fn save(ctx: &Ctx) -> AppResult<Response> {
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
-    Ok(ok_json(&ctx.svc.save_conversations(&ctx.caller, items).await?))
+    Ok(ok_json(
+        &ctx.svc.save_conversations(&ctx.caller, items).await?,
+    ))
 }
 
 pub async fn get(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&ctx.svc.get_conversation(&ctx.caller, ctx.param(0), ctx.param(1)).await?))
+    Ok(ok_json(
+        &ctx.svc
+            .get_conversation(&ctx.caller, ctx.param(0), ctx.param(1))
+            .await?,
+    ))
 }
 
 pub async fn by_content(ctx: &Ctx) -> AppResult<Response> {
@@ -124,11 +135,15 @@ fn posts_json(list: Vec<crate::service::conversations::Timeline>) -> Vec<Value> 
 }
 
 pub async fn posts(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&posts_json(ctx.svc.group_posts(&ctx.caller, None).await?)))
+    Ok(ok_json(&posts_json(
+        ctx.svc.group_posts(&ctx.caller, None).await?,
+    )))
 }
 
 pub async fn posts_by_group(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&posts_json(ctx.svc.group_posts(&ctx.caller, Some(ctx.param(0))).await?)))
+    Ok(ok_json(&posts_json(
+        ctx.svc.group_posts(&ctx.caller, Some(ctx.param(0))).await?,
+    )))
 }
 
 pub async fn start(ctx: &Ctx) -> AppResult<Response> {
@@ -144,10 +159,14 @@ pub async fn start(ctx: &Ctx) -> AppResult<Response> {
             _ => return Err(AppError::invalid_body("/comment")),
         },
     };
-    Ok(ok_json(&ctx.svc.start_conversation(&ctx.caller, input).await?))
+    Ok(ok_json(
+        &ctx.svc.start_conversation(&ctx.caller, input).await?,
+    ))
 }
 
 pub async fn delete(ctx: &Ctx) -> AppResult<Response> {
-    ctx.svc.delete_conversation(&ctx.caller, ctx.param(0), ctx.param(1)).await?;
+    ctx.svc
+        .delete_conversation(&ctx.caller, ctx.param(0), ctx.param(1))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

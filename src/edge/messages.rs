@@ -31,7 +31,9 @@ fn items(ctx: &Ctx, allow_id: bool) -> AppResult<Vec<MessageInput>> {
         // Read for their type only: the server sets them.
         o.opt_str("churchId", MAX_ID)?;
         o.opt_str("personId", MAX_ID)?;
-        let id = o.opt_str("id", MAX_ID)?.filter(|s| allow_id && !s.is_empty());
+        let id = o
+            .opt_str("id", MAX_ID)?
+            .filter(|s| allow_id && !s.is_empty());
         // An edit names its message; its conversation is the message's own.
         let conversation_id = match id {
             Some(_) => o.opt_str("conversationId", MAX_ID)?.unwrap_or_default(),
@@ -49,15 +51,25 @@ fn items(ctx: &Ctx, allow_id: bool) -> AppResult<Vec<MessageInput>> {
 }
 
 pub async fn by_conversation(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&ctx.svc.conversation_messages(&ctx.caller, ctx.param(0)).await?))
+    Ok(ok_json(
+        &ctx.svc
+            .conversation_messages(&ctx.caller, ctx.param(0))
+            .await?,
+    ))
 }
 
 pub async fn catchup(ctx: &Ctx) -> AppResult<Response> {
     let since = match ctx.query("since").filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => Some(crate::time::parse_rfc3339_ms(&s).ok_or(AppError::InvalidQuery { field: "since" })?),
+        Some(s) => Some(
+            crate::time::parse_rfc3339_ms(&s).ok_or(AppError::InvalidQuery { field: "since" })?,
+        ),
     };
-    Ok(ok_json(&ctx.svc.catchup(&ctx.caller, ctx.param(0), ctx.param(1), since).await?))
+    Ok(ok_json(
+        &ctx.svc
+            .catchup(&ctx.caller, ctx.param(0), ctx.param(1), since)
+            .await?,
+    ))
 }
 
 pub async fn send(ctx: &Ctx) -> AppResult<Response> {
@@ -65,7 +77,11 @@ pub async fn send(ctx: &Ctx) -> AppResult<Response> {
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
-    Ok(ok_json(&ctx.svc.send_messages(&ctx.caller, ctx.client_ip.as_deref(), items).await?))
+    Ok(ok_json(
+        &ctx.svc
+            .send_messages(&ctx.caller, ctx.client_ip.as_deref(), items)
+            .await?,
+    ))
 }
 
 pub async fn post(ctx: &Ctx) -> AppResult<Response> {
@@ -73,7 +89,11 @@ pub async fn post(ctx: &Ctx) -> AppResult<Response> {
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
-    Ok(ok_json(&ctx.svc.post_messages(&ctx.caller, ctx.client_ip.as_deref(), items).await?))
+    Ok(ok_json(
+        &ctx.svc
+            .post_messages(&ctx.caller, ctx.client_ip.as_deref(), items)
+            .await?,
+    ))
 }
 
 pub async fn set_callout(ctx: &Ctx) -> AppResult<Response> {
@@ -98,7 +118,11 @@ pub async fn set_callout(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn get(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&ctx.svc.get_message(&ctx.caller, ctx.param(0), ctx.param(1)).await?))
+    Ok(ok_json(
+        &ctx.svc
+            .get_message(&ctx.caller, ctx.param(0), ctx.param(1))
+            .await?,
+    ))
 }
 
 pub async fn react(ctx: &Ctx) -> AppResult<Response> {
@@ -112,7 +136,9 @@ pub async fn react(ctx: &Ctx) -> AppResult<Response> {
     }
     let message_id = ctx.param(0);
     let added = ctx.svc.react(&ctx.caller, message_id, &emoji).await?;
-    Ok(ok_json(&json!({"messageId": message_id, "emoji": emoji, "added": added})))
+    Ok(ok_json(
+        &json!({"messageId": message_id, "emoji": emoji, "added": added}),
+    ))
 }
 
 pub async fn delete(ctx: &Ctx) -> AppResult<Response> {

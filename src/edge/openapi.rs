@@ -157,7 +157,12 @@ struct Doc {
 }
 
 fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
-    let mut d = Doc { request: None, response: None, status: "200", query: &[] };
+    let mut d = Doc {
+        request: None,
+        response: None,
+        status: "200",
+        query: &[],
+    };
     macro_rules! set {
         (_, $resp:ty) => {{
             d.response = Some(g.subschema_for::<$resp>());
@@ -183,26 +188,40 @@ fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
         MessagesSetCallout => set!(Callout, Callout),
         MessagesGet => set!(_, Message),
         MessagesReact => set!(req::Emoji, ReactionResult),
-        MessagesDelete => d.response = Some(json!({"type": "object", "properties": {"message": {"type": "string"}}}).try_into().unwrap_or_default()),
+        MessagesDelete => {
+            d.response = Some(
+                json!({"type": "object", "properties": {"message": {"type": "string"}}})
+                    .try_into()
+                    .unwrap_or_default(),
+            )
+        }
         ConversationsCurrent | ConversationsGet => set!(_, Conversation),
         ConversationsEnsure => set!(req::Ensure, Conversation),
         ConversationsSave => set!(Vec<req::ConversationItem>, Vec<Conversation>),
         ConversationsByContent => set!(_, Vec<Conversation>),
         ConversationsMessagesByContent => {
             set!(_, Vec<ConversationWithMessages<MessageWithReactions>>);
-            d.query = &[("page", "page number, from 1"), ("limit", "messages per page, at most 100")];
+            d.query = &[
+                ("page", "page number, from 1"),
+                ("limit", "messages per page, at most 100"),
+            ];
         }
         ConversationsTimeline => {
             set!(_, Vec<TimelineItem>);
             d.query = &[("ids", "comma-separated conversation ids, at most 100")];
         }
-        ConversationsPosts | ConversationsPostsByGroup => set!(_, Vec<ConversationWithMessages<Message>>),
+        ConversationsPosts | ConversationsPostsByGroup => {
+            set!(_, Vec<ConversationWithMessages<Message>>)
+        }
         ConversationsStart => set!(req::Start, Conversation),
         ConversationsDelete | BlockedIpsClear => d.status = "204",
         PrivateMessagesCreate => set!(Vec<req::PrivateMessageItem>, Vec<PrivateMessage>),
         PrivateMessagesList => set!(_, Vec<PrivateMessageView>),
         PrivateMessagesGet => set!(_, PrivateMessageView),
-        PrivateMessagesDelete | NotificationsMarkRead | NotificationsDeleteMy | NotificationsDelete => {
+        PrivateMessagesDelete
+        | NotificationsMarkRead
+        | NotificationsDeleteMy
+        | NotificationsDelete => {
             set!(_, Success)
         }
         NotificationsUnreadCount => set!(_, Counts),
@@ -245,15 +264,24 @@ fn build() -> Value {
         );
         let mut responses = Map::new();
         let ok = match (&d.response, r.endpoint) {
-            (_, Endpoint::Metrics) => json!({"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}}),
-            (Some(s), _) => json!({"description": "OK", "content": {"application/json": {"schema": s}}}),
+            (_, Endpoint::Metrics) => {
+                json!({"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
+            (Some(s), _) => {
+                json!({"description": "OK", "content": {"application/json": {"schema": s}}})
+            }
             (None, _) if d.status == "204" => json!({"description": "No content"}),
-            (None, _) => json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}),
+            (None, _) => {
+                json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}})
+            }
         };
         responses.insert(d.status.to_string(), ok);
         let err = |desc: &str| json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
         if r.path.starts_with("/messaging/") && r.endpoint != Endpoint::OpenApi {
-            responses.insert("400".into(), err("Invalid JSON, invalid request body or query parameter"));
+            responses.insert(
+                "400".into(),
+                err("Invalid JSON, invalid request body or query parameter"),
+            );
             responses.insert("401".into(), err("Unauthorized"));
             responses.insert("404".into(), err("Unknown id or endpoint"));
             responses.insert("413".into(), err("Payload too large"));
@@ -275,7 +303,8 @@ fn build() -> Value {
             }
         }
         if let Some(s) = d.request {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": s}}});
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": s}}});
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[r.method.to_lowercase()] = op;
@@ -311,12 +340,20 @@ mod tests {
         let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
         for r in ROUTES {
-            assert!(doc["paths"][r.path][r.method.to_lowercase()].is_object(), "{} {}", r.method, r.path);
+            assert!(
+                doc["paths"][r.path][r.method.to_lowercase()].is_object(),
+                "{} {}",
+                r.method,
+                r.path
+            );
         }
         let text = doc.to_string();
         for name in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
             let name = name.split('"').next().unwrap_or_default();
-            assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "dangling $ref {name}"
+            );
         }
     }
 }

@@ -17,7 +17,10 @@ fn asset(path: &str) -> Option<Response> {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     Some(resp)
 }
 
@@ -44,10 +47,14 @@ pub fn serve(state: &EdgeState, path: &str, query: Option<&str>) -> Option<Respo
     match path {
         "/" | "/demo" | "/demo/" => asset("/client/demo/index.html"),
         "/demo/token" if state.dev => {
-            let person = query_value(query, "personId").filter(|s| !s.is_empty()).unwrap_or_else(crate::ids::new_id);
+            let person = query_value(query, "personId")
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(crate::ids::new_id);
             let claims = Claims {
                 id: format!("demo-{person}"),
-                church_id: query_value(query, "churchId").filter(|s| !s.is_empty()).unwrap_or_else(|| "DEMO".into()),
+                church_id: query_value(query, "churchId")
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "DEMO".into()),
                 person_id: person,
                 first_name: query_value(query, "firstName").unwrap_or_default(),
                 last_name: query_value(query, "lastName").unwrap_or_default(),
@@ -58,8 +65,13 @@ pub fn serve(state: &EdgeState, path: &str, query: Option<&str>) -> Option<Respo
                 ..Default::default()
             };
             Some(match state.keys.mint(&claims) {
-                Ok(token) => json_response(StatusCode::OK, &json!({"token": token, "claims": claims})),
-                Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": "Internal server error"})),
+                Ok(token) => {
+                    json_response(StatusCode::OK, &json!({"token": token, "claims": claims}))
+                }
+                Err(_) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"error": "Internal server error"}),
+                ),
             })
         }
         p if p.starts_with("/client/") => asset(p),

@@ -21,15 +21,21 @@ impl Services {
     /// Sends the room's current list (`blockedIp`) to a conversation room.
     async fn announce_blocked(&self, church: &str, conversation: &str) -> AppResult<()> {
         let ips = self.store().blocked_ips(church, conversation).await?;
-        self.hub.send_to_room(church, conversation, "blockedIp", &ips);
+        self.hub
+            .send_to_room(church, conversation, "blockedIp", &ips);
         Ok(())
     }
 
     /// `POST /blockedips`: items toggle in order, in one transaction.
-    pub async fn toggle_blocked_ips(&self, caller: &Caller, items: Vec<ToggleInput>) -> AppResult<Vec<BlockedIp>> {
+    pub async fn toggle_blocked_ips(
+        &self,
+        caller: &Caller,
+        items: Vec<ToggleInput>,
+    ) -> AppResult<Vec<BlockedIp>> {
         let church = member(caller)?.church_id.clone();
         for it in &items {
-            self.load_conversation_in(&church, &it.conversation_id).await?;
+            self.load_conversation_in(&church, &it.conversation_id)
+                .await?;
         }
         let store = self.store();
         let results = store
@@ -43,7 +49,9 @@ impl Services {
                         .filter(blocked_ips::Column::IpAddress.eq(&it.ip_address));
                     match key.one(&txn).await? {
                         Some(row) => {
-                            blocked_ips::Entity::delete_by_id(row.id.clone()).exec(&txn).await?;
+                            blocked_ips::Entity::delete_by_id(row.id.clone())
+                                .exec(&txn)
+                                .await?;
                             out.push(BlockedIp::from_row(row, false));
                         }
                         None => {
@@ -79,7 +87,12 @@ impl Services {
     }
 
     /// `GET /blockedips/{churchId}/{conversationId}`: what the frame carries, to readers.
-    pub async fn list_blocked_ips(&self, caller: &Caller, church: &str, conversation: &str) -> AppResult<Vec<String>> {
+    pub async fn list_blocked_ips(
+        &self,
+        caller: &Caller,
+        church: &str,
+        conversation: &str,
+    ) -> AppResult<Vec<String>> {
         let c = self.load_conversation_in(church, conversation).await?;
         if !c.can_read(caller) {
             return Err(AppError::Unauthorized);
@@ -88,7 +101,11 @@ impl Services {
     }
 
     /// `POST /blockedips/clear`: every entry of the caller's church with these service ids.
-    pub async fn clear_blocked_ips(&self, caller: &Caller, service_ids: Vec<String>) -> AppResult<()> {
+    pub async fn clear_blocked_ips(
+        &self,
+        caller: &Caller,
+        service_ids: Vec<String>,
+    ) -> AppResult<()> {
         let church = member(caller)?.church_id.clone();
         if service_ids.is_empty() {
             return Ok(());
@@ -108,7 +125,11 @@ impl Services {
                     .exec(&txn)
                     .await?;
                 txn.commit().await?;
-                Ok::<_, AppError>(rows.into_iter().map(|r| r.conversation_id).collect::<BTreeSet<_>>())
+                Ok::<_, AppError>(
+                    rows.into_iter()
+                        .map(|r| r.conversation_id)
+                        .collect::<BTreeSet<_>>(),
+                )
             })
             .await?;
         for conversation in affected {

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel};
 
 use super::messages::send_activity;
-use super::model::{Conversation, ConversationWithMessages, Message, MessageWithReactions, ReactionSummary};
+use super::model::{
+    Conversation, ConversationWithMessages, Message, MessageWithReactions, ReactionSummary,
+};
 use super::{Services, member, person};
 use crate::auth::{Caller, Permission, access};
 use crate::error::{AppError, AppResult};
@@ -123,7 +125,10 @@ impl Services {
     ) -> AppResult<Conversation> {
         if content_type == "streamingLive" {
             if caller.member_of(church).is_some() {
-                return Ok(self.get_or_create_current(church, content_type, content_id, true).await?.into());
+                return Ok(self
+                    .get_or_create_current(church, content_type, content_id, true)
+                    .await?
+                    .into());
             }
             let since = crate::time::now_ms() - DAY_MS;
             let existing = self
@@ -135,25 +140,38 @@ impl Services {
             return match existing {
                 Some(c) if access::is_anonymous_public(&c) => Ok(c.into()),
                 Some(_) => Err(AppError::Unauthorized),
-                None if self.store().church_known(church).await? => {
-                    Ok(self.get_or_create_current(church, content_type, content_id, true).await?.into())
-                }
+                None if self.store().church_known(church).await? => Ok(self
+                    .get_or_create_current(church, content_type, content_id, true)
+                    .await?
+                    .into()),
                 None => Err(AppError::NotFound("Church not found")),
             };
         }
-        let content_id = if content_id.chars().count() > 11 { (self.decrypt)(content_id) } else { content_id.to_string() };
+        let content_id = if content_id.chars().count() > 11 {
+            (self.decrypt)(content_id)
+        } else {
+            content_id.to_string()
+        };
         if !access::can_read_content(caller, church, content_type, &content_id) {
             return Err(AppError::Unauthorized);
         }
-        let c = self.get_or_create_current(church, content_type, &content_id, false).await?;
+        let c = self
+            .get_or_create_current(church, content_type, &content_id, false)
+            .await?;
         if content_type == "streamingLiveHost" {
-            self.get_or_create_current(church, "streamingLive", &content_id, true).await?;
+            self.get_or_create_current(church, "streamingLive", &content_id, true)
+                .await?;
         }
         Ok(c.into())
     }
 
     /// `POST /conversations/ensure`: the current `streamingLive` room of the token's church.
-    pub async fn ensure_conversation(&self, caller: &Caller, content_type: &str, content_id: &str) -> AppResult<Conversation> {
+    pub async fn ensure_conversation(
+        &self,
+        caller: &Caller,
+        content_type: &str,
+        content_id: &str,
+    ) -> AppResult<Conversation> {
         let claims = member(caller)?;
         if content_type != "streamingLive" || content_id.is_empty() {
             return Err(AppError::Unauthorized);
@@ -165,7 +183,11 @@ impl Services {
     }
 
     /// `POST /conversations`: creates, or updates items with `id` (Content Edit).
-    pub async fn save_conversations(&self, caller: &Caller, items: Vec<ConversationInput>) -> AppResult<Vec<Conversation>> {
+    pub async fn save_conversations(
+        &self,
+        caller: &Caller,
+        items: Vec<ConversationInput>,
+    ) -> AppResult<Vec<Conversation>> {
         let claims = member(caller)?;
         let church = claims.church_id.clone();
         let ce = claims.has_permission(Permission::ContentEdit);
@@ -253,7 +275,12 @@ impl Services {
     }
 
     /// `GET /conversations/{churchId}/{id}`.
-    pub async fn get_conversation(&self, caller: &Caller, church: &str, id: &str) -> AppResult<Conversation> {
+    pub async fn get_conversation(
+        &self,
+        caller: &Caller,
+        church: &str,
+        id: &str,
+    ) -> AppResult<Conversation> {
         let c = self.load_conversation_in(church, id).await?;
         if !c.can_read(caller) {
             return Err(AppError::Unauthorized);
@@ -269,7 +296,10 @@ impl Services {
         content_type: &str,
         content_id: &str,
     ) -> AppResult<Vec<Conversation>> {
-        let all = self.store().conversations_by_content(church, content_type, content_id, None).await?;
+        let all = self
+            .store()
+            .conversations_by_content(church, content_type, content_id, None)
+            .await?;
         if caller.member_of(church).is_some() {
             if !access::can_read_content(caller, church, content_type, content_id) {
                 return Err(AppError::Unauthorized);
@@ -329,19 +359,32 @@ impl Services {
                                 s.count += 1;
                                 s.mine |= mine;
                             }
-                            None => summary.push(ReactionSummary { emoji: r.emoji.clone(), count: 1, mine }),
+                            None => summary.push(ReactionSummary {
+                                emoji: r.emoji.clone(),
+                                count: 1,
+                                mine,
+                            }),
                         }
                     }
-                    MessageWithReactions { message: m.into(), reactions: summary }
+                    MessageWithReactions {
+                        message: m.into(),
+                        reactions: summary,
+                    }
                 })
                 .collect();
-            out.push(ConversationWithMessages { conversation: c.into(), messages });
+            out.push(ConversationWithMessages {
+                conversation: c.into(),
+                messages,
+            });
         }
         Ok(out)
     }
 
     /// First and last messages of conversations, keyed by conversation id.
-    async fn first_last(&self, convs: &[conversations::Model]) -> AppResult<HashMap<String, messages::Model>> {
+    async fn first_last(
+        &self,
+        convs: &[conversations::Model],
+    ) -> AppResult<HashMap<String, messages::Model>> {
         let ids: Vec<String> = convs
             .iter()
             .flat_map(|c| [c.first_post_id.clone(), c.last_post_id.clone()])
@@ -361,10 +404,18 @@ impl Services {
         if let Some(first) = c.first_post_id.as_ref().and_then(|id| by_id.get(id)) {
             msgs.push(Message::from(first.clone()));
         }
-        if let Some(last) = c.last_post_id.as_ref().filter(|l| Some(*l) != c.first_post_id.as_ref()).and_then(|id| by_id.get(id)) {
+        if let Some(last) = c
+            .last_post_id
+            .as_ref()
+            .filter(|l| Some(*l) != c.first_post_id.as_ref())
+            .and_then(|id| by_id.get(id))
+        {
             msgs.push(Message::from(last.clone()));
         }
-        ConversationWithMessages { conversation: c.into(), messages: msgs }
+        ConversationWithMessages {
+            conversation: c.into(),
+            messages: msgs,
+        }
     }
 
     /// `GET /conversations/timeline/ids?ids=…`: unknown or unreadable ids are omitted.
@@ -380,19 +431,34 @@ impl Services {
         // Request order.
         readable.sort_by_key(|c| ids.iter().position(|i| *i == c.id));
         let by_id = self.first_last(&readable).await?;
-        Ok(readable.into_iter().map(|c| Self::timeline_of(c, &by_id)).collect())
+        Ok(readable
+            .into_iter()
+            .map(|c| Self::timeline_of(c, &by_id))
+            .collect())
     }
 
     /// `GET /conversations/posts[/group/{groupId}]`: group conversations whose last post
     /// is under 365 days old, newest last post first.
-    pub async fn group_posts(&self, caller: &Caller, group: Option<&str>) -> AppResult<Vec<Timeline>> {
+    pub async fn group_posts(
+        &self,
+        caller: &Caller,
+        group: Option<&str>,
+    ) -> AppResult<Vec<Timeline>> {
         let claims = member(caller)?;
         let groups: Vec<String> = match group {
             Some(g) if in_group(caller, g) => vec![g.to_string()],
             Some(_) => return Err(AppError::Unauthorized),
-            None => claims.group_ids.iter().chain(&claims.leader_group_ids).cloned().collect(),
+            None => claims
+                .group_ids
+                .iter()
+                .chain(&claims.leader_group_ids)
+                .cloned()
+                .collect(),
         };
-        let convs = self.store().group_conversations(&claims.church_id, groups).await?;
+        let convs = self
+            .store()
+            .group_conversations(&claims.church_id, groups)
+            .await?;
         let by_id = self.first_last(&convs).await?;
         let cutoff = crate::time::now_ms() - 365 * DAY_MS;
         let mut recent: Vec<(i64, conversations::Model)> = convs
@@ -403,15 +469,27 @@ impl Services {
             })
             .collect();
         recent.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.id.cmp(&a.1.id)));
-        Ok(recent.into_iter().map(|(_, c)| Self::timeline_of(c, &by_id)).collect())
+        Ok(recent
+            .into_iter()
+            .map(|(_, c)| Self::timeline_of(c, &by_id))
+            .collect())
     }
 
     /// `POST /conversations/start`: a conversation and its first message, one transaction.
-    pub async fn start_conversation(&self, caller: &Caller, input: StartInput) -> AppResult<Conversation> {
+    pub async fn start_conversation(
+        &self,
+        caller: &Caller,
+        input: StartInput,
+    ) -> AppResult<Conversation> {
         let claims = person(caller)?;
         let allowed = match input.group_id.as_deref() {
             Some(g) => in_group(caller, g),
-            None => access::can_read_content(caller, &claims.church_id, &input.content_type, &input.content_id),
+            None => access::can_read_content(
+                caller,
+                &claims.church_id,
+                &input.content_type,
+                &input.content_id,
+            ),
         };
         if !allowed {
             return Err(AppError::Unauthorized);
@@ -465,7 +543,12 @@ impl Services {
     }
 
     /// `DELETE /conversations/{churchId}/{id}` (Content Edit of that church).
-    pub async fn delete_conversation(&self, caller: &Caller, church: &str, id: &str) -> AppResult<()> {
+    pub async fn delete_conversation(
+        &self,
+        caller: &Caller,
+        church: &str,
+        id: &str,
+    ) -> AppResult<()> {
         let c = self.load_conversation_in(church, id).await?;
         if !caller
             .member_of(&c.conv.church_id)

@@ -65,7 +65,8 @@ pub fn send_activity(svc: &Services, conv: &conversations::Model, kind: &str) {
             conversation_id: &conv.id,
             kind,
         };
-        svc.hub.send_to_room(&conv.church_id, &room, "conversationActivity", &data);
+        svc.hub
+            .send_to_room(&conv.church_id, &room, "conversationActivity", &data);
     }
 }
 
@@ -132,7 +133,10 @@ impl Services {
         ip: Option<&str>,
         items: Vec<MessageInput>,
     ) -> AppResult<Vec<Message>> {
-        let items: Vec<MessageInput> = items.into_iter().map(|i| MessageInput { id: None, ..i }).collect();
+        let items: Vec<MessageInput> = items
+            .into_iter()
+            .map(|i| MessageInput { id: None, ..i })
+            .collect();
         let convs = self.batch_conversations(&items, None).await?;
         let mut rows = Vec::with_capacity(items.len());
         let now = crate::time::now_ms();
@@ -141,16 +145,25 @@ impl Services {
             let body_name = it.display_name.clone().unwrap_or_default();
             let (person_id, display_name) = match caller.member_of(&c.conv.church_id) {
                 Some(claims) if c.can_participate(caller) => {
-                    let name = if body_name.is_empty() { claims.display_name() } else { body_name };
-                    (Some(claims.person_id.clone()).filter(|p| !p.is_empty()), name)
+                    let name = if body_name.is_empty() {
+                        claims.display_name()
+                    } else {
+                        body_name
+                    };
+                    (
+                        Some(claims.person_id.clone()).filter(|p| !p.is_empty()),
+                        name,
+                    )
                 }
                 _ if crate::auth::access::is_anonymous_public(&c.conv) => (None, body_name),
                 _ => return Err(AppError::AnonymousPostingNotAllowed),
             };
             rows.push(new_message(c, it, person_id, display_name, now));
         }
-        self.check_ip_blocks(caller, ip, convs.values().map(|c| &c.conv)).await?;
-        self.commit_and_announce(rows.into_iter().map(|m| (m, true)).collect(), convs).await
+        self.check_ip_blocks(caller, ip, convs.values().map(|c| &c.conv))
+            .await?;
+        self.commit_and_announce(rows.into_iter().map(|m| (m, true)).collect(), convs)
+            .await
     }
 
     /// `POST /messages`: creates (no `id`) and edits (with `id`) for token holders.
@@ -169,7 +182,9 @@ impl Services {
             if let Some(id) = &it.id {
                 let m = self.load_message_in(&church, id).await?;
                 if !convs.contains_key(&m.conversation_id) {
-                    let c = self.load_conversation_in(&church, &m.conversation_id).await?;
+                    let c = self
+                        .load_conversation_in(&church, &m.conversation_id)
+                        .await?;
                     convs.insert(m.conversation_id.clone(), c);
                 }
                 edited.insert(id.clone(), m);
@@ -190,12 +205,16 @@ impl Services {
                         .clone()
                         .filter(|n| !n.is_empty())
                         .unwrap_or_else(|| claims.display_name());
-                    rows.push((new_message(c, it, Some(claims.person_id.clone()), name, now), true));
+                    rows.push((
+                        new_message(c, it, Some(claims.person_id.clone()), name, now),
+                        true,
+                    ));
                 }
                 Some(id) => {
                     let m = &edited[id];
                     let c = &convs[&m.conversation_id];
-                    let author = m.person_id.as_deref() == Some(claims.person_id.as_str()) && c.can_read(caller);
+                    let author = m.person_id.as_deref() == Some(claims.person_id.as_str())
+                        && c.can_read(caller);
                     if !author && !c.can_moderate(caller) {
                         return Err(AppError::Unauthorized);
                     }
@@ -207,7 +226,10 @@ impl Services {
                 }
             }
         }
-        let new_convs = rows.iter().filter(|(_, created)| *created).map(|(m, _)| &convs[&m.conversation_id].conv);
+        let new_convs = rows
+            .iter()
+            .filter(|(_, created)| *created)
+            .map(|(m, _)| &convs[&m.conversation_id].conv);
         self.check_ip_blocks(caller, ip, new_convs).await?;
         self.commit_and_announce(rows, convs).await
     }
@@ -215,9 +237,15 @@ impl Services {
     /// Writes, then sends the frames. New messages go through the group-commit writer
     /// (see `writer`), so concurrent posts share transactions; batches with edits are
     /// written directly.
-    async fn commit_and_announce(&self, rows: Vec<(messages::Model, bool)>, convs: ConvMap) -> AppResult<Vec<Message>> {
+    async fn commit_and_announce(
+        &self,
+        rows: Vec<(messages::Model, bool)>,
+        convs: ConvMap,
+    ) -> AppResult<Vec<Message>> {
         match &self.writer {
-            Some(writer) if rows.iter().all(|(_, created)| *created) => writer.submit(rows, convs).await,
+            Some(writer) if rows.iter().all(|(_, created)| *created) => {
+                writer.submit(rows, convs).await
+            }
             _ => {
                 let written = self.write_messages(rows, &convs).await?;
                 Ok(self.announce(written).await)
@@ -262,7 +290,11 @@ impl Services {
 
     /// Writes created and edited messages in one transaction, with stats and the
     /// private-message flow; nothing is sent yet.
-    async fn write_messages(&self, rows: Vec<(messages::Model, bool)>, convs: &ConvMap) -> AppResult<Vec<Written>> {
+    async fn write_messages(
+        &self,
+        rows: Vec<(messages::Model, bool)>,
+        convs: &ConvMap,
+    ) -> AppResult<Vec<Written>> {
         let store = self.store();
         store
             .write(|| async {
@@ -279,13 +311,20 @@ impl Services {
                 for (m, created) in &rows {
                     let conv = convs[&m.conversation_id].conv.clone();
                     let pm_alert = if *created {
-                        messages::Entity::insert(active(m)).exec_without_returning(&txn).await?;
+                        messages::Entity::insert(active(m))
+                            .exec_without_returning(&txn)
+                            .await?;
                         self.private_message_flow(&txn, &conv, m).await?
                     } else {
                         messages::Entity::update(active(m)).exec(&txn).await?;
                         None
                     };
-                    written.push(Written { message: m.clone(), conv, created: *created, pm_alert });
+                    written.push(Written {
+                        message: m.clone(),
+                        conv,
+                        created: *created,
+                        pm_alert,
+                    });
                 }
                 for id in &touched {
                     Store::refresh_stats(&txn, id).await?;
@@ -306,7 +345,10 @@ impl Services {
             return Ok(None);
         }
         let name = m.display_name.as_deref().unwrap_or_default();
-        Ok(alerts::on_message_created(txn, conv, m.person_id.as_deref(), name, m.time_sent).await?)
+        Ok(
+            alerts::on_message_created(txn, conv, m.person_id.as_deref(), name, m.time_sent)
+                .await?,
+        )
     }
 
     /// Frames after the commit, per message: `message`, `conversationActivity`,
@@ -315,7 +357,8 @@ impl Services {
         let mut out = Vec::with_capacity(written.len());
         for w in written {
             let msg = Message::from(w.message);
-            self.hub.send_to_room(&w.conv.church_id, &w.conv.id, "message", &msg);
+            self.hub
+                .send_to_room(&w.conv.church_id, &w.conv.id, "message", &msg);
             send_activity(self, &w.conv, "message");
             if let Some(alert) = w.pm_alert.filter(|_| w.created)
                 && let Err(e) = alerts::deliver_pm_alert(self, &alert).await
@@ -355,8 +398,12 @@ impl Services {
             id: &'a str,
             conversation_id: &'a str,
         }
-        let data = Deleted { id: &m.id, conversation_id: &m.conversation_id };
-        self.hub.send_to_room(&c.conv.church_id, &c.conv.id, "deleteMessage", &data);
+        let data = Deleted {
+            id: &m.id,
+            conversation_id: &m.conversation_id,
+        };
+        self.hub
+            .send_to_room(&c.conv.church_id, &c.conv.id, "deleteMessage", &data);
         Ok(())
     }
 
@@ -372,7 +419,14 @@ impl Services {
         let added = store
             .write(|| async {
                 let txn = store.begin_write().await?;
-                let added = Store::toggle_reaction(&txn, &m, &claims.person_id, emoji, crate::time::now_ms()).await?;
+                let added = Store::toggle_reaction(
+                    &txn,
+                    &m,
+                    &claims.person_id,
+                    emoji,
+                    crate::time::now_ms(),
+                )
+                .await?;
                 txn.commit().await?;
                 Ok::<_, AppError>(added)
             })
@@ -393,7 +447,8 @@ impl Services {
             emoji,
             added,
         };
-        self.hub.send_to_room(&c.conv.church_id, &c.conv.id, "reaction", &data);
+        self.hub
+            .send_to_room(&c.conv.church_id, &c.conv.id, "reaction", &data);
         Ok(added)
     }
 
@@ -401,20 +456,35 @@ impl Services {
     pub async fn set_callout(&self, caller: &Caller, mut callout: Callout) -> AppResult<Callout> {
         let claims = member(caller)?;
         let conv_id = callout.conversation_id.clone().unwrap_or_default();
-        let c = self.load_conversation_in(&claims.church_id, &conv_id).await?;
+        let c = self
+            .load_conversation_in(&claims.church_id, &conv_id)
+            .await?;
         callout.church_id = Some(claims.church_id.clone());
-        self.hub.send_to_room(&c.conv.church_id, &c.conv.id, "callout", &callout);
+        self.hub
+            .send_to_room(&c.conv.church_id, &c.conv.id, "callout", &callout);
         Ok(callout)
     }
 
     /// `GET /messages/conversation/{id}`: a conversation of the caller's church.
-    pub async fn conversation_messages(&self, caller: &Caller, conversation: &str) -> AppResult<Vec<Message>> {
+    pub async fn conversation_messages(
+        &self,
+        caller: &Caller,
+        conversation: &str,
+    ) -> AppResult<Vec<Message>> {
         let claims = member(caller)?;
-        let c = self.load_conversation_in(&claims.church_id, conversation).await?;
+        let c = self
+            .load_conversation_in(&claims.church_id, conversation)
+            .await?;
         if !c.can_read(caller) {
             return Err(AppError::Unauthorized);
         }
-        Ok(self.store().messages_of(&c.conv.id, None).await?.into_iter().map(Message::from).collect())
+        Ok(self
+            .store()
+            .messages_of(&c.conv.id, None)
+            .await?
+            .into_iter()
+            .map(Message::from)
+            .collect())
     }
 
     /// `GET /messages/catchup/{churchId}/{conversationId}[?since]`.
@@ -429,7 +499,13 @@ impl Services {
         if !c.can_read(caller) {
             return Err(AppError::Unauthorized);
         }
-        Ok(self.store().messages_of(&c.conv.id, since).await?.into_iter().map(Message::from).collect())
+        Ok(self
+            .store()
+            .messages_of(&c.conv.id, since)
+            .await?
+            .into_iter()
+            .map(Message::from)
+            .collect())
     }
 
     /// `GET /messages/{churchId}/{id}`.
@@ -458,7 +534,11 @@ fn new_message(
         display_name: Some(display_name),
         time_sent: now,
         time_updated: None,
-        message_type: it.message_type.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| "comment".into()),
+        message_type: it
+            .message_type
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "comment".into()),
         content: it.content.clone(),
     }
 }

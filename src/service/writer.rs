@@ -47,7 +47,11 @@ impl Writer {
         Self { tx }
     }
 
-    pub async fn submit(&self, rows: Vec<(messages::Model, bool)>, convs: ConvMap) -> AppResult<Vec<Message>> {
+    pub async fn submit(
+        &self,
+        rows: Vec<(messages::Model, bool)>,
+        convs: ConvMap,
+    ) -> AppResult<Vec<Message>> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job { rows, convs, reply })

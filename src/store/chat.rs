@@ -10,8 +10,13 @@ use super::entities::{blocked_ips, conversations, message_reactions, messages};
 
 impl Store {
     /// A conversation's messages by `(timeSent, id)`, optionally from `since` (inclusive).
-    pub async fn messages_of(&self, conversation: &str, since: Option<i64>) -> Result<Vec<messages::Model>, DbErr> {
-        let mut q = messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
+    pub async fn messages_of(
+        &self,
+        conversation: &str,
+        since: Option<i64>,
+    ) -> Result<Vec<messages::Model>, DbErr> {
+        let mut q =
+            messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
         if let Some(t) = since {
             q = q.filter(messages::Column::TimeSent.gte(t));
         }
@@ -22,11 +27,18 @@ impl Store {
     }
 
     pub async fn message(&self, id: &str) -> Result<Option<messages::Model>, DbErr> {
-        messages::Entity::find_by_id(id.to_string()).one(&self.db).await
+        messages::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
     }
 
     /// Whether `ip` is blocked in a conversation.
-    pub async fn ip_blocked(&self, church: &str, conversation: &str, ip: &str) -> Result<bool, DbErr> {
+    pub async fn ip_blocked(
+        &self,
+        church: &str,
+        conversation: &str,
+        ip: &str,
+    ) -> Result<bool, DbErr> {
         Ok(blocked_ips::Entity::find()
             .filter(blocked_ips::Column::ChurchId.eq(church))
             .filter(blocked_ips::Column::ConversationId.eq(conversation))
@@ -39,7 +51,10 @@ impl Store {
     /// Locks a conversation row for the rest of the transaction (a no-op on SQLite, whose
     /// write transactions are already serialized), so that concurrent writers of one
     /// conversation recompute its stats one after the other.
-    pub async fn lock_conversation<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<conversations::Model>, DbErr> {
+    pub async fn lock_conversation<C: ConnectionTrait>(
+        db: &C,
+        id: &str,
+    ) -> Result<Option<conversations::Model>, DbErr> {
         conversations::Entity::find_by_id(id.to_string())
             .lock_exclusive()
             .one(db)
@@ -47,15 +62,21 @@ impl Store {
     }
 
     /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
-    pub async fn refresh_stats<C: ConnectionTrait>(db: &C, conversation: &str) -> Result<(), DbErr> {
-        let of_conv = || messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
+    pub async fn refresh_stats<C: ConnectionTrait>(
+        db: &C,
+        conversation: &str,
+    ) -> Result<(), DbErr> {
+        let of_conv =
+            || messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
         let count = of_conv().count(db).await?;
         let id_by = |desc: bool| {
             let q = of_conv().select_only().column(messages::Column::Id);
             if desc {
-                q.order_by_desc(messages::Column::TimeSent).order_by_desc(messages::Column::Id)
+                q.order_by_desc(messages::Column::TimeSent)
+                    .order_by_desc(messages::Column::Id)
             } else {
-                q.order_by_asc(messages::Column::TimeSent).order_by_asc(messages::Column::Id)
+                q.order_by_asc(messages::Column::TimeSent)
+                    .order_by_asc(messages::Column::Id)
             }
         };
         let first: Option<String> = id_by(false).into_tuple().one(db).await?;
@@ -103,7 +124,10 @@ impl Store {
     }
 
     /// Reactions of some messages, oldest first.
-    pub async fn reactions_of(&self, message_ids: Vec<String>) -> Result<Vec<message_reactions::Model>, DbErr> {
+    pub async fn reactions_of(
+        &self,
+        message_ids: Vec<String>,
+    ) -> Result<Vec<message_reactions::Model>, DbErr> {
         if message_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -116,7 +140,10 @@ impl Store {
     }
 
     /// Deletes messages (and their reactions) by id.
-    pub async fn delete_messages<C: ConnectionTrait>(db: &C, ids: Vec<String>) -> Result<(), DbErr> {
+    pub async fn delete_messages<C: ConnectionTrait>(
+        db: &C,
+        ids: Vec<String>,
+    ) -> Result<(), DbErr> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -132,7 +159,10 @@ impl Store {
     }
 
     /// Deletes conversations with their messages and reactions.
-    pub async fn delete_conversations<C: ConnectionTrait>(db: &C, ids: Vec<String>) -> Result<(), DbErr> {
+    pub async fn delete_conversations<C: ConnectionTrait>(
+        db: &C,
+        ids: Vec<String>,
+    ) -> Result<(), DbErr> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -186,7 +216,10 @@ impl Store {
             > 0)
     }
 
-    pub async fn conversations_by_ids(&self, ids: Vec<String>) -> Result<Vec<conversations::Model>, DbErr> {
+    pub async fn conversations_by_ids(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<conversations::Model>, DbErr> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -197,7 +230,11 @@ impl Store {
     }
 
     /// Group conversations of a church that have posts.
-    pub async fn group_conversations(&self, church: &str, groups: Vec<String>) -> Result<Vec<conversations::Model>, DbErr> {
+    pub async fn group_conversations(
+        &self,
+        church: &str,
+        groups: Vec<String>,
+    ) -> Result<Vec<conversations::Model>, DbErr> {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
@@ -220,7 +257,12 @@ impl Store {
     }
 
     /// One page of a conversation's messages, newest first.
-    pub async fn message_page(&self, conversation: &str, page: u64, limit: u64) -> Result<Vec<messages::Model>, DbErr> {
+    pub async fn message_page(
+        &self,
+        conversation: &str,
+        page: u64,
+        limit: u64,
+    ) -> Result<Vec<messages::Model>, DbErr> {
         messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation))
             .order_by_desc(messages::Column::TimeSent)
@@ -231,9 +273,14 @@ impl Store {
             .await
     }
 
-    pub async fn insert_conversation_in<C: ConnectionTrait>(db: &C, c: &conversations::Model) -> Result<(), DbErr> {
+    pub async fn insert_conversation_in<C: ConnectionTrait>(
+        db: &C,
+        c: &conversations::Model,
+    ) -> Result<(), DbErr> {
         let am: conversations::ActiveModel = c.clone().into();
-        conversations::Entity::insert(am).exec_without_returning(db).await?;
+        conversations::Entity::insert(am)
+            .exec_without_returning(db)
+            .await?;
         Ok(())
     }
 }

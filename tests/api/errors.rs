@@ -139,7 +139,11 @@ db_test!(
         let room = app.conversation("C1", "streamingLive", true).await;
         let token = app.token("C1", "P1", &[]);
         for path in ["/messaging/privateMessages", "/MESSAGING/privatemessages/"] {
-            assert_eq!(app.get(path, Some(&token)).await, (200, json!([])), "{path}");
+            assert_eq!(
+                app.get(path, Some(&token)).await,
+                (200, json!([])),
+                "{path}"
+            );
         }
         for path in [
             format!("/MESSAGING/Connections/C1/{room}/"),

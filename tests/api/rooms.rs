@@ -509,23 +509,34 @@ db_test!(join_batch_is_all_or_nothing, |db: TestDb| async move {
     assert_eq!(s, 404, "path church must match the conversation");
 });
 
-db_test!(one_batch_of_20_gives_each_one_attendance, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let room = app.conversation("C1", "streamingLive", true).await;
-    let mut sockets = Vec::new();
-    for _ in 0..20 {
-        sockets.push(app.ws_with_id().await);
+db_test!(
+    one_batch_of_20_gives_each_one_attendance,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let mut sockets = Vec::new();
+        for _ in 0..20 {
+            sockets.push(app.ws_with_id().await);
+        }
+        let items: Vec<Value> = sockets
+            .iter()
+            .map(|ws| json!({"conversationId": room, "socketId": ws.id, "displayName": "x"}))
+            .collect();
+        app.join(None, json!(items)).await;
+        for ws in &mut sockets {
+            let f = ws.frame().await;
+            assert_eq!(
+                (f["action"].as_str(), f["data"]["totalViewers"].as_u64()),
+                (Some("attendance"), Some(20))
+            );
+            assert_eq!(ws.frame().await["action"], "blockedIp");
+        }
+        // Absence can only be shown by waiting: three windows pass with no second frame.
+        assert!(
+            sockets[0]
+                .try_text(Duration::from_millis(300))
+                .await
+                .is_none()
+        );
     }
-    let items: Vec<Value> = sockets
-        .iter()
-        .map(|ws| json!({"conversationId": room, "socketId": ws.id, "displayName": "x"}))
-        .collect();
-    app.join(None, json!(items)).await;
-    for ws in &mut sockets {
-        let f = ws.frame().await;
-        assert_eq!((f["action"].as_str(), f["data"]["totalViewers"].as_u64()), (Some("attendance"), Some(20)));
-        assert_eq!(ws.frame().await["action"], "blockedIp");
-    }
-    // Absence can only be shown by waiting: three windows pass with no second frame.
-    assert!(sockets[0].try_text(Duration::from_millis(300)).await.is_none());
-});
+);

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Runs one named load scenario (or all of them) against a fresh target and prints loadgen's
+# JSON report on stdout. Progress and build output go to stderr.
+#
+#   bench/run.sh SCENARIO [--target service|floor] [--rate R] [--no-build] [-- LOADGEN_ARGS...]
+#   bench/run.sh all      [--target service|floor] ...
+#
+# Scenarios: smoke fanout-1k rooms-100x50 idle-10k join-storm grpc-fanout-1k (service only).
+# The service runs from a copy of target/release/messaging with a fresh SQLite file in a temp
+# dir, a random JWT_SECRET and a minted token; the floor is ../shared/floor. Every listener is
+# bound to 127.0.0.1. Exit status: loadgen's (0 ok, 1 a check failed, 2 setup error); for
+# `all`, the worst one.
+#
+# Environment: LG_HTTP_PORT LG_WS_PORT LG_GRPC_PORT (service: 19184 19187 19151),
+# LG_FLOOR_HTTP_PORT LG_FLOOR_WS_PORT (floor: 29184 29187), FLOOR_DIR (default
+# ../shared/floor next to the repo), FLOOR_TARGET (default /tmp/floor-target), LG_TIMEOUT
+# (seconds one loadgen run may take, default 300), LG_KEEP=1 keeps the temp dir and server log.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+FLOOR_DIR=${FLOOR_DIR:-$ROOT/../shared/floor}
+FLOOR_TARGET=${FLOOR_TARGET:-/tmp/floor-target}
+ALL_SCENARIOS="smoke fanout-1k rooms-100x50 idle-10k join-storm grpc-fanout-1k"
+CHURCH=loadgen-church
+
+log() { printf 'run.sh: %s\n' "$*" >&2; }
+die() { log "$*"; exit 2; }
+
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+}
+
+scenario="" target=service rate="" no_build="" extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --target) target=${2:?--target needs a value}; shift 2 ;;
+    --target=*) target=${1#*=}; shift ;;
+    --rate) rate=${2:?--rate needs a value}; shift 2 ;;
+    --rate=*) rate=${1#*=}; shift ;;
+    --no-build) no_build=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    -*) die "unknown option $1 (try --help)" ;;
+    *) [ -z "$scenario" ] || die "one scenario at a time (or 'all')"; scenario=$1; shift ;;
+  esac
+done
+[ -n "$scenario" ] || { usage; exit 2; }
+case "$target" in service | floor) ;; *) die "--target must be service or floor" ;; esac
+
+# The loadgen flags of each scenario.
+scenario_args() {
+  case "$1" in
+    smoke) echo "--sockets 20 --rooms 2 --publishers 2 --duration 2 --rate 200" ;;
+    fanout-1k) echo "--sockets 1000 --rooms 1 --publishers 4 --duration 10" ;;
+    rooms-100x50) echo "--sockets 5000 --rooms 100 --publishers 4 --duration 10" ;;
+    idle-10k) echo "--sockets 10000 --rooms 100 --duration 0" ;;
+    join-storm) echo "--sockets 5000 --rooms 1 --duration 0 --join-concurrency 64" ;;
+    grpc-fanout-1k) echo "--sockets 1000 --rooms 1 --publishers 4 --duration 10 --via grpc" ;;
+    *) return 1 ;;
+  esac
+}
+
+if [ "$scenario" = all ]; then
+  scenarios=$ALL_SCENARIOS
+else
+  scenario_args "$scenario" >/dev/null || die "unknown scenario '$scenario' (one of: $ALL_SCENARIOS, all)"
+  scenarios=$scenario
+fi
+
+# ---- build ----
+if [ -z "$no_build" ]; then
+  log "building loadgen (release)"
+  (cd "$ROOT" && cargo build --release -p loadgen) >&2
+  if [ "$target" = service ]; then
+    log "building the service (release)"
+    (cd "$ROOT" && cargo build --release -p messaging) >&2
+  else
+    log "building the floor (release)"
+    CARGO_TARGET_DIR=$FLOOR_TARGET cargo build --release --manifest-path "$FLOOR_DIR/Cargo.toml" >&2
+  fi
+fi
+LOADGEN=$TARGET_DIR/release/loadgen
+[ -x "$LOADGEN" ] || die "no $LOADGEN (build it: cargo build --release -p loadgen)"
+
+# Sockets need file descriptors on both sides: raise the limit as far as allowed.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [ "$target" = service ]; then
+  http_port=${LG_HTTP_PORT:-19184} ws_port=${LG_WS_PORT:-19187} grpc_port=${LG_GRPC_PORT:-19151}
+  ports="$http_port $ws_port $grpc_port"
+else
+  http_port=${LG_FLOOR_HTTP_PORT:-29184} ws_port=${LG_FLOOR_WS_PORT:-29187} grpc_port=""
+  ports="$http_port $ws_port"
+fi
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+server_pid="" work="" token=""
+
+stop_target() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+  if [ -n "$work" ]; then
+    if [ -n "${LG_KEEP:-}" ]; then log "kept $work"; else rm -rf "$work"; fi
+  fi
+  work=""
+}
+trap stop_target EXIT
+trap 'exit 130' INT TERM
+
+start_target() {
+  for p in $ports; do
+    if port_busy "$p"; then die "port $p on 127.0.0.1 is already in use (set LG_*_PORT)"; fi
+  done
+  work=$(mktemp -d /tmp/loadgen.XXXXXX)
+  if [ "$target" = service ]; then
+    # Run a copy: a concurrent rebuild must not swap the binary under a running benchmark.
+    cp "$TARGET_DIR/release/messaging" "$work/messaging"
+    local secret="loadgen-$$-$RANDOM$RANDOM"
+    JWT_SECRET=$secret DATABASE_URL="sqlite://$work/svc.db?mode=rwc" HOST=127.0.0.1 \
+      GRPC_HOST=127.0.0.1 PORT=$http_port SOCKET_PORT=$ws_port GRPC_PORT=$grpc_port \
+      RUST_LOG=${RUST_LOG:-warn} "$work/messaging" serve >"$work/server.log" 2>&1 &
+    server_pid=$!
+    token=$(JWT_SECRET=$secret "$work/messaging" token --church-id "$CHURCH" --person-id loadgen)
+    ready_path=/ready
+  else
+    HOST=127.0.0.1 PORT=$http_port SOCKET_PORT=$ws_port "$FLOOR_TARGET/release/floor" >"$work/server.log" 2>&1 &
+    server_pid=$!
+    token=""
+    ready_path=/messaging/ # any HTTP answer will do
+  fi
+  for _ in $(seq 1 300); do
+    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; die "$target exited during start-up"; }
+    code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$http_port$ready_path" || true)
+    if [ "$target" = service ] && [ "$code" = 200 ]; then return 0; fi
+    if [ "$target" = floor ] && [ "$code" != 000 ]; then return 0; fi
+    sleep 0.1
+  done
+  die "$target did not become ready on port $http_port"
+}
+
+run_one() {
+  local name=$1 out=$2
+  if [ "$name" = grpc-fanout-1k ] && [ "$target" = floor ]; then
+    log "skipping $name: the floor has no gRPC"
+    return 0
+  fi
+  start_target
+  log "$name against the $target (pid $server_pid)"
+  # shellcheck disable=SC2207
+  local args=($(scenario_args "$name"))
+  [ -z "$rate" ] || args+=(--rate "$rate")
+  args+=(--http "127.0.0.1:$http_port" --ws "127.0.0.1:$ws_port" --church "$CHURCH"
+    --scenario "$name" --target-kind "$target" --server-pid "$server_pid")
+  if [ "$target" = service ]; then
+    args+=(--grpc "127.0.0.1:$grpc_port" --token "$token")
+  else
+    args+=(--presence-timeout 0) # the floor sends no attendance frames
+  fi
+  local rc=0
+  timeout -k 10 "${LG_TIMEOUT:-300}" "$LOADGEN" "${args[@]}" "${extra[@]}" >"$out" || rc=$?
+  if [ "$rc" -ge 2 ]; then
+    log "loadgen exited with $rc; last lines of the $target log:"
+    tail -n 20 "$work/server.log" >&2 || true
+  elif ! kill -0 "$server_pid" 2>/dev/null; then
+    log "the $target died during the run; last lines of its log:"
+    tail -n 20 "$work/server.log" >&2 || true
+    rc=2
+  fi
+  stop_target
+  return "$rc"
+}
+
+status=0
+outs=()
+tmp_out=$(mktemp -d /tmp/loadgen-out.XXXXXX)
+for s in $scenarios; do
+  out="$tmp_out/$s.json"
+  rc=0
+  run_one "$s" "$out" || rc=$?
+  [ "$rc" -le "$status" ] || status=$rc
+  [ -s "$out" ] && outs+=("$out")
+done
+if [ "$scenario" = all ]; then
+  # One JSON array of the reports.
+  echo "["
+  first=1
+  for o in "${outs[@]}"; do
+    [ -n "$first" ] || echo ","
+    first=""
+    cat "$o"
+  done
+  echo "]"
+else
+  for o in "${outs[@]}"; do cat "$o"; echo; done
+fi
+rm -rf "$tmp_out"
+exit "$status"
