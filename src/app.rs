@@ -27,7 +27,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(s: &Settings) -> anyhow::Result<Self> {
         let bind = |host: String, port: u16| async move {
-            TcpListener::bind((host.as_str(), port))
+            listen(&host, port)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))
         };
@@ -40,6 +40,25 @@ impl Listeners {
             grpc: bind(s.grpc_host.clone(), s.grpc_port).await?,
         })
     }
+}
+
+/// Binds with a deep accept backlog: after a deploy every tab reconnects at once, and the
+/// default of 128 drops SYNs that then wait out a 1 s retransmit.
+async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last_err = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no address to bind")))
 }
 
 pub struct Application {

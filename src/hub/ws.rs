@@ -210,10 +210,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         _ => return None,
                     }
                     if self.pending.is_empty() {
-                        if self.pending.capacity() > 64 * 1024 {
+                        // A socket going idle gives its buffers back: most sockets are idle
+                        // most of the time, and a retained buffer (an attendance roster is
+                        // ~5 KiB) would cost every one of them that much.
+                        let idle = self.rx.is_empty();
+                        if idle || self.pending.capacity() > 64 * 1024 {
                             self.pending = BytesMut::new();
                         }
-                        if self.rx.is_empty() && self.wr.flush().await.is_err() {
+                        if idle && self.batch.capacity() > 16 {
+                            self.batch = Vec::new();
+                        }
+                        if idle && self.wr.flush().await.is_err() {
                             return None;
                         }
                     }

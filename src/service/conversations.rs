@@ -266,6 +266,7 @@ impl Services {
         Ok(rows
             .into_iter()
             .map(|(c, created)| {
+                self.hot.forget_conversation(&c.id);
                 if created {
                     send_activity(self, &c, "created");
                 }
@@ -564,6 +565,9 @@ impl Services {
                 txn.commit().await?;
                 Ok::<_, AppError>(())
             })
-            .await
+            .await?;
+        self.hot.forget_conversation(&c.conv.id);
+        self.hot.forget_blocked(&c.conv.church_id, &c.conv.id);
+        Ok(())
     }
 }

@@ -96,8 +96,8 @@ impl Services {
         for it in items.iter().filter(|i| i.id.is_none()) {
             if !out.contains_key(&it.conversation_id) {
                 let c = match church {
-                    Some(ch) => self.load_conversation_in(ch, &it.conversation_id).await?,
-                    None => self.load_conversation(&it.conversation_id).await?,
+                    Some(ch) => self.hot_conversation_in(ch, &it.conversation_id).await?,
+                    None => self.hot_conversation(&it.conversation_id).await?,
                 };
                 out.insert(it.conversation_id.clone(), c);
             }
@@ -117,7 +117,7 @@ impl Services {
         for c in convs {
             if seen.insert(c.id.clone())
                 && !ce_in(caller, &c.church_id)
-                && self.store().ip_blocked(&c.church_id, &c.id, ip).await?
+                && self.hot_ip_blocked(&c.church_id, &c.id, ip).await?
             {
                 return Err(AppError::IpBlocked);
             }
@@ -327,7 +327,11 @@ impl Services {
                     });
                 }
                 for id in &touched {
-                    Store::refresh_stats(&txn, id).await?;
+                    let added = rows
+                        .iter()
+                        .filter(|(m, c)| *c && m.conversation_id == *id)
+                        .count();
+                    Store::bump_stats(&txn, id, added as u64).await?;
                 }
                 txn.commit().await?;
                 Ok::<_, AppError>(written)

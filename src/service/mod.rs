@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod blocked_ips;
 pub mod conversations;
+pub mod hot;
 pub mod messages;
 pub mod model;
 pub mod notifications;
@@ -29,6 +30,7 @@ pub struct Services {
     pub decrypt: ContentDecryptor,
     /// The group-commit writer of new messages; `None` inside the writer itself.
     writer: Option<writer::Writer>,
+    pub(crate) hot: Arc<hot::HotCache>,
 }
 
 impl Services {
@@ -39,6 +41,7 @@ impl Services {
             hub,
             decrypt: Arc::new(|s: &str| s.to_string()),
             writer: None,
+            hot: Arc::default(),
         };
         let writer = writer::Writer::spawn(inner.clone());
         Self {

@@ -1,8 +1,8 @@
 //! Queries of the chat surfaces: messages, reactions, conversation stats, blocked IPs.
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 
 use super::Store;
@@ -48,17 +48,57 @@ impl Store {
             > 0)
     }
 
-    /// Locks a conversation row for the rest of the transaction (a no-op on SQLite, whose
-    /// write transactions are already serialized), so that concurrent writers of one
-    /// conversation recompute its stats one after the other.
-    pub async fn lock_conversation<C: ConnectionTrait>(
+    /// Locks a conversation row for the rest of the transaction, so that concurrent writers
+    /// of one conversation update its stats one after the other. SQLite needs no lock: its
+    /// write transactions are already serialized (IMMEDIATE), so no statement is sent.
+    pub async fn lock_conversation<C: ConnectionTrait>(db: &C, id: &str) -> Result<(), DbErr> {
+        if db.get_database_backend() != DbBackend::Sqlite {
+            conversations::Entity::find_by_id(id.to_string())
+                .lock_exclusive()
+                .one(db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stats after `added` messages were inserted (with the row locked): one statement.
+    /// The count is incremented; first and last come from the `(conversationId, timeSent,
+    /// id)` index, so this stays cheap however long the conversation is.
+    pub async fn bump_stats<C: ConnectionTrait>(
         db: &C,
-        id: &str,
-    ) -> Result<Option<conversations::Model>, DbErr> {
-        conversations::Entity::find_by_id(id.to_string())
-            .lock_exclusive()
-            .one(db)
-            .await
+        conversation: &str,
+        added: u64,
+    ) -> Result<(), DbErr> {
+        let backend = db.get_database_backend();
+        let (q, p) = match backend {
+            DbBackend::MySql => ('`', ["?", "?", "?", "?"]),
+            DbBackend::Postgres => ('"', ["$1", "$2", "$3", "$4"]),
+            _ => ('"', ["?", "?", "?", "?"]),
+        };
+        let pick = |param: &str, dir: &str| {
+            format!(
+                "(SELECT {q}id{q} FROM {q}messages{q} WHERE {q}conversationId{q} = {param} \
+                 ORDER BY {q}timeSent{q} {dir}, {q}id{q} {dir} LIMIT 1)"
+            )
+        };
+        let sql = format!(
+            "UPDATE {q}conversations{q} SET {q}postCount{q} = {q}postCount{q} + {p0}, \
+             {q}firstPostId{q} = COALESCE({q}firstPostId{q}, {first}), {q}lastPostId{q} = {last} \
+             WHERE {q}id{q} = {p3}",
+            p0 = p[0],
+            first = pick(p[1], "ASC"),
+            last = pick(p[2], "DESC"),
+            p3 = p[3],
+        );
+        let values: Vec<sea_orm::Value> = vec![
+            (added as i32).into(),
+            conversation.into(),
+            conversation.into(),
+            conversation.into(),
+        ];
+        db.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        Ok(())
     }
 
     /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
