@@ -16,10 +16,13 @@ const TTL: Duration = Duration::from_secs(2);
 /// needs to hold the rooms that are busy right now.
 const MAX_ENTRIES: usize = 10_000;
 
+/// A value and when it was read.
+type Stamped<V> = (Instant, V);
+
 #[derive(Default)]
 pub struct HotCache {
-    conversations: Mutex<HashMap<String, (Instant, ConvAccess)>>,
-    blocked: Mutex<HashMap<(String, String), (Instant, Arc<HashSet<String>>)>>,
+    conversations: Mutex<HashMap<String, Stamped<ConvAccess>>>,
+    blocked: Mutex<HashMap<(String, String), Stamped<Arc<HashSet<String>>>>>,
 }
 
 fn fresh<V: Clone>(entry: Option<&(Instant, V)>) -> Option<V> {
