@@ -18,11 +18,13 @@ const MAX_ENTRIES: usize = 10_000;
 
 /// A value and when it was read.
 type Stamped<V> = (Instant, V);
+/// The blocked IPs of one conversation.
+type IpSet = Arc<HashSet<String>>;
 
 #[derive(Default)]
 pub struct HotCache {
     conversations: Mutex<HashMap<String, Stamped<ConvAccess>>>,
-    blocked: Mutex<HashMap<(String, String), Stamped<Arc<HashSet<String>>>>>,
+    blocked: Mutex<HashMap<(String, String), Stamped<IpSet>>>,
 }
 
 fn fresh<V: Clone>(entry: Option<&(Instant, V)>) -> Option<V> {
