@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::store::Store;
 
@@ -96,16 +96,20 @@ pub enum CloseReason {
 
 const OPEN: u8 = 0;
 
-/// The hub's handle on one live socket. Senders only ever touch `tx` and atomics.
+/// The hub's handle on one live socket. Senders touch only its outbox (a short,
+/// per-socket, practically uncontended lock) and atomics; they never wait.
 pub struct SocketHandle {
     pub id: Arc<str>,
-    tx: mpsc::UnboundedSender<Bytes>,
+    /// Frames queued and not yet taken by the writer. An empty `VecDeque` holds no
+    /// allocation, so an idle socket's queue costs nothing.
+    outbox: Mutex<std::collections::VecDeque<Bytes>>,
     queued: AtomicUsize,
     max_queued: usize,
     state: AtomicU8,
     alive: AtomicBool,
     pinged: AtomicBool,
-    pub(crate) closing: Notify,
+    /// Wakes the writer: frames queued into an empty outbox, or a close request.
+    pub(crate) wake: Notify,
     /// The socket-id reply, framed once when the socket opens.
     socket_id_frame: Bytes,
     /// Serializes row changes of this socket (join, leave, close) so that the database
@@ -131,7 +135,22 @@ impl SocketHandle {
             }
             return false;
         }
-        self.tx.send(frame).is_ok()
+        let first = {
+            let mut out = self.outbox.lock();
+            out.push_back(frame);
+            out.len() == 1
+        };
+        // Only the frame that makes the outbox non-empty needs to wake the writer: it
+        // takes everything queued when it runs.
+        if first {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Everything queued, leaving the outbox empty (and unallocated).
+    fn take_queued(&self) -> std::collections::VecDeque<Bytes> {
+        std::mem::take(&mut *self.outbox.lock())
     }
 
     /// Marks the socket closing; the first reason wins. Returns whether this call set it.
@@ -146,7 +165,7 @@ impl SocketHandle {
             .compare_exchange(OPEN, code, AcqRel, Relaxed)
             .is_ok();
         if set {
-            self.closing.notify_one();
+            self.wake.notify_one();
         }
         set
     }
@@ -169,7 +188,10 @@ impl SocketHandle {
     }
 
     fn frames_taken(&self, n: usize) {
-        metrics::counter!("messaging_frames_written_total").increment(n as u64);
+        static WRITTEN: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        WRITTEN
+            .get_or_init(|| metrics::counter!("messaging_frames_written_total"))
+            .increment(n as u64);
     }
 
     fn written(&self, bytes: usize) {
@@ -230,9 +252,8 @@ impl Hub {
         })
     }
 
-    /// A new socket with a fresh CSPRNG id; the receiver goes to its writer.
-    fn register_socket(&self) -> (mpsc::UnboundedReceiver<Bytes>, Arc<SocketHandle>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A new socket with a fresh CSPRNG id.
+    fn register_socket(&self) -> Arc<SocketHandle> {
         let mut sockets = self.sockets.write();
         // Ids are 66 random bits; the loop only guards the theoretical collision.
         let id: Arc<str> = loop {
@@ -244,20 +265,20 @@ impl Hub {
         let socket_id_frame = encode_frame("", "", "socketId", &*id);
         let h = Arc::new(SocketHandle {
             id: id.clone(),
-            tx,
+            outbox: Mutex::default(),
             queued: AtomicUsize::new(0),
             max_queued: self.config.max_queued_bytes,
             state: AtomicU8::new(OPEN),
             alive: AtomicBool::new(true),
             pinged: AtomicBool::new(false),
-            closing: Notify::new(),
+            wake: Notify::new(),
             socket_id_frame,
             membership: tokio::sync::Mutex::new(()),
             audiences: Mutex::new(Vec::new()),
         });
         sockets.insert(id, h.clone());
         metrics::gauge!("messaging_sockets_open").set(sockets.len() as f64);
-        (rx, h)
+        h
     }
 
     pub fn socket(&self, id: &str) -> Option<Arc<SocketHandle>> {

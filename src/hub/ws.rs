@@ -11,7 +11,6 @@ use base64::Engine;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use super::{CloseReason, Hub, SocketHandle};
 
@@ -175,11 +174,9 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, h: &SocketHandle, max_frame:
 /// The writing half: drains the socket's queue, writing whatever is queued in one write.
 struct Writer<W> {
     wr: W,
-    rx: mpsc::UnboundedReceiver<Bytes>,
     /// Bytes taken from the queue but not yet written. Kept outside the write future so a
     /// write interrupted by a close request can still be finished cleanly.
     pending: BytesMut,
-    batch: Vec<Bytes>,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -190,17 +187,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 return Some(r);
             }
             if self.pending.is_empty() {
-                tokio::select! {
-                    n = self.rx.recv_many(&mut self.batch, 512) => {
-                        if n == 0 {
-                            return None;
-                        }
-                        for f in self.batch.drain(..) {
-                            self.pending.extend_from_slice(&f);
-                        }
-                        h.frames_taken(n);
-                    }
-                    _ = h.closing.notified() => continue,
+                let frames = h.take_queued();
+                if frames.is_empty() {
+                    // A frame queued after the check leaves a permit: no lost wake-up.
+                    h.wake.notified().await;
+                    continue;
+                }
+                h.frames_taken(frames.len());
+                for f in &frames {
+                    self.pending.extend_from_slice(f);
                 }
             }
             tokio::select! {
@@ -210,22 +205,20 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         _ => return None,
                     }
                     if self.pending.is_empty() {
-                        // A socket going idle gives its buffers back: most sockets are idle
+                        // A socket going idle gives its buffer back: most sockets are idle
                         // most of the time, and a retained buffer (an attendance roster is
                         // ~5 KiB) would cost every one of them that much.
-                        let idle = self.rx.is_empty();
+                        let idle = h.outbox.lock().is_empty();
                         if idle || self.pending.capacity() > 64 * 1024 {
                             self.pending = BytesMut::new();
-                        }
-                        if idle && self.batch.capacity() > 16 {
-                            self.batch = Vec::new();
                         }
                         if idle && self.wr.flush().await.is_err() {
                             return None;
                         }
                     }
                 }
-                _ = h.closing.notified() => {}
+                // New frames or a close request: loop to look at both.
+                _ = h.wake.notified() => {}
             }
         }
     }
@@ -253,13 +246,11 @@ pub async fn run_socket<S>(hub: Arc<Hub>, io: S)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (rx, h) = hub.register_socket();
+    let h = hub.register_socket();
     let (rd, wr) = tokio::io::split(io);
     let mut writer = Writer {
         wr,
-        rx,
         pending: BytesMut::new(),
-        batch: Vec::new(),
     };
     let max_frame = hub.config.max_inbound_frame;
     let ended = tokio::select! {
