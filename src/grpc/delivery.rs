@@ -71,11 +71,9 @@ impl DeliveryService {
         required(person_id, "personId", 64)?;
         let data = checked_data(action, data)?;
         let frame = encode_frame(church_id, conversation_id, action, data);
-        let audience = Audience::Person {
-            church: church_id.to_string(),
-            person: person_id.to_string(),
-        };
-        Ok(self.hub.deliver(&audience, &frame))
+        Ok(self
+            .hub
+            .deliver(&Audience::person(church_id, person_id), &frame))
     }
 }
 

@@ -69,13 +69,18 @@ impl Audience {
         }
     }
 
+    /// The `alerts` rows of one person.
+    pub fn person(church: &str, person: &str) -> Self {
+        Audience::Person {
+            church: church.to_string(),
+            person: person.to_string(),
+        }
+    }
+
     /// The audience a `connections` row belongs to.
     pub fn of_row(church: &str, room: &str, person: Option<&str>) -> Self {
         match (room, person) {
-            (ALERTS, Some(p)) => Audience::Person {
-                church: church.to_string(),
-                person: p.to_string(),
-            },
+            (ALERTS, Some(p)) => Audience::person(church, p),
             _ => Audience::room(church, room),
         }
     }
@@ -366,11 +371,7 @@ impl Hub {
         data: &T,
     ) -> usize {
         let frame = encode_frame(church_id, conversation_id, action, data);
-        let audience = Audience::Person {
-            church: church_id.to_string(),
-            person: person_id.to_string(),
-        };
-        self.deliver(&audience, &frame)
+        self.deliver(&Audience::person(church_id, person_id), &frame)
     }
 
     /// After a socket ended: unmirror it, delete all its rows and raise attendance for

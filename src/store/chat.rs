@@ -32,22 +32,6 @@ impl Store {
             .await
     }
 
-    /// Whether `ip` is blocked in a conversation.
-    pub async fn ip_blocked(
-        &self,
-        church: &str,
-        conversation: &str,
-        ip: &str,
-    ) -> Result<bool, DbErr> {
-        Ok(blocked_ips::Entity::find()
-            .filter(blocked_ips::Column::ChurchId.eq(church))
-            .filter(blocked_ips::Column::ConversationId.eq(conversation))
-            .filter(blocked_ips::Column::IpAddress.eq(ip))
-            .count(&self.db)
-            .await?
-            > 0)
-    }
-
     /// Locks a conversation row for the rest of the transaction, so that concurrent writers
     /// of one conversation update its stats one after the other. SQLite needs no lock: its
     /// write transactions are already serialized (IMMEDIATE), so no statement is sent.
