@@ -67,6 +67,10 @@ pub struct Settings {
     /// Bytes queued for one socket before it is evicted with 1013.
     #[arg(long, env = "SOCKET_QUEUE_BYTES", default_value_t = 1 << 20, global = true)]
     pub socket_queue_bytes: usize,
+    /// Threads that write to sockets (0: half the cores, at least one). The rest of the
+    /// cores stay free for requests, so a fan-out wave never starves the next publish.
+    #[arg(long, env = "SOCKET_THREADS", default_value_t = 0, global = true)]
+    pub socket_threads: usize,
     /// Seconds between WebSocket pings; a socket silent for a whole interval after a ping is dropped.
     #[arg(
         long,
@@ -160,6 +164,7 @@ impl Settings {
             attendance_window_big: Duration::from_millis(self.attendance_window_big_ms),
             big_room_rows: self.big_room_rows,
             roster_cap: self.roster_cap,
+            socket_threads: self.socket_threads,
             ..HubConfig::default()
         }
     }

@@ -16,20 +16,6 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     })
 }
 
-/// Sockets run on a runtime of their own: a fan-out wakes every recipient's task at once, and
-/// on a shared runtime the next request's work would queue behind that whole wave.
-fn socket_runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sockets")
-            .enable_all()
-            .build()
-            .expect("socket runtime")
-    })
-}
-
 pub fn is_websocket(headers: &HeaderMap) -> bool {
     has_token(headers, header::UPGRADE, "websocket")
 }
@@ -53,7 +39,8 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
         return resp;
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    socket_runtime().spawn(async move {
+    let rt = crate::hub::socket_runtime(hub.config.socket_threads);
+    rt.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => ws::run_socket(hub, TokioIo::new(upgraded)).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

@@ -296,6 +296,24 @@ impl Services {
         convs: &ConvMap,
     ) -> AppResult<Vec<Written>> {
         let store = self.store();
+        // New messages outside private conversations need only their rows and the stats.
+        let plain = rows.iter().all(|(m, created)| {
+            *created
+                && convs[&m.conversation_id].conv.content_type.as_deref() != Some("privateMessage")
+        });
+        if plain {
+            let models: Vec<messages::Model> = rows.iter().map(|(m, _)| m.clone()).collect();
+            store.write(|| store.append_messages(&models)).await?;
+            return Ok(rows
+                .into_iter()
+                .map(|(m, _)| Written {
+                    conv: convs[&m.conversation_id].conv.clone(),
+                    message: m,
+                    created: true,
+                    pm_alert: None,
+                })
+                .collect());
+        }
         store
             .write(|| async {
                 let txn = store.begin_write().await?;

@@ -1,8 +1,8 @@
 //! Queries of the chat surfaces: messages, reactions, conversation stats, blocked IPs.
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 
 use super::Store;
@@ -53,36 +53,89 @@ impl Store {
         conversation: &str,
         added: u64,
     ) -> Result<(), DbErr> {
-        let backend = db.get_database_backend();
-        let (q, p) = match backend {
-            DbBackend::MySql => ('`', ["?", "?", "?", "?"]),
-            DbBackend::Postgres => ('"', ["$1", "$2", "$3", "$4"]),
-            _ => ('"', ["?", "?", "?", "?"]),
-        };
-        let pick = |param: &str, dir: &str| {
-            format!(
-                "(SELECT {q}id{q} FROM {q}messages{q} WHERE {q}conversationId{q} = {param} \
-                 ORDER BY {q}timeSent{q} {dir}, {q}id{q} {dir} LIMIT 1)"
-            )
-        };
-        let sql = format!(
-            "UPDATE {q}conversations{q} SET {q}postCount{q} = {q}postCount{q} + {p0}, \
-             {q}firstPostId{q} = COALESCE({q}firstPostId{q}, {first}), {q}lastPostId{q} = {last} \
-             WHERE {q}id{q} = {p3}",
-            p0 = p[0],
-            first = pick(p[1], "ASC"),
-            last = pick(p[2], "DESC"),
-            p3 = p[3],
-        );
-        let values: Vec<sea_orm::Value> = vec![
-            (added as i32).into(),
-            conversation.into(),
-            conversation.into(),
-            conversation.into(),
-        ];
-        db.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-            .await?;
+        db.execute_raw(stats_statement(
+            db.get_database_backend(),
+            conversation,
+            added,
+        ))
+        .await?;
         Ok(())
+    }
+
+    /// New messages and their conversations' stats, in one transaction: either all of
+    /// them are stored or none. Rows are inserted with one statement; conversations are
+    /// locked in id order, so concurrent batches cannot deadlock.
+    pub async fn append_messages(&self, rows: &[messages::Model]) -> Result<(), DbErr> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut added: std::collections::BTreeMap<&str, u64> = Default::default();
+        for m in rows {
+            *added.entry(m.conversation_id.as_str()).or_default() += 1;
+        }
+        if self.is_sqlite() {
+            return self.append_batch_sqlite(rows, &added).await;
+        }
+        let txn = self.begin_write().await?;
+        for conv in added.keys() {
+            Self::lock_conversation(&txn, conv).await?;
+        }
+        messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
+            .exec_without_returning(&txn)
+            .await?;
+        for (conv, n) in &added {
+            Self::bump_stats(&txn, conv, *n).await?;
+        }
+        txn.commit().await
+    }
+
+    /// SQLite: the transaction of `append_messages` as one multi-statement batch. Each
+    /// statement is a round trip to the connection's worker thread, and while a fan-out
+    /// keeps the cores busy every round trip waits for one; sent as separate statements
+    /// (begin, inserts, stats, commit), most of a post's latency was spent there.
+    async fn append_batch_sqlite(
+        &self,
+        rows: &[messages::Model],
+        added: &std::collections::BTreeMap<&str, u64>,
+    ) -> Result<(), DbErr> {
+        use sea_orm::sqlx;
+        let insert =
+            messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
+                .build(DbBackend::Sqlite);
+        let mut sql = String::from("BEGIN IMMEDIATE;");
+        let mut values = Vec::new();
+        let stats = added
+            .iter()
+            .map(|(conv, n)| stats_statement(DbBackend::Sqlite, conv, *n));
+        for stmt in std::iter::once(insert).chain(stats) {
+            sql.push_str(&stmt.sql);
+            sql.push(';');
+            values.extend(stmt.values.map(|v| v.0).unwrap_or_default());
+        }
+        sql.push_str("COMMIT;");
+        let exec_err = |e: sqlx::Error| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into()));
+        let mut conn = self
+            .db
+            .get_sqlite_connection_pool()
+            .acquire()
+            .await
+            .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
+        let batch = sqlx::query_with(
+            sqlx::AssertSqlSafe(sql),
+            sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
+        );
+        match batch.execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // A statement after BEGIN failed and the rest did not run: roll back on this
+                // connection before it returns to the pool. If even that fails, the
+                // connection leaves the pool rather than carry an open transaction.
+                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    drop(conn.detach());
+                }
+                Err(exec_err(e))
+            }
+        }
     }
 
     /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
@@ -307,4 +360,35 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// The stats statement of `bump_stats` (placeholders of `backend`).
+fn stats_statement(backend: DbBackend, conversation: &str, added: u64) -> Statement {
+    let (q, p) = match backend {
+        DbBackend::MySql => ('`', ["?", "?", "?", "?"]),
+        DbBackend::Postgres => ('"', ["$1", "$2", "$3", "$4"]),
+        _ => ('"', ["?", "?", "?", "?"]),
+    };
+    let pick = |param: &str, dir: &str| {
+        format!(
+            "(SELECT {q}id{q} FROM {q}messages{q} WHERE {q}conversationId{q} = {param} \
+             ORDER BY {q}timeSent{q} {dir}, {q}id{q} {dir} LIMIT 1)"
+        )
+    };
+    let sql = format!(
+        "UPDATE {q}conversations{q} SET {q}postCount{q} = {q}postCount{q} + {p0}, \
+         {q}firstPostId{q} = COALESCE({q}firstPostId{q}, {first}), {q}lastPostId{q} = {last} \
+         WHERE {q}id{q} = {p3}",
+        p0 = p[0],
+        first = pick(p[1], "ASC"),
+        last = pick(p[2], "DESC"),
+        p3 = p[3],
+    );
+    let values: Vec<sea_orm::Value> = vec![
+        (added as i32).into(),
+        conversation.into(),
+        conversation.into(),
+        conversation.into(),
+    ];
+    Statement::from_sql_and_values(backend, sql, values)
 }

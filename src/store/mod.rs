@@ -43,15 +43,22 @@ impl Store {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the one writer; write transactions start
             // IMMEDIATE (see `write`) so they queue on busy_timeout instead of failing.
+            // A local file cannot go stale: no ping before each checkout (sqlx's default,
+            // one more round trip to the worker thread per query).
             opts.max_connections(4)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .map_sqlx_sqlite_opts(|o| {
                     o.journal_mode(SqliteJournalMode::Wal)
                         .synchronous(SqliteSynchronous::Normal)
                         .busy_timeout(Duration::from_secs(10))
                 });
         } else {
-            opts.max_connections(16).min_connections(1);
+            // Ping only connections idle long enough to have been dropped by the server or
+            // a proxy, not every checkout.
+            opts.max_connections(16)
+                .min_connections(1)
+                .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
         let db = Database::connect(opts).await?;
         Ok(Self { db })
@@ -65,7 +72,7 @@ impl Store {
         self.db.ping().await
     }
 
-    fn is_sqlite(&self) -> bool {
+    pub fn is_sqlite(&self) -> bool {
         self.db.get_database_backend() == DbBackend::Sqlite
     }
 

@@ -965,3 +965,61 @@ db_test!(
         assert!(checked >= 38, "only {checked} operations");
     }
 );
+
+db_test!(
+    a_failed_message_batch_stores_nothing_and_frees_its_connection,
+    |db: TestDb| async move {
+        use messaging::store::entities::messages::Model;
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S20", "visibility": "public", "allowAnonymousPosts": true})).await;
+        let id = conv["id"].as_str().unwrap();
+        let row = |mid: &str, t: i64| Model {
+            id: mid.into(),
+            church_id: "C1".into(),
+            conversation_id: id.into(),
+            person_id: None,
+            display_name: Some("x".into()),
+            time_sent: t,
+            time_updated: None,
+            message_type: "comment".into(),
+            content: mid.into(),
+        };
+        app.store.append_messages(&[row("M0", 1)]).await.unwrap();
+        // More failed batches than the pool has connections: a connection that went back
+        // with its transaction open would hold the write lock and fail every later write.
+        for k in 0..6 {
+            let dup = [row(&format!("N{k}"), 2), row("M0", 3)];
+            assert!(app.store.append_messages(&dup).await.is_err());
+        }
+        let stored = app.store.messages_of(id, None).await.unwrap();
+        assert_eq!(
+            stored.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["M0"]
+        );
+        let c = app.store.conversation(id).await.unwrap().unwrap();
+        assert_eq!(c.post_count, 1);
+        assert_eq!(c.last_post_id.as_deref(), Some("M0"));
+        app.store
+            .append_messages(&[row("M1", 4), row("M2", 5)])
+            .await
+            .unwrap();
+        let c = app.store.conversation(id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                c.post_count,
+                c.first_post_id.as_deref(),
+                c.last_post_id.as_deref()
+            ),
+            (3, Some("M0"), Some("M2"))
+        );
+        let (s, body) = app
+            .post(
+                "/messaging/messages/send",
+                None,
+                &json!([{"conversationId": id, "content": "after"}]),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+);
