@@ -168,12 +168,6 @@ impl Application {
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| async move {
-            let svc = router.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, svc)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        };
         let Listeners { http, socket, grpc } = self.listeners;
         tracing::info!(
             http = %http.local_addr()?,
@@ -183,19 +177,30 @@ impl Application {
             settings = ?self.settings,
             "listening"
         );
-        tasks.spawn(serve(
+        tasks.spawn(edge::serve::serve_http1(
             http,
             edge::http_router(self.state.clone()),
             stop.clone(),
         ));
         if let Some(socket) = socket {
-            tasks.spawn(serve(
+            tasks.spawn(edge::serve::serve_http1(
                 socket,
                 edge::socket_router(self.state.clone()),
                 stop.clone(),
             ));
         }
-        tasks.spawn(serve(grpc, self.grpc_router, stop.clone()));
+        // gRPC needs HTTP/2: axum's server.
+        let grpc_stop = stop.clone();
+        let grpc_router = self.grpc_router;
+        tasks.spawn(async move {
+            let svc = grpc_router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(grpc, svc)
+                .with_graceful_shutdown(async move { grpc_stop.cancelled().await })
+                .await
+            {
+                tracing::warn!(error = %e, "gRPC server stopped with an error");
+            }
+        });
 
         for name in ["", "messaging.v1.Delivery", "messaging.v1.Connection"] {
             self.health
@@ -260,7 +265,7 @@ fn spawn_background(
                         }
                         Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
                     }
-                    match hub.store.sweep(&hub.node_id, &hub.socket_ids(), now).await {
+                    match hub.store.sweep(&hub.node_id, || hub.socket_ids(), now).await {
                         Ok(rooms) => {
                             for (church, room) in rooms {
                                 hub.trigger_attendance(&church, &room, false);

@@ -9,6 +9,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod private_messages;
 pub mod routes;
+pub mod serve;
 pub mod static_files;
 pub mod upgrade;
 

@@ -6,6 +6,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::hub::{Hub, ws};
 
@@ -39,12 +40,27 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
         return resp;
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let rt = crate::hub::socket_runtime(hub.config.socket_threads);
-    rt.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => ws::run_socket(hub, TokioIo::new(upgraded)).await,
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-        }
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+        };
+        // Our HTTP/1 server hands hyper a plain `TcpStream`, so this cannot fail.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return tracing::error!("websocket upgrade on an unexpected transport");
+        };
+        // Move the stream to the socket runtime's reactor.
+        let stream = match parts.io.into_inner().into_std() {
+            Ok(s) => s,
+            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+        };
+        let early = parts.read_buf;
+        crate::hub::socket_runtime(hub.config.socket_threads).spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => ws::run_socket(hub, stream, early).await,
+                Err(e) => tracing::debug!(error = %e, "websocket registration failed"),
+            }
+        });
     });
     let accept = ws::accept_key(key.as_bytes());
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();

@@ -4,13 +4,16 @@
 //! (header + payload) and that same allocation is queued to every recipient; tungstenite
 //! would re-frame and copy it per socket. Client frames are parsed only as far as the
 //! protocol needs: the server never looks at their content (§2.1).
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 
 use super::{CloseReason, Hub, SocketHandle};
 
@@ -73,197 +76,260 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// Why the reading half stopped.
-enum ReadEnd {
+/// Why a socket's task ends.
+enum End {
     /// EOF or an I/O error: the peer is gone.
     Gone,
     /// A close frame from the client, with the code to echo.
     ClientClose(u16),
     /// A frame over the inbound limit (1009) or a protocol violation (1002).
     Violation(u16, &'static str),
+    /// The hub asked the socket to close.
+    Closed(CloseReason),
 }
 
-/// Reads client frames until the socket ends. Any frame proves liveness; every complete
-/// data message gets the socket-id reply; pings get pongs. Payloads are never kept.
-async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, h: &SocketHandle, max_frame: usize) -> ReadEnd {
-    // Starts empty and grows only to the largest frame seen (≤ max_frame + 14), so an idle
-    // socket holds no read buffer at all.
-    let mut buf = BytesMut::new();
+/// Parses every complete client frame in `buf`, consuming it. Any frame proves liveness;
+/// every complete data message gets the socket-id reply; pings get pongs. Payloads are
+/// never kept.
+fn parse_frames(buf: &mut BytesMut, h: &SocketHandle, max_frame: usize) -> Result<(), End> {
     loop {
-        // Parse every complete frame already buffered.
-        loop {
-            if buf.len() < 2 {
-                break;
+        if buf.len() < 2 {
+            break;
+        }
+        let b0 = buf[0];
+        let b1 = buf[1];
+        let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
+        if b0 & 0x70 != 0 {
+            return Err(End::Violation(
+                close_code::PROTOCOL_ERROR,
+                "reserved bits set",
+            ));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(End::Violation(
+                close_code::PROTOCOL_ERROR,
+                "client frames must be masked",
+            ));
+        }
+        let (len, mut off) = match b1 & 0x7f {
+            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4),
+            127 if buf.len() >= 10 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&buf[2..10]);
+                (u64::from_be_bytes(a), 10)
             }
-            let b0 = buf[0];
-            let b1 = buf[1];
-            let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
-            if b0 & 0x70 != 0 {
-                return ReadEnd::Violation(close_code::PROTOCOL_ERROR, "reserved bits set");
+            126 | 127 => break,
+            n => (n as u64, 2),
+        };
+        if len > max_frame as u64 {
+            return Err(End::Violation(close_code::TOO_BIG, "message too big"));
+        }
+        let len = len as usize;
+        if buf.len() < off + 4 + len {
+            buf.reserve(off + 4 + len - buf.len());
+            break;
+        }
+        let mask = [buf[off], buf[off + 1], buf[off + 2], buf[off + 3]];
+        off += 4;
+        h.mark_alive();
+        match opcode {
+            0x0..=0x2 => {
+                if fin && !h.enqueue(h.socket_id_frame.clone()) {
+                    return Err(End::Gone);
+                }
             }
-            if b1 & 0x80 == 0 {
-                return ReadEnd::Violation(
+            0x8..=0xA if len > 125 || !fin => {
+                return Err(End::Violation(
                     close_code::PROTOCOL_ERROR,
-                    "client frames must be masked",
-                );
+                    "bad control frame",
+                ));
             }
-            let (len, mut off) = match b1 & 0x7f {
-                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4),
-                127 if buf.len() >= 10 => {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&buf[2..10]);
-                    (u64::from_be_bytes(a), 10)
-                }
-                126 | 127 => break,
-                n => (n as u64, 2),
-            };
-            if len > max_frame as u64 {
-                return ReadEnd::Violation(close_code::TOO_BIG, "message too big");
+            0x8 => {
+                let code = if len >= 2 {
+                    u16::from_be_bytes([buf[off] ^ mask[0], buf[off + 1] ^ mask[1]])
+                } else {
+                    close_code::NORMAL
+                };
+                return Err(End::ClientClose(code));
             }
-            let len = len as usize;
-            if buf.len() < off + 4 + len {
-                buf.reserve(off + 4 + len - buf.len());
-                break;
+            0x9 => {
+                let payload: Vec<u8> = buf[off..off + len]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[i % 4])
+                    .collect();
+                if !h.enqueue(control_frame(0xA, &payload)) {
+                    return Err(End::Gone);
+                }
             }
-            let mask = [buf[off], buf[off + 1], buf[off + 2], buf[off + 3]];
-            off += 4;
-            h.mark_alive();
-            match opcode {
-                0x0..=0x2 => {
-                    if fin && !h.enqueue(h.socket_id_frame.clone()) {
-                        return ReadEnd::Gone;
-                    }
-                }
-                0x8..=0xA if len > 125 || !fin => {
-                    return ReadEnd::Violation(close_code::PROTOCOL_ERROR, "bad control frame");
-                }
-                0x8 => {
-                    let code = if len >= 2 {
-                        u16::from_be_bytes([buf[off] ^ mask[0], buf[off + 1] ^ mask[1]])
-                    } else {
-                        close_code::NORMAL
-                    };
-                    return ReadEnd::ClientClose(code);
-                }
-                0x9 => {
-                    let payload: Vec<u8> = buf[off..off + len]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| b ^ mask[i % 4])
-                        .collect();
-                    if !h.enqueue(control_frame(0xA, &payload)) {
-                        return ReadEnd::Gone;
-                    }
-                }
-                0xA => {}
-                _ => return ReadEnd::Violation(close_code::PROTOCOL_ERROR, "unknown opcode"),
+            0xA => {}
+            _ => {
+                return Err(End::Violation(close_code::PROTOCOL_ERROR, "unknown opcode"));
             }
-            buf.advance(off + len);
         }
-        if buf.is_empty() && buf.capacity() > 0 {
-            // Give back the buffer of a large frame so idle sockets stay small.
-            buf = BytesMut::new();
-        }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return ReadEnd::Gone,
-            Ok(_) => {}
-        }
+        buf.advance(off + len);
     }
+    if buf.is_empty() && buf.capacity() > 0 {
+        // Give back the buffer of a large frame so idle sockets stay small.
+        *buf = BytesMut::new();
+    }
+    Ok(())
 }
 
-/// The writing half: drains the socket's queue, writing whatever is queued in one write.
-struct Writer<W> {
-    wr: W,
-    /// Bytes taken from the queue but not yet written. Kept outside the write future so a
-    /// write interrupted by a close request can still be finished cleanly.
-    pending: BytesMut,
+/// Most frames handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+/// One upgraded socket, driven by one task on the socket runtime straight on its
+/// `TcpStream`: non-blocking reads and vectored writes of the queued frames themselves (no
+/// copy into a write buffer), with readiness from the socket runtime's own reactor.
+struct Conn {
+    stream: TcpStream,
+    /// Client bytes not yet parsed. Starts with what arrived behind the upgrade request;
+    /// grows only to the largest frame seen (≤ max frame + 14) and is released when empty,
+    /// so an idle socket holds no read buffer.
+    rbuf: BytesMut,
+    /// Frames taken from the outbox and not yet fully written; empty (unallocated) when idle.
+    out: VecDeque<Bytes>,
+    /// The front frame of `out` is partly written: it must be finished before anything else
+    /// (a close frame) may follow.
+    partial: bool,
 }
 
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    /// Runs until the hub asks the socket to close (returns the reason) or a write fails.
-    async fn run(&mut self, h: &SocketHandle) -> Option<CloseReason> {
+impl Conn {
+    /// Runs until the peer goes, breaks the protocol, closes, or the hub closes the socket.
+    async fn serve(&mut self, h: &SocketHandle, max_frame: usize) -> End {
         loop {
+            if let Err(end) = parse_frames(&mut self.rbuf, h, max_frame) {
+                return end;
+            }
             if let Some(r) = h.close_reason() {
-                return Some(r);
+                return End::Closed(r);
             }
-            if self.pending.is_empty() {
-                let frames = h.take_queued();
-                if frames.is_empty() {
-                    // A frame queued after the check leaves a permit: no lost wake-up.
-                    h.wake.notified().await;
-                    continue;
-                }
-                h.frames_taken(frames.len());
-                for f in &frames {
-                    self.pending.extend_from_slice(f);
+            if self.out.is_empty() {
+                self.out = h.take_queued();
+                if !self.out.is_empty() {
+                    h.frames_taken(self.out.len());
                 }
             }
+            if !self.out.is_empty() {
+                match self.write_some(h) {
+                    Err(_) => return End::Gone,
+                    // Drained: look at the outbox again before waiting, since frames
+                    // queued meanwhile sent no wake-up (the outbox was not empty).
+                    Ok(true) if self.out.is_empty() => {
+                        // Drop the (small) allocation: most sockets are idle most of the time.
+                        self.out = VecDeque::new();
+                        continue;
+                    }
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                }
+            }
+            let interest = if self.out.is_empty() {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
             tokio::select! {
-                r = self.wr.write_buf(&mut self.pending) => {
-                    match r {
-                        Ok(n) if n > 0 => h.written(n),
-                        _ => return None,
-                    }
-                    if self.pending.is_empty() {
-                        // A socket going idle gives its buffer back: most sockets are idle
-                        // most of the time, and a retained buffer (an attendance roster is
-                        // ~5 KiB) would cost every one of them that much.
-                        let idle = h.outbox.lock().is_empty();
-                        if idle || self.pending.capacity() > 64 * 1024 {
-                            self.pending = BytesMut::new();
-                        }
-                        if idle && self.wr.flush().await.is_err() {
-                            return None;
+                biased;
+                ready = self.stream.ready(interest) => match ready {
+                    Ok(r) if r.is_readable() || r.is_read_closed() => {
+                        if let Err(end) = self.read_some() {
+                            return end;
                         }
                     }
-                }
-                // New frames or a close request: loop to look at both.
+                    Ok(_) => {}
+                    Err(_) => return End::Gone,
+                },
+                // New frames in an empty outbox, or a close request. A notification sent
+                // after `take_queued` leaves a permit, so no wake-up is lost.
                 _ = h.wake.notified() => {}
             }
         }
     }
 
-    /// Finishes the frame in flight (if any), then writes the close frame; bounded in time
-    /// because the peer may have stopped reading.
+    /// One `writev` of the front frames. Ok(false): the socket is full.
+    fn write_some(&mut self, h: &SocketHandle) -> std::io::Result<bool> {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = self
+            .out
+            .iter()
+            .zip(iov.iter_mut())
+            .map(|(f, s)| *s = IoSlice::new(f))
+            .count();
+        match self.stream.try_write_vectored(&iov[..n]) {
+            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(mut written) => {
+                h.written(written);
+                while let Some(front) = self.out.front_mut() {
+                    if written < front.len() {
+                        front.advance(written);
+                        self.partial = written > 0 || self.partial;
+                        break;
+                    }
+                    written -= front.len();
+                    self.out.pop_front();
+                    self.partial = false;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads what the socket has (until it would block) and parses it on the next turn.
+    fn read_some(&mut self) -> Result<(), End> {
+        loop {
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Err(End::Gone),
+                Ok(_) => {
+                    if self.rbuf.len() >= 16 * 1024 {
+                        // Parse before reading more; the frame limit bounds the buffer.
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(End::Gone),
+            }
+        }
+    }
+
+    /// Finishes a partly written frame (if any), then writes the close frame; bounded in
+    /// time because the peer may have stopped reading.
     async fn finish(mut self, close: Bytes, within: Duration) {
         let _ = tokio::time::timeout(within, async {
-            while !self.pending.is_empty() {
-                if !matches!(self.wr.write_buf(&mut self.pending).await, Ok(n) if n > 0) {
-                    return;
-                }
+            if self.partial
+                && let Some(front) = self.out.pop_front()
+                && self.stream.write_all(&front).await.is_err()
+            {
+                return;
             }
-            let _ = self.wr.write_all(&close).await;
-            let _ = self.wr.flush().await;
-            let _ = self.wr.shutdown().await;
+            let _ = self.stream.write_all(&close).await;
+            let _ = self.stream.shutdown().await;
         })
         .await;
     }
 }
 
-/// Owns one upgraded socket from registration to cleanup. Reading and writing run in one
-/// task; whichever ends first ends the socket.
-pub async fn run_socket<S>(hub: Arc<Hub>, io: S)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+/// Owns one upgraded socket from registration to cleanup. `early` holds any client bytes
+/// that arrived behind the upgrade request.
+pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes) {
     let h = hub.register_socket();
-    let (rd, wr) = tokio::io::split(io);
-    let mut writer = Writer {
-        wr,
-        pending: BytesMut::new(),
+    let mut conn = Conn {
+        stream,
+        rbuf: BytesMut::from(&early[..]),
+        out: VecDeque::new(),
+        partial: false,
     };
-    let max_frame = hub.config.max_inbound_frame;
-    let ended = tokio::select! {
-        r = read_loop(rd, &h, max_frame) => match r {
-            ReadEnd::Gone => None,
-            ReadEnd::ClientClose(code) => Some((code_echo(code), "")),
-            ReadEnd::Violation(code, why) => Some((code, why)),
-        },
-        r = writer.run(&h) => match r {
-            Some(CloseReason::Evicted) => Some((close_code::TRY_AGAIN_LATER, "slow consumer")),
-            Some(CloseReason::Shutdown) => Some((close_code::GOING_AWAY, "server shutting down")),
-            Some(CloseReason::Terminated) | None => None,
-        },
+    let ended = match conn.serve(&h, hub.config.max_inbound_frame).await {
+        End::Gone | End::Closed(CloseReason::Terminated) => None,
+        End::ClientClose(code) => Some((code_echo(code), "")),
+        End::Violation(code, why) => Some((code, why)),
+        End::Closed(CloseReason::Evicted) => Some((close_code::TRY_AGAIN_LATER, "slow consumer")),
+        End::Closed(CloseReason::Shutdown) => {
+            Some((close_code::GOING_AWAY, "server shutting down"))
+        }
     };
     let reason = match ended {
         Some((close_code::TRY_AGAIN_LATER, _)) => CloseReason::Evicted,
@@ -281,7 +347,7 @@ where
             } else {
                 1
             };
-            let finish = writer.finish(close_frame(code, why), Duration::from_secs(within));
+            let finish = conn.finish(close_frame(code, why), Duration::from_secs(within));
             tokio::join!(cleanup, finish);
         }
         None => cleanup.await,

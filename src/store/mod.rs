@@ -357,16 +357,22 @@ impl Store {
 
     /// Deletes this node's rows whose socket is not live, the rows of nodes whose lease
     /// expired, and those nodes. Returns the rooms that lost rows.
+    ///
+    /// `live_sockets` is asked only after this node's rows are read: a socket is registered
+    /// before any of its rows is written, so every row read belongs to a socket in that
+    /// set unless the socket has ended. Read the other way round, a socket that opened and
+    /// joined between the two reads would lose its new row.
     pub async fn sweep(
         &self,
         node_id: &str,
-        live_sockets: &std::collections::HashSet<String>,
+        live_sockets: impl FnOnce() -> std::collections::HashSet<String>,
         now: i64,
     ) -> Result<Vec<(String, String)>, DbErr> {
         let own = connections::Entity::find()
             .filter(connections::Column::NodeId.eq(node_id))
             .all(&self.db)
             .await?;
+        let live_sockets = live_sockets();
         let stale: Vec<connections::Model> = own
             .into_iter()
             .filter(|r| !live_sockets.contains(&r.socket_id))

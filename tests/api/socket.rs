@@ -1,4 +1,6 @@
 //! The socket protocol (§2): handshake, id stability, limits, keepalive, eviction.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures::SinkExt;
@@ -128,10 +130,30 @@ db_test!(
         for chunk in items.chunks(100) {
             app.join(None, json!(chunk)).await;
         }
-        // Readers drain concurrently; the stalled socket is never polled.
+        // Readers drain concurrently; the stalled socket is never polled. Each reports its
+        // progress, and the sender keeps at most LAG messages ahead of the slowest reader:
+        // the 64 KiB bound is then only ever reached by the stalled socket, however busy the
+        // machine (unpaced, a reader whose task waits for a core would overflow too).
+        const LAG: u64 = 8;
+        let progress: Arc<Vec<AtomicU64>> = Arc::new((0..200).map(|_| AtomicU64::new(0)).collect());
+        let tick = Arc::new(tokio::sync::Notify::new());
+        let caught_up = |seq: u64| {
+            let (progress, tick) = (progress.clone(), tick.clone());
+            async move {
+                let need = seq.saturating_sub(LAG);
+                tokio::time::timeout(WAIT, async {
+                    while progress.iter().any(|p| p.load(Relaxed) < need) {
+                        tick.notified().await;
+                    }
+                })
+                .await
+                .expect("readers fell behind");
+            }
+        };
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         for (i, mut ws) in readers.into_iter().enumerate() {
             let done_tx = done_tx.clone();
+            let (progress, tick) = (progress.clone(), tick.clone());
             tokio::spawn(async move {
                 let mut expected = 0u64;
                 loop {
@@ -142,6 +164,8 @@ db_test!(
                     let seq = f["data"]["seq"].as_u64().unwrap();
                     assert_eq!(seq, expected, "reader {i} out of order");
                     expected += 1;
+                    progress[i].store(expected, Relaxed);
+                    tick.notify_one();
                     if f["data"]["last"] == true {
                         // Hand the socket back so it stays open (and subscribed).
                         done_tx.send((expected, ws)).unwrap();
@@ -154,6 +178,7 @@ db_test!(
         let mut seq = 0u64;
         // Send until the stalled socket drops out of the delivered count (its eviction).
         loop {
+            caught_up(seq).await;
             let n = app
                 .grpc_send("C1", &room, &json!({"seq": seq, "pad": pad}))
                 .await;
@@ -169,6 +194,7 @@ db_test!(
         let stalled_id = stalled.id.clone();
         let closed = tokio::spawn(async move { stalled.close_code().await });
         for _ in 0..20 {
+            caught_up(seq).await;
             app.grpc_send("C1", &room, &json!({"seq": seq, "pad": pad}))
                 .await;
             seq += 1;
