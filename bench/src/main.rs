@@ -407,7 +407,7 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     let rss_after_run = server_rss(pid);
 
     // ---- merge ----
-    let mut latency = Histogram::<u64>::new(3).expect("valid");
+    let latency = ws::latency_histogram();
     let (mut received, mut dups, mut ooo, mut wrong, mut foreign) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut reads, mut bytes, mut att_bytes) = (0u64, 0u64, 0u64);
     let (mut att_max, mut att_sum, mut bip_max, mut bip_sum, mut last_rx) =
@@ -429,11 +429,6 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
             att_sum += u64::from(st.attendance_frames);
             bip_max = bip_max.max(st.blocked_ip_frames);
             bip_sum += u64::from(st.blocked_ip_frames);
-        }
-        if let Some(h) = &st.latency_us {
-            for v in h.iter_recorded() {
-                let _ = latency.record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
-            }
         }
         match st.ended {
             Some(End::Close(c)) => *closes.entry(c.to_string()).or_default() += 1,
