@@ -316,9 +316,13 @@ impl Conn {
 /// that arrived behind the upgrade request.
 pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes) {
     let h = hub.register_socket();
+    // Copied, then dropped: `early` is a slice of the HTTP server's read buffer (8 KiB or
+    // more), which it would otherwise keep alive for the socket's whole life.
+    let rbuf = BytesMut::from(&early[..]);
+    drop(early);
     let mut conn = Conn {
         stream,
-        rbuf: BytesMut::from(&early[..]),
+        rbuf,
         out: VecDeque::new(),
         partial: false,
     };
