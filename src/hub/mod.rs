@@ -1,10 +1,11 @@
 //! Live sockets and fan-out. This module is the only code that writes to sockets.
 //!
 //! The fan-out path, start to end, is `Hub::deliver`: the frame is serialized and framed
-//! once, then the same `Bytes` is pushed onto each recipient's unbounded queue (a lock-free
-//! channel plus an atomic byte count). Nothing on that path awaits, takes a per-recipient
-//! lock or touches the database; a recipient whose queue exceeds its byte bound is marked
-//! for eviction and its own task closes it.
+//! once, then the same `Bytes` is pushed onto each recipient's outbox (a per-socket lock that
+//! only that socket's writer also takes, plus an atomic byte count). Nothing on that path
+//! awaits, takes a shared lock per recipient or touches the database; a recipient whose
+//! outbox exceeds its byte bound is marked for eviction and its own task closes it. The
+//! socket tasks (`ws.rs`) run on `socket_runtime` and write each outbox with one `writev`.
 //!
 //! The hub mirrors this node's rows of the `connections` table in memory (`members`), so
 //! selecting a room's local rows is a map lookup. The database stays the record: rows are
