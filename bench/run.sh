@@ -5,7 +5,9 @@
 #   bench/run.sh SCENARIO [--target service|floor] [--rate R] [--no-build] [-- LOADGEN_ARGS...]
 #   bench/run.sh all      [--target service|floor] ...
 #
-# Scenarios: smoke fanout-1k rooms-100x50 idle-10k join-storm grpc-fanout-1k (service only).
+# Scenarios: smoke fanout-1k rooms-100x50 idle-10k join-storm join-storm-anon grpc-fanout-1k
+# (service only). join-storm-anon joins as anonymous live-stream viewers do ("Anonymous ",
+# which the service numbers Anonymous_N).
 # The service runs from a copy of target/release/messaging with a fresh SQLite file in a temp
 # dir, a random JWT_SECRET and a minted token; the floor is ../shared/floor. Every listener is
 # bound to 127.0.0.1. Exit status: loadgen's (0 ok, 1 a check failed, 2 setup error); for
@@ -22,7 +24,7 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 FLOOR_DIR=${FLOOR_DIR:-$ROOT/../shared/floor}
 FLOOR_TARGET=${FLOOR_TARGET:-/tmp/floor-target}
-ALL_SCENARIOS="smoke fanout-1k rooms-100x50 idle-10k join-storm grpc-fanout-1k"
+ALL_SCENARIOS="smoke fanout-1k rooms-100x50 idle-10k join-storm join-storm-anon grpc-fanout-1k"
 CHURCH=loadgen-church
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
@@ -57,6 +59,7 @@ scenario_args() {
     rooms-100x50) echo "--sockets 5000 --rooms 100 --publishers 4 --duration 10" ;;
     idle-10k) echo "--sockets 10000 --rooms 100 --duration 0" ;;
     join-storm) echo "--sockets 5000 --rooms 1 --duration 0 --join-concurrency 64" ;;
+    join-storm-anon) scenario_args join-storm ;; # plus --join-name "Anonymous " in run_one
     grpc-fanout-1k) echo "--sockets 1000 --rooms 1 --publishers 4 --duration 10 --via grpc" ;;
     *) return 1 ;;
   esac
@@ -159,6 +162,8 @@ run_one() {
   log "$name against the $target (pid $server_pid)"
   # shellcheck disable=SC2207
   local args=($(scenario_args "$name"))
+  # The name ends in a space, so it cannot travel through scenario_args' word splitting.
+  [ "$name" != join-storm-anon ] || args+=(--join-name "Anonymous ")
   [ -z "$rate" ] || args+=(--rate "$rate")
   args+=(--http "127.0.0.1:$http_port" --ws "127.0.0.1:$ws_port" --church "$CHURCH"
     --scenario "$name" --target-kind "$target" --server-pid "$server_pid")

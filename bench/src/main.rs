@@ -118,6 +118,10 @@ struct Args {
     /// shares with the server, and costs less per delivery than two.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// `displayName` of every join. `"Anonymous "` (trailing space) is what anonymous
+    /// live-stream viewers send: the server numbers each one `Anonymous_N` (§5.1).
+    #[arg(long, default_value = "lg")]
+    join_name: String,
     /// contentId prefix of the rooms (default: unique per run, so rooms start empty).
     #[arg(long)]
     room_prefix: Option<String>,
@@ -541,6 +545,7 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
         "latency_ms": ms_summary(&latency),
         "sockets_ended": closes,
         "join": {
+            "display_name": a.join_name,
             "seconds": secs(join.last_ns.saturating_sub(join.first_ns)),
             "requests": join.requests,
             "errors": join.errors,
@@ -670,6 +675,7 @@ async fn run_joins(
         conns.push(h);
     }
     let church_json = serde_json::to_string(&a.church)?;
+    let name_json = serde_json::to_string(&a.join_name)?;
     let next = Arc::new(AtomicUsize::new(0));
     let last = Arc::new(AtomicU64::new(0));
     let shared: Arc<Vec<Arc<Shared>>> = Arc::new(shared.to_vec());
@@ -678,7 +684,7 @@ async fn run_joins(
     let handles: Vec<_> = conns
         .into_iter()
         .map(|mut h| {
-            let (next, last, joins, shared, room_ids, room_sizes, church_json) = (
+            let (next, last, joins, shared, room_ids, room_sizes, church_json, name_json) = (
                 next.clone(),
                 last.clone(),
                 joins.clone(),
@@ -686,6 +692,7 @@ async fn run_joins(
                 room_ids.clone(),
                 room_sizes.clone(),
                 church_json.clone(),
+                name_json.clone(),
             );
             tokio::spawn(async move {
                 let mut hist = Histogram::<u64>::new(3).expect("valid");
@@ -695,7 +702,7 @@ async fn run_joins(
                     let Some((i, id)) = joins.get(j) else { break };
                     let room = shared[*i].room as usize;
                     let body = format!(
-                        r#"[{{"conversationId":"{}","socketId":"{id}","displayName":"lg","churchId":{church_json}}}]"#,
+                        r#"[{{"conversationId":"{}","socketId":"{id}","displayName":{name_json},"churchId":{church_json}}}]"#,
                         room_ids[room]
                     );
                     let t = now_ns();

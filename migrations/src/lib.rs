@@ -10,6 +10,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_initial;
 mod m20261127_000002_messages_by_conversation;
+mod m20261127_000003_connections_anonymous_number;
 
 /// Applies every migration of the messaging schema, in order.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_initial::Migration),
             Box::new(m20261127_000002_messages_by_conversation::Migration),
+            Box::new(m20261127_000003_connections_anonymous_number::Migration),
         ]
     }
 }

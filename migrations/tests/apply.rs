@@ -28,12 +28,14 @@ const SCHEMA: &[(&str, &[&str], &[&str])] = &[
             "socketId",
             "ipAddress",
             "nodeId",
+            "anonymousNumber",
         ],
         &[
             "uq_connections_room_socket",
             "idx_connections_room_person",
             "idx_connections_socket",
             "idx_connections_node",
+            "idx_connections_room_anonymous",
         ],
     ),
     (
@@ -255,7 +257,73 @@ async fn exercise(url: String) {
     let db = Database::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    // Rows from before `anonymousNumber` existed get their number when it is added.
+    Migrator::up(&db, Some(2))
+        .await
+        .expect("first two migrations");
+    let names = [
+        ("a1", Some("Anonymous_3")),
+        ("a2", Some("Anonymous_12")),
+        ("a3", Some("Anonymous_x")),
+        ("a4", Some("anonymous_5")),
+        ("a5", Some("lg")),
+        ("a6", None),
+    ];
+    for (id, name) in names {
+        let insert = Query::insert()
+            .into_table("connections")
+            .columns([
+                "id",
+                "churchId",
+                "conversationId",
+                "displayName",
+                "timeJoined",
+                "socketId",
+                "nodeId",
+            ])
+            .values_panic([
+                id.into(),
+                "church".into(),
+                "room".into(),
+                name.into(),
+                1_764_201_600_000_i64.into(),
+                id.into(),
+                "node".into(),
+            ])
+            .to_owned();
+        db.execute(&insert).await.expect("insert connection");
+    }
     Migrator::up(&db, None).await.expect("first up");
+    let select = Query::select()
+        .columns(["id", "anonymousNumber"])
+        .from("connections")
+        .order_by("id", Order::Asc)
+        .to_owned();
+    let numbers: Vec<(String, Option<i64>)> = db
+        .query_all(&select)
+        .await
+        .expect("select connections")
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "id").unwrap(),
+                r.try_get("", "anonymousNumber").unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("a1", Some(3)),
+        ("a2", Some(12)),
+        ("a3", None),
+        ("a4", None),
+        ("a5", None),
+        ("a6", None),
+    ];
+    let expected: Vec<(String, Option<i64>)> = expected
+        .iter()
+        .map(|&(id, n)| (String::from(id), n))
+        .collect();
+    assert_eq!(numbers, expected);
     Migrator::up(&db, None).await.expect("second up (no-op)");
     {
         let manager = SchemaManager::new(&db);

@@ -277,9 +277,15 @@ impl ConnectionService {
         let stored = self
             .store()
             .write(|| async {
+                let now = crate::time::now_ms();
+                if self.store().is_sqlite() {
+                    return Ok(self
+                        .store()
+                        .upsert_rows_sqlite(&node_id, &rows, now)
+                        .await?);
+                }
                 let txn = self.store().begin_write().await?;
-                let stored =
-                    Store::upsert_rows(&txn, &node_id, &rows, crate::time::now_ms()).await?;
+                let stored = Store::upsert_rows(&txn, &node_id, &rows, now).await?;
                 txn.commit().await?;
                 Ok::<_, AppError>(stored)
             })

@@ -166,6 +166,7 @@ mod tests {
             socket_id: id.into(),
             ip_address: Some("1.2.3.4".into()),
             node_id: "N".into(),
+            anonymous_number: None,
         }
     }
 

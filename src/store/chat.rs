@@ -98,7 +98,6 @@ impl Store {
         rows: &[messages::Model],
         added: &std::collections::BTreeMap<&str, u64>,
     ) -> Result<(), DbErr> {
-        use sea_orm::sqlx;
         let insert =
             messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
                 .build(DbBackend::Sqlite);
@@ -113,29 +112,7 @@ impl Store {
             values.extend(stmt.values.map(|v| v.0).unwrap_or_default());
         }
         sql.push_str("COMMIT;");
-        let exec_err = |e: sqlx::Error| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into()));
-        let mut conn = self
-            .db
-            .get_sqlite_connection_pool()
-            .acquire()
-            .await
-            .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
-        let batch = sqlx::query_with(
-            sqlx::AssertSqlSafe(sql),
-            sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
-        );
-        match batch.execute(&mut *conn).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // A statement after BEGIN failed and the rest did not run: roll back on this
-                // connection before it returns to the pool. If even that fails, the
-                // connection leaves the pool rather than carry an open transaction.
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    drop(conn.detach());
-                }
-                Err(exec_err(e))
-            }
-        }
+        self.sqlite_batch(sql, values).await.map(drop)
     }
 
     /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.

@@ -1690,6 +1690,7 @@ async fn create_fixtures(app: &TestApp, callers: &[Caller]) -> Fixtures {
                     socket_id: socket.clone(),
                     ip_address: Some("127.0.0.1".into()),
                     node_id: app.node_id.clone(),
+                    anonymous_number: None,
                 });
             }
         }

@@ -78,6 +78,7 @@ db_test!(
             socket_id: Set("GHOSTSOCK01".into()),
             ip_address: Set(None),
             node_id: Set("DEADNODE001".into()),
+            anonymous_number: Set(None),
         })
         .exec_without_returning(&app.store.db)
         .await

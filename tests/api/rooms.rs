@@ -540,3 +540,137 @@ db_test!(
         );
     }
 );
+
+db_test!(
+    anonymous_numbering_follows_the_rooms_current_names,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let other = app.conversation("C1", "streamingLive", true).await;
+        let mut ws = Vec::new();
+        for _ in 0..12 {
+            ws.push(app.ws_with_id().await);
+        }
+        let id = |i: usize| ws[i].id.clone();
+        let name = |rows: &Value| rows[0]["displayName"].as_str().unwrap().to_string();
+        let join = async |i: usize, room: &str, n: &str| name(&app.join_one(room, &id(i), n).await);
+        let rename = async |i: usize, n: &str| {
+            let (s, rows) = app
+                .post(
+                    "/messaging/connections/setName",
+                    None,
+                    &json!({"socketId": id(i), "name": n}),
+                )
+                .await;
+            assert_eq!(s, 200, "{rows}");
+        };
+
+        assert_eq!(join(0, &room, "Anonymous ").await, "Anonymous_1");
+        assert_eq!(join(1, &room, "Anonymous ").await, "Anonymous_2");
+        // A name chosen by hand counts; suffixes that are not plain digits do not.
+        assert_eq!(join(2, &room, "Anonymous_10").await, "Anonymous_10");
+        assert_eq!(join(3, &room, "Anonymous_x").await, "Anonymous_x");
+        assert_eq!(join(4, &room, "Anonymous_+20").await, "Anonymous_+20");
+        assert_eq!(join(5, &room, "Anonymous ").await, "Anonymous_11");
+        // Each room numbers on its own.
+        assert_eq!(join(0, &other, "Anonymous ").await, "Anonymous_1");
+        // The holder of the largest number leaves: the next one reuses it.
+        let (s, _) = app
+            .delete(&format!("/messaging/connections/C1/{room}/{}", id(5)), None)
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(join(6, &room, "Anonymous ").await, "Anonymous_11");
+        // Renames count both ways: away from the pattern, and into it.
+        rename(2, "Carol").await;
+        rename(6, "Dave").await;
+        assert_eq!(join(7, &room, "Anonymous ").await, "Anonymous_3");
+        rename(0, "Anonymous_50").await;
+        assert_eq!(join(8, &room, "Anonymous ").await, "Anonymous_51");
+        // A re-join of a numbered socket as "Anonymous " numbers it afresh.
+        assert_eq!(join(8, &room, "Anonymous ").await, "Anonymous_52");
+        // The largest BIGINT: the next number is one past it, and nothing overflows.
+        let top = i64::MAX;
+        assert_eq!(
+            join(9, &other, &format!("Anonymous_{top}")).await,
+            format!("Anonymous_{top}")
+        );
+        let past = format!("Anonymous_{}", top as u64 + 1);
+        assert_eq!(join(10, &other, "Anonymous ").await, past);
+        assert_eq!(join(11, &other, "Anonymous ").await, past);
+        // The stored rows agree with the replies.
+        let (s, rows) = app
+            .get(&format!("/messaging/connections/C1/{room}"), None)
+            .await;
+        assert_eq!(s, 200);
+        let mut names: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["displayName"].as_str().unwrap())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "Anonymous_+20",
+                "Anonymous_2",
+                "Anonymous_3",
+                "Anonymous_50",
+                "Anonymous_52",
+                "Anonymous_x",
+                "Carol",
+                "Dave"
+            ]
+        );
+    }
+);
+
+db_test!(
+    a_rejoin_keeps_its_row_and_a_batch_answers_in_order,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let other = app.conversation("C1", "streamingLive", true).await;
+        let a = app.ws_with_id().await;
+        let b = app.ws_with_id().await;
+        let first = app.join_one(&room, &a.id, "before").await;
+        // Past the first join's millisecond, so a new timeJoined would show.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let batch = app
+            .join(
+                Some(&app.token("C1", "P1", &[])),
+                json!([
+                    {"conversationId": room, "socketId": a.id, "displayName": "after"},
+                    {"conversationId": other, "socketId": a.id, "displayName": "Anonymous "},
+                    {"conversationId": other, "socketId": b.id, "displayName": "Anonymous "},
+                ]),
+            )
+            .await;
+        let batch = batch.as_array().unwrap();
+        assert_eq!(batch.len(), 3);
+        // The re-join: same row, same timeJoined, new name and person.
+        assert_eq!(batch[0]["id"], first[0]["id"]);
+        assert_eq!(batch[0]["timeJoined"], first[0]["timeJoined"]);
+        assert_eq!(batch[0]["displayName"], "after");
+        assert_eq!(batch[0]["personId"], "P1");
+        assert_eq!(first[0]["personId"], Value::Null);
+        // New rows, in request order, numbered one after the other.
+        assert_eq!(
+            (
+                batch[1]["conversationId"].as_str(),
+                batch[1]["socketId"].as_str()
+            ),
+            (Some(other.as_str()), Some(a.id.as_str()))
+        );
+        assert_eq!(batch[1]["displayName"], "Anonymous_1");
+        assert_eq!(batch[2]["socketId"], b.id.as_str());
+        assert_eq!(batch[2]["displayName"], "Anonymous_2");
+        assert_ne!(batch[1]["id"], batch[2]["id"]);
+        let (s, rows) = app
+            .get(&format!("/messaging/connections/C1/{room}"), None)
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(rows.as_array().unwrap().len(), 1);
+        assert_eq!(rows[0]["displayName"], "after");
+    }
+);

@@ -15,6 +15,9 @@ pub struct Model {
     pub socket_id: String,
     pub ip_address: Option<String>,
     pub node_id: String,
+    /// The N of a `displayName` of the form `Anonymous_<N>`, else null: indexed per room
+    /// so that numbering the next anonymous viewer is one lookup (§5.1).
+    pub anonymous_number: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -48,6 +48,7 @@ async fn entities_match_migrations() {
             socket_id: "socket".into(),
             ip_address: some("2001:db8::1"),
             node_id: "Node0000001".into(),
+            anonymous_number: Some(7),
         },
     )
     .await;
