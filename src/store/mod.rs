@@ -251,8 +251,7 @@ impl Store {
         rows: &[NewRow],
         now: i64,
     ) -> Result<Vec<connections::Model>, DbErr> {
-        use sea_orm::Value;
-        use sea_orm::sqlx::Row;
+        use sea_orm::{FromQueryResult, Value};
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -298,22 +297,8 @@ impl Store {
         }
         sql.push_str("COMMIT;");
         let got = self.sqlite_batch(sql, values).await?;
-        let decode = |e: sea_orm::sqlx::Error| DbErr::Type(e.to_string());
-        got.iter()
-            .map(|row| {
-                Ok(connections::Model {
-                    id: row.try_get("id").map_err(decode)?,
-                    church_id: row.try_get("churchId").map_err(decode)?,
-                    conversation_id: row.try_get("conversationId").map_err(decode)?,
-                    person_id: row.try_get("personId").map_err(decode)?,
-                    display_name: row.try_get("displayName").map_err(decode)?,
-                    anonymous_number: row.try_get("anonymousNumber").map_err(decode)?,
-                    time_joined: row.try_get("timeJoined").map_err(decode)?,
-                    socket_id: row.try_get("socketId").map_err(decode)?,
-                    ip_address: row.try_get("ipAddress").map_err(decode)?,
-                    node_id: row.try_get("nodeId").map_err(decode)?,
-                })
-            })
+        got.into_iter()
+            .map(|row| connections::Model::from_query_result(&row.into(), ""))
             .collect()
     }
 
@@ -332,7 +317,7 @@ impl Store {
             .into_tuple()
             .one(db)
             .await?;
-        Ok(max.flatten().unwrap_or(0).max(0))
+        Ok(max.flatten().unwrap_or(0))
     }
 
     pub async fn room_rows(
