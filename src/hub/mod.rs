@@ -1,28 +1,29 @@
 //! Live sockets and fan-out. This module is the only code that writes to sockets.
 //!
-//! The fan-out path, start to end, is `Hub::deliver`: the frame is serialized and framed
-//! once, then the same `Bytes` is pushed onto each recipient's outbox (a per-socket lock that
-//! only that socket's writer also takes, plus an atomic byte count). Nothing on that path
-//! awaits, takes a shared lock per recipient or touches the database; a recipient whose
-//! outbox exceeds its byte bound is marked for eviction and its own task closes it. The
-//! socket tasks (`ws.rs`) run on `socket_runtime` and write each outbox with one `writev`.
+//! The fan-out path, start to end, is in `fanout.rs`: `Hub::deliver` pushes one
+//! pre-framed `Bytes` onto each recipient's outbox and lists the sockets that were idle on
+//! their flush queue; a flusher per socket-runtime thread writes them, one `writev` each.
+//! The socket tasks (`ws.rs`) read, and write only a socket that was full or is closing.
 //!
 //! The hub mirrors this node's rows of the `connections` table in memory (`members`), so
 //! selecting a room's local rows is a map lookup. The database stays the record: rows are
 //! written first and mirrored after the commit, under the socket's membership lock, so the
 //! two cannot diverge through concurrent joins and leaves of one socket.
 pub mod attendance;
+mod fanout;
 pub mod ws;
+
+pub use fanout::{SocketHandle, encode_frame};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
-use tokio::sync::Notify;
+use parking_lot::RwLock;
+use tokio::net::TcpStream;
+
+use fanout::FlushQueue;
 
 use crate::store::Store;
 
@@ -58,11 +59,11 @@ impl Default for HubConfig {
     }
 }
 
-/// The runtime every socket task runs on, apart from the one serving requests: a fan-out
-/// wakes every recipient's writer at once, and on a shared runtime the next request's work
-/// would queue behind that whole wave. It gets half the cores by default: socket writers
-/// that can take every core delay the next publish, and each write then carries fewer
-/// frames (on 2 cores, one socket thread delivered `fanout-1k` about twice as fast as two).
+/// The runtime the flushers and every socket task run on, apart from the one serving
+/// requests: on a shared runtime the next request's work would queue behind a whole wave
+/// of writes. It gets half the cores by default: writers that can take every core delay
+/// the next publish, and each write then carries fewer frames (on 2 cores, one socket
+/// thread delivered `fanout-1k` about twice as fast as two).
 /// Built once per process; the first caller's thread count wins.
 pub fn socket_runtime(threads: usize) -> &'static tokio::runtime::Runtime {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
@@ -125,138 +126,6 @@ pub enum CloseReason {
     Shutdown,
 }
 
-const OPEN: u8 = 0;
-
-/// The hub's handle on one live socket. Senders touch only its outbox (a short,
-/// per-socket, practically uncontended lock) and atomics; they never wait.
-pub struct SocketHandle {
-    pub id: Arc<str>,
-    /// Frames queued and not yet taken by the writer. An empty `VecDeque` holds no
-    /// allocation, so an idle socket's queue costs nothing.
-    outbox: Mutex<std::collections::VecDeque<Bytes>>,
-    queued: AtomicUsize,
-    max_queued: usize,
-    state: AtomicU8,
-    alive: AtomicBool,
-    pinged: AtomicBool,
-    /// Wakes the writer: frames queued into an empty outbox, or a close request.
-    pub(crate) wake: Notify,
-    /// The socket-id reply, framed once when the socket opens.
-    socket_id_frame: Bytes,
-    /// Serializes row changes of this socket (join, leave, close) so that the database
-    /// and the in-memory mirror change together. Held across awaits, so it is async.
-    pub membership: tokio::sync::Mutex<()>,
-    /// The audiences this socket is mirrored in.
-    audiences: Mutex<Vec<Audience>>,
-}
-
-impl SocketHandle {
-    /// Queues a frame without waiting. Returns false if the socket is closing, or if this
-    /// frame pushed it over its bound (it is then evicted).
-    pub fn enqueue(&self, frame: Bytes) -> bool {
-        if self.state.load(Relaxed) != OPEN {
-            return false;
-        }
-        let len = frame.len();
-        if self.queued.fetch_add(len, Relaxed) + len > self.max_queued {
-            self.queued.fetch_sub(len, Relaxed);
-            if self.request_close(CloseReason::Evicted) {
-                metrics::counter!("messaging_sockets_evicted_total").increment(1);
-                tracing::info!(socket = %self.id, "evicting slow consumer");
-            }
-            return false;
-        }
-        let first = {
-            let mut out = self.outbox.lock();
-            out.push_back(frame);
-            out.len() == 1
-        };
-        // Only the frame that makes the outbox non-empty needs to wake the writer: it
-        // takes everything queued when it runs.
-        if first {
-            self.wake.notify_one();
-        }
-        true
-    }
-
-    /// Everything queued, leaving the outbox empty (and unallocated).
-    fn take_queued(&self) -> std::collections::VecDeque<Bytes> {
-        std::mem::take(&mut *self.outbox.lock())
-    }
-
-    /// Marks the socket closing; the first reason wins. Returns whether this call set it.
-    pub fn request_close(&self, reason: CloseReason) -> bool {
-        let code = match reason {
-            CloseReason::Evicted => 1,
-            CloseReason::Terminated => 2,
-            CloseReason::Shutdown => 3,
-        };
-        let set = self
-            .state
-            .compare_exchange(OPEN, code, AcqRel, Relaxed)
-            .is_ok();
-        if set {
-            self.wake.notify_one();
-        }
-        set
-    }
-
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        match self.state.load(Acquire) {
-            OPEN => None,
-            1 => Some(CloseReason::Evicted),
-            2 => Some(CloseReason::Terminated),
-            _ => Some(CloseReason::Shutdown),
-        }
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.state.load(Acquire) == OPEN
-    }
-
-    fn mark_alive(&self) {
-        self.alive.store(true, Relaxed);
-    }
-
-    fn frames_taken(&self, n: usize) {
-        static WRITTEN: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
-        WRITTEN
-            .get_or_init(|| metrics::counter!("messaging_frames_written_total"))
-            .increment(n as u64);
-    }
-
-    fn written(&self, bytes: usize) {
-        self.queued.fetch_sub(bytes, Relaxed);
-    }
-}
-
-/// The frame envelope of §3.1: exactly these four keys, in this order.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope<'a, T: Serialize + ?Sized> {
-    church_id: &'a str,
-    conversation_id: &'a str,
-    action: &'a str,
-    data: &'a T,
-}
-
-/// Serializes and frames one envelope. Called once per delivery, never per recipient.
-pub fn encode_frame<T: Serialize + ?Sized>(
-    church_id: &str,
-    conversation_id: &str,
-    action: &str,
-    data: &T,
-) -> Bytes {
-    let json = serde_json::to_vec(&Envelope {
-        church_id,
-        conversation_id,
-        action,
-        data,
-    })
-    .unwrap_or_default();
-    ws::text_frame(&json)
-}
-
 /// The local sockets of one audience, by socket id.
 type Members = HashMap<Arc<str>, Arc<SocketHandle>>;
 
@@ -268,10 +137,29 @@ pub struct Hub {
     members: RwLock<HashMap<Audience, Members>>,
     local_rows: AtomicUsize,
     attendance: attendance::Coalescer,
+    /// One flush queue (and flusher task) per socket-runtime thread; sockets are spread
+    /// over them round-robin.
+    flushers: Vec<Arc<FlushQueue>>,
+    next_flusher: AtomicUsize,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for q in &self.flushers {
+            q.close();
+        }
+    }
 }
 
 impl Hub {
     pub fn new(node_id: String, config: HubConfig, store: Store) -> Arc<Self> {
+        let rt = socket_runtime(config.socket_threads);
+        let flushers: Vec<Arc<FlushQueue>> = (0..rt.metrics().num_workers())
+            .map(|_| Arc::new(FlushQueue::default()))
+            .collect();
+        for q in &flushers {
+            rt.spawn(fanout::run_flusher(q.clone()));
+        }
         Arc::new(Self {
             node_id,
             config,
@@ -280,11 +168,16 @@ impl Hub {
             members: RwLock::default(),
             local_rows: AtomicUsize::new(0),
             attendance: attendance::Coalescer::default(),
+            flushers,
+            next_flusher: AtomicUsize::new(0),
         })
     }
 
-    /// A new socket with a fresh CSPRNG id.
-    fn register_socket(&self) -> Arc<SocketHandle> {
+    /// A new socket with a fresh CSPRNG id. `stream` must be registered with the socket
+    /// runtime.
+    fn register_socket(&self, stream: TcpStream) -> Arc<SocketHandle> {
+        let i = self.next_flusher.fetch_add(1, Relaxed) % self.flushers.len();
+        let flusher = (i, self.flushers[i].clone());
         let mut sockets = self.sockets.write();
         // Ids are 66 random bits; the loop only guards the theoretical collision.
         let id: Arc<str> = loop {
@@ -293,20 +186,12 @@ impl Hub {
                 break id;
             }
         };
-        let socket_id_frame = encode_frame("", "", "socketId", &*id);
-        let h = Arc::new(SocketHandle {
-            id: id.clone(),
-            outbox: Mutex::default(),
-            queued: AtomicUsize::new(0),
-            max_queued: self.config.max_queued_bytes,
-            state: AtomicU8::new(OPEN),
-            alive: AtomicBool::new(true),
-            pinged: AtomicBool::new(false),
-            wake: Notify::new(),
-            socket_id_frame,
-            membership: tokio::sync::Mutex::new(()),
-            audiences: Mutex::new(Vec::new()),
-        });
+        let h = Arc::new(SocketHandle::new(
+            id.clone(),
+            stream,
+            self.config.max_queued_bytes,
+            flusher,
+        ));
         sockets.insert(id, h.clone());
         metrics::gauge!("messaging_sockets_open").set(sockets.len() as f64);
         h
@@ -353,51 +238,6 @@ impl Hub {
     /// Number of this node's sockets in an audience.
     pub fn local_count(&self, audience: &Audience) -> usize {
         self.members.read().get(audience).map_or(0, HashMap::len)
-    }
-
-    /// The fan-out (§5.2): one pre-framed frame to every local row of the audience.
-    /// Returns the number of rows it was enqueued for.
-    ///
-    /// Rows held by other nodes are skipped here; node-to-node forwarding through the
-    /// `Delivery` service plugs in at this point.
-    pub fn deliver(&self, audience: &Audience, frame: &Bytes) -> usize {
-        let started = Instant::now();
-        let mut n = 0;
-        if let Some(room) = self.members.read().get(audience) {
-            for h in room.values() {
-                if h.enqueue(frame.clone()) {
-                    n += 1;
-                }
-            }
-        }
-        metrics::counter!("messaging_frames_enqueued_total").increment(n as u64);
-        metrics::histogram!("messaging_fanout_seconds").record(started.elapsed().as_secs_f64());
-        n
-    }
-
-    /// Serializes once, then fans out to a room.
-    pub fn send_to_room<T: Serialize + ?Sized>(
-        &self,
-        church_id: &str,
-        room: &str,
-        action: &str,
-        data: &T,
-    ) -> usize {
-        let frame = encode_frame(church_id, room, action, data);
-        self.deliver(&Audience::room(church_id, room), &frame)
-    }
-
-    /// Serializes once, then delivers to a person's `alerts` rows.
-    pub fn send_to_person<T: Serialize + ?Sized>(
-        &self,
-        church_id: &str,
-        person_id: &str,
-        conversation_id: &str,
-        action: &str,
-        data: &T,
-    ) -> usize {
-        let frame = encode_frame(church_id, conversation_id, action, data);
-        self.deliver(&Audience::person(church_id, person_id), &frame)
     }
 
     /// After a socket ended: unmirror it, delete all its rows and raise attendance for

@@ -1,20 +1,22 @@
-//! The WebSocket wire: the RFC 6455 handshake, server frame encoding and the per-socket task.
+//! The WebSocket wire: the RFC 6455 handshake, server frame encoding and the per-socket task
+//! (reads, keepalive, close; writes only when the flusher hands a full socket over).
 //!
 //! We frame server messages ourselves so that a broadcast is encoded once into one `Bytes`
 //! (header + payload) and that same allocation is queued to every recipient; tungstenite
 //! would re-frame and copy it per socket. Client frames are parsed only as far as the
 //! protocol needs: the server never looks at their content (§2.1).
-use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncWriteExt, Interest};
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::fanout::Drain;
 use super::{CloseReason, Hub, SocketHandle};
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -91,7 +93,7 @@ enum End {
 /// Parses every complete client frame in `buf`, consuming it. Any frame proves liveness;
 /// every complete data message gets the socket-id reply; pings get pongs. Payloads are
 /// never kept.
-fn parse_frames(buf: &mut BytesMut, h: &SocketHandle, max_frame: usize) -> Result<(), End> {
+fn parse_frames(buf: &mut BytesMut, h: &Arc<SocketHandle>, max_frame: usize) -> Result<(), End> {
     loop {
         if buf.len() < 2 {
             break;
@@ -176,28 +178,19 @@ fn parse_frames(buf: &mut BytesMut, h: &SocketHandle, max_frame: usize) -> Resul
     Ok(())
 }
 
-/// Most frames handed to one `writev`.
-const MAX_IOV: usize = 64;
-
-/// One upgraded socket, driven by one task on the socket runtime straight on its
-/// `TcpStream`: non-blocking reads and vectored writes of the queued frames themselves (no
-/// copy into a write buffer), with readiness from the socket runtime's own reactor.
+/// One upgraded socket's task, on the socket runtime: it reads and parses client frames
+/// straight off the socket (readiness from the socket runtime's own reactor), and writes
+/// only when its flusher handed writing over (the socket was full) or when it closes.
 struct Conn {
-    stream: TcpStream,
     /// Client bytes not yet parsed. Starts with what arrived behind the upgrade request;
     /// grows only to the largest frame seen (≤ max frame + 14) and is released when empty,
     /// so an idle socket holds no read buffer.
     rbuf: BytesMut,
-    /// Frames taken from the outbox and not yet fully written; empty (unallocated) when idle.
-    out: VecDeque<Bytes>,
-    /// The front frame of `out` is partly written: it must be finished before anything else
-    /// (a close frame) may follow.
-    partial: bool,
 }
 
 impl Conn {
     /// Runs until the peer goes, breaks the protocol, closes, or the hub closes the socket.
-    async fn serve(&mut self, h: &SocketHandle, max_frame: usize) -> End {
+    async fn serve(&mut self, h: &Arc<SocketHandle>, max_frame: usize) -> End {
         loop {
             if let Err(end) = parse_frames(&mut self.rbuf, h, max_frame) {
                 return end;
@@ -205,83 +198,36 @@ impl Conn {
             if let Some(r) = h.close_reason() {
                 return End::Closed(r);
             }
-            if self.out.is_empty() {
-                self.out = h.take_queued();
-                if !self.out.is_empty() {
-                    h.frames_taken(self.out.len());
+            let mut interest = Interest::READABLE;
+            if h.task_writes() {
+                match h.drain_as_task() {
+                    Drain::Idle => {}
+                    Drain::Full => interest = Interest::READABLE | Interest::WRITABLE,
+                    Drain::Failed => return End::Gone,
                 }
             }
-            if !self.out.is_empty() {
-                match self.write_some(h) {
-                    Err(_) => return End::Gone,
-                    // Drained: look at the outbox again before waiting, since frames
-                    // queued meanwhile sent no wake-up (the outbox was not empty).
-                    Ok(true) if self.out.is_empty() => {
-                        // Drop the (small) allocation: most sockets are idle most of the time.
-                        self.out = VecDeque::new();
-                        continue;
-                    }
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                }
-            }
-            let interest = if self.out.is_empty() {
-                Interest::READABLE
-            } else {
-                Interest::READABLE | Interest::WRITABLE
-            };
             tokio::select! {
                 biased;
-                ready = self.stream.ready(interest) => match ready {
+                ready = h.stream.ready(interest) => match ready {
                     Ok(r) if r.is_readable() || r.is_read_closed() => {
-                        if let Err(end) = self.read_some() {
+                        if let Err(end) = self.read_some(&h.stream) {
                             return end;
                         }
                     }
                     Ok(_) => {}
                     Err(_) => return End::Gone,
                 },
-                // New frames in an empty outbox, or a close request. A notification sent
-                // after `take_queued` leaves a permit, so no wake-up is lost.
+                // A close request, or writing handed over. A notification sent while we
+                // were busy leaves a permit, so none is lost.
                 _ = h.wake.notified() => {}
             }
         }
     }
 
-    /// One `writev` of the front frames. Ok(false): the socket is full.
-    fn write_some(&mut self, h: &SocketHandle) -> std::io::Result<bool> {
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = self
-            .out
-            .iter()
-            .zip(iov.iter_mut())
-            .map(|(f, s)| *s = IoSlice::new(f))
-            .count();
-        match self.stream.try_write_vectored(&iov[..n]) {
-            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(mut written) => {
-                h.written(written);
-                while let Some(front) = self.out.front_mut() {
-                    if written < front.len() {
-                        front.advance(written);
-                        self.partial = written > 0 || self.partial;
-                        break;
-                    }
-                    written -= front.len();
-                    self.out.pop_front();
-                    self.partial = false;
-                }
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Reads what the socket has (until it would block) and parses it on the next turn.
-    fn read_some(&mut self) -> Result<(), End> {
+    fn read_some(&mut self, stream: &TcpStream) -> Result<(), End> {
         loop {
-            match self.stream.try_read_buf(&mut self.rbuf) {
+            match stream.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Err(End::Gone),
                 Ok(_) => {
                     if self.rbuf.len() >= 16 * 1024 {
@@ -294,38 +240,48 @@ impl Conn {
             }
         }
     }
+}
 
-    /// Finishes a partly written frame (if any), then writes the close frame; bounded in
-    /// time because the peer may have stopped reading.
-    async fn finish(mut self, close: Bytes, within: Duration) {
-        let _ = tokio::time::timeout(within, async {
-            if self.partial
-                && let Some(front) = self.out.pop_front()
-                && self.stream.write_all(&front).await.is_err()
-            {
-                return;
-            }
-            let _ = self.stream.write_all(&close).await;
-            let _ = self.stream.shutdown().await;
-        })
-        .await;
+/// Writes all of `buf`, waiting for the socket to drain as needed.
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
+}
+
+/// Takes writing over from the flusher, finishes a partly written frame (if any), then
+/// writes the close frame; bounded in time because the peer may have stopped reading.
+async fn finish(h: &SocketHandle, close: Bytes, within: Duration) {
+    let partial = h.take_over();
+    let _ = tokio::time::timeout(within, async {
+        if let Some(front) = partial
+            && write_all(&h.stream, &front).await.is_err()
+        {
+            return;
+        }
+        if write_all(&h.stream, &close).await.is_ok() {
+            let _ = SockRef::from(&h.stream).shutdown(Shutdown::Write);
+        }
+    })
+    .await;
 }
 
 /// Owns one upgraded socket from registration to cleanup. `early` holds any client bytes
 /// that arrived behind the upgrade request.
 pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes) {
-    let h = hub.register_socket();
+    let h = hub.register_socket(stream);
     // Copied, then dropped: `early` is a slice of the HTTP server's read buffer (8 KiB or
     // more), which it would otherwise keep alive for the socket's whole life.
     let rbuf = BytesMut::from(&early[..]);
     drop(early);
-    let mut conn = Conn {
-        stream,
-        rbuf,
-        out: VecDeque::new(),
-        partial: false,
-    };
+    let mut conn = Conn { rbuf };
     let ended = match conn.serve(&h, hub.config.max_inbound_frame).await {
         End::Gone | End::Closed(CloseReason::Terminated) => None,
         End::ClientClose(code) => Some((code_echo(code), "")),
@@ -351,11 +307,17 @@ pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes) {
             } else {
                 1
             };
-            let finish = conn.finish(close_frame(code, why), Duration::from_secs(within));
+            let finish = finish(&h, close_frame(code, why), Duration::from_secs(within));
             tokio::join!(cleanup, finish);
         }
-        None => cleanup.await,
+        None => {
+            h.take_over();
+            cleanup.await;
+        }
     }
+    // The handle (and with it the descriptor) may outlive this task for a moment in a
+    // flush queue or a request's hands; the peer learns now that the socket is gone.
+    let _ = SockRef::from(&h.stream).shutdown(Shutdown::Both);
 }
 
 /// A client's close code is echoed unless it is one that must not appear on the wire.

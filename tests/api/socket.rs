@@ -228,3 +228,138 @@ db_test!(
         assert!(!hub.holds_socket(&stalled_id));
     }
 );
+
+db_test!(
+    a_full_socket_gets_every_frame_in_order_once_it_reads_again,
+    |db: TestDb| async move {
+        let mut s = settings(&db);
+        s.socket_queue_bytes = 8 << 20;
+        let app = TestApp::spawn_with(s).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let mut paused = Ws::connect_small_rcvbuf(app.socket).await;
+        paused.get_id().await;
+        let mut other = app.ws_with_id().await;
+        app.join(
+            None,
+            json!([
+                {"conversationId": room, "socketId": paused.id},
+                {"conversationId": room, "socketId": other.id},
+            ]),
+        )
+        .await;
+        async fn next_seq(ws: &mut Ws) -> u64 {
+            ws.next_action("message").await["data"]["seq"]
+                .as_u64()
+                .unwrap()
+        }
+        // Send while `paused` is not read until the kernel refuses more for it and frames
+        // wait in the server's queue (its task then owns its writes); `other` keeps getting
+        // each one meanwhile.
+        let pad = "p".repeat(4000);
+        let (hub, paused_id) = (app.hub.clone(), paused.id.clone());
+        let queued = || hub.socket(&paused_id).map_or(0, |h| h.queued_bytes());
+        let mut seq = 0u64;
+        while queued() < 256 * 1024 {
+            assert!(
+                seq < 1500,
+                "the paused socket's kernel buffers never filled"
+            );
+            let n = app
+                .grpc_send("C1", &room, &json!({"seq": seq, "pad": pad}))
+                .await;
+            assert_eq!(n, 2);
+            assert_eq!(next_seq(&mut other).await, seq);
+            seq += 1;
+        }
+        // Reading again, it gets everything, once and in order...
+        for want in 0..seq {
+            assert_eq!(next_seq(&mut paused).await, want);
+        }
+        eventually("the paused socket's queue drained", || {
+            let q = queued();
+            async move { q == 0 }
+        })
+        .await;
+        // ...and later frames reach it through the normal path again.
+        for _ in 0..5 {
+            app.grpc_send("C1", &room, &json!({"seq": seq})).await;
+            assert_eq!(next_seq(&mut paused).await, seq);
+            assert_eq!(next_seq(&mut other).await, seq);
+            seq += 1;
+        }
+    }
+);
+
+db_test!(
+    concurrent_publishers_reach_every_socket_once_in_each_ones_order,
+    |db: TestDb| async move {
+        let mut s = settings(&db);
+        s.socket_queue_bytes = 8 << 20;
+        let app = Arc::new(TestApp::spawn_with(s).await);
+        let room = app.conversation("C1", "streamingLive", true).await;
+        const PUBLISHERS: u64 = 4;
+        const EACH: u64 = 100;
+        // Readers that keep up, and readers that start only after the last send: the
+        // kernel refuses most of it for them, so their tasks take their writes over.
+        let mut live = Vec::new();
+        let mut late = Vec::new();
+        let mut items = Vec::new();
+        for i in 0..24 {
+            let ws = if i % 8 == 0 {
+                let mut ws = Ws::connect_small_rcvbuf(app.socket).await;
+                ws.get_id().await;
+                ws
+            } else {
+                app.ws_with_id().await
+            };
+            items.push(json!({"conversationId": room, "socketId": ws.id}));
+            if i % 8 == 0 {
+                late.push(ws)
+            } else {
+                live.push(ws)
+            }
+        }
+        app.join(None, json!(items)).await;
+        async fn read_all(mut ws: Ws) {
+            let mut next = [0u64; PUBLISHERS as usize];
+            for _ in 0..PUBLISHERS * EACH {
+                let f = ws.next_action("message").await;
+                let p = f["data"]["p"].as_u64().unwrap() as usize;
+                assert_eq!(f["data"]["seq"].as_u64().unwrap(), next[p], "publisher {p}");
+                next[p] += 1;
+            }
+            assert!(
+                ws.try_text(Duration::from_millis(100))
+                    .await
+                    .is_none_or(|t| !t.contains("\"message\""))
+            );
+        }
+        let live: Vec<_> = live
+            .into_iter()
+            .map(|ws| tokio::spawn(read_all(ws)))
+            .collect();
+        let pad = "p".repeat(2000);
+        let publishers: Vec<_> = (0..PUBLISHERS)
+            .map(|p| {
+                let (app, room, pad) = (app.clone(), room.clone(), pad.clone());
+                tokio::spawn(async move {
+                    for seq in 0..EACH {
+                        let n = app
+                            .grpc_send("C1", &room, &json!({"p": p, "seq": seq, "pad": pad}))
+                            .await;
+                        assert_eq!(n, 24);
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.await.unwrap();
+        }
+        for ws in late {
+            read_all(ws).await;
+        }
+        for r in live {
+            r.await.unwrap();
+        }
+    }
+);
