@@ -2,8 +2,24 @@ use clap::Parser;
 use messaging::auth::{Claims, TokenKeys};
 use messaging::config::{Cli, Command};
 
+// mimalloc: under rooms-100x50 the request threads spent ~30 % of their time in glibc,
+// mostly malloc and free; with mimalloc the scenario went from ~109 k to ~117 k deliveries/s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (the Rust bindings lack it).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Hand freed pages back at once rather than 10 ms later: idle sockets are what a node
+    // holds most of, and the delayed purge kept ~0.7 KiB per socket more resident.
+    // SAFETY: mimalloc options may be set at any time; this one is a plain integer.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();
     messaging::telemetry::init_logging();
     match cli.command.unwrap_or(Command::Serve) {

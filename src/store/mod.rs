@@ -20,6 +20,23 @@ use entities::{blocked_ips, connections, conversations, nodes, private_messages}
 #[derive(Clone)]
 pub struct Store {
     pub db: DatabaseConnection,
+    /// SQLite (a file): the one connection the batched writes (`sqlite_batch`: message
+    /// group commits, joins) run on, outside the pool. See `SqliteWriter`.
+    sqlite_writer: Option<std::sync::Arc<SqliteWriter>>,
+}
+
+/// A connection of its own for SQLite's hot writes. SQLite has one writer anyway, and:
+/// - a connection drops its whole page cache whenever another connection has written, so
+///   rotating the writes over the pool made each start cold, re-reading every B-tree page
+///   it touched;
+/// - sqlx pings a pooled connection each time it goes back to the pool, a second round
+///   trip to its worker thread per write, which the next write then waited for.
+pub struct SqliteWriter {
+    opts: sea_orm::sqlx::sqlite::SqliteConnectOptions,
+    /// Taken out for each use and put back after it completed: a use that is cancelled
+    /// midway drops (closes) the connection, and the next one opens a fresh one, so no
+    /// half-finished transaction carries over.
+    conn: tokio::sync::Mutex<Option<sea_orm::sqlx::SqliteConnection>>,
 }
 
 /// A row to upsert into `connections`.
@@ -35,6 +52,14 @@ pub struct NewRow {
 
 impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let sqlite_writer = if url.starts_with("sqlite:")
+            && !url.contains(":memory:")
+            && !url.contains("mode=memory")
+        {
+            Some(Self::sqlite_writer(url).await?)
+        } else {
+            None
+        };
         let mut opts = ConnectOptions::new(url.to_string());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -61,7 +86,22 @@ impl Store {
                 .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
         let db = Database::connect(opts).await?;
-        Ok(Self { db })
+        Ok(Self { db, sqlite_writer })
+    }
+
+    async fn sqlite_writer(url: &str) -> anyhow::Result<std::sync::Arc<SqliteWriter>> {
+        use sea_orm::sqlx::Connection;
+        use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+        let opts = url
+            .parse::<SqliteConnectOptions>()?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let conn = sea_orm::sqlx::SqliteConnection::connect_with(&opts).await?;
+        Ok(std::sync::Arc::new(SqliteWriter {
+            opts,
+            conn: tokio::sync::Mutex::new(Some(conn)),
+        }))
     }
 
     pub async fn migrate(&self) -> Result<(), DbErr> {
@@ -216,27 +256,51 @@ impl Store {
         sql: String,
         values: Vec<sea_orm::Value>,
     ) -> Result<Vec<sea_orm::sqlx::sqlite::SqliteRow>, DbErr> {
-        use sea_orm::sqlx;
-        let mut conn = self
-            .db
-            .get_sqlite_connection_pool()
-            .acquire()
-            .await
-            .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
+        use sea_orm::sqlx::{self, Connection};
         let batch = sqlx::query_with(
             sqlx::AssertSqlSafe(sql),
             sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
         );
-        match batch.fetch_all(&mut *conn).await {
-            Ok(rows) => Ok(rows),
-            Err(e) => {
-                // A statement after BEGIN failed and the rest did not run: roll back on this
-                // connection before it returns to the pool. If even that fails, the
-                // connection leaves the pool rather than carry an open transaction.
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    drop(conn.detach());
+        let sqlx_err = |e: sqlx::Error| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into()));
+        let Some(writer) = &self.sqlite_writer else {
+            // In-memory databases: a second connection would be a second database.
+            let mut conn = self
+                .db
+                .get_sqlite_connection_pool()
+                .acquire()
+                .await
+                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
+            return match batch.fetch_all(&mut *conn).await {
+                Ok(rows) => Ok(rows),
+                Err(e) => {
+                    // Roll back before the connection returns to the pool; if even that
+                    // fails, it leaves the pool rather than carry an open transaction.
+                    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                        drop(conn.detach());
+                    }
+                    Err(sqlx_err(e))
                 }
-                Err(DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into())))
+            };
+        };
+        let mut slot = writer.conn.lock().await;
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => sqlx::SqliteConnection::connect_with(&writer.opts)
+                .await
+                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?,
+        };
+        match batch.fetch_all(&mut conn).await {
+            Ok(rows) => {
+                *slot = Some(conn);
+                Ok(rows)
+            }
+            Err(e) => {
+                // A statement after BEGIN failed and the rest did not run: roll back. If
+                // even that fails, the connection is dropped and the next use opens anew.
+                if sqlx::query("ROLLBACK").execute(&mut conn).await.is_ok() {
+                    *slot = Some(conn);
+                }
+                Err(sqlx_err(e))
             }
         }
     }
