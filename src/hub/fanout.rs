@@ -47,11 +47,11 @@ const FLUSH_YIELD_EVERY: usize = 256;
 
 /// Frames taken from the outbox and not yet fully written. Owned by whoever writes.
 #[derive(Default)]
-pub(crate) struct Writer {
-    pub(crate) out: VecDeque<Bytes>,
+struct Writer {
+    out: VecDeque<Bytes>,
     /// The front frame of `out` is partly written: it must be finished before anything
     /// else (a close frame) may follow.
-    pub(crate) partial: bool,
+    partial: bool,
 }
 
 /// How a round of writing ended.
@@ -212,10 +212,6 @@ impl SocketHandle {
 
     pub(crate) fn mark_alive(&self) {
         self.alive.store(true, Relaxed);
-    }
-
-    fn flush_index(&self) -> usize {
-        self.flush_index
     }
 
     /// Called by the flusher for each socket it finds on its queue.
@@ -465,7 +461,7 @@ impl Hub {
                     Push::Queued => n += 1,
                     Push::List => {
                         n += 1;
-                        if let Some(l) = listed.get_mut(h.flush_index()) {
+                        if let Some(l) = listed.get_mut(h.flush_index) {
                             l.push(h.clone());
                         }
                     }

@@ -31,12 +31,49 @@ pub struct Store {
 ///   it touched;
 /// - sqlx pings a pooled connection each time it goes back to the pool, a second round
 ///   trip to its worker thread per write, which the next write then waited for.
-pub struct SqliteWriter {
+struct SqliteWriter {
     opts: sea_orm::sqlx::sqlite::SqliteConnectOptions,
     /// Taken out for each use and put back after it completed: a use that is cancelled
     /// midway drops (closes) the connection, and the next one opens a fresh one, so no
     /// half-finished transaction carries over.
     conn: tokio::sync::Mutex<Option<sea_orm::sqlx::SqliteConnection>>,
+}
+
+/// SQLite connection settings, for the pool and the writer connection alike. WAL lets
+/// readers run beside the one writer; write transactions start IMMEDIATE (see
+/// `begin_write`) so they queue on busy_timeout instead of failing.
+fn sqlite_tuning(
+    o: sea_orm::sqlx::sqlite::SqliteConnectOptions,
+) -> sea_orm::sqlx::sqlite::SqliteConnectOptions {
+    use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+    o.journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+}
+
+/// Runs a `BEGIN …; COMMIT;` batch. If a statement fails, the rest did not run: it rolls
+/// back on the same connection. Returns the outcome and whether the connection is clean
+/// (no transaction left open) for another use.
+async fn run_batch(
+    conn: &mut sea_orm::sqlx::SqliteConnection,
+    sql: String,
+    values: Vec<sea_orm::Value>,
+) -> (Result<Vec<sea_orm::sqlx::sqlite::SqliteRow>, DbErr>, bool) {
+    let batch = sea_orm::sqlx::query_with(
+        sea_orm::sqlx::AssertSqlSafe(sql),
+        sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
+    );
+    match batch.fetch_all(&mut *conn).await {
+        Ok(rows) => (Ok(rows), true),
+        Err(e) => {
+            let clean = sea_orm::sqlx::query("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .is_ok();
+            let err = DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into()));
+            (Err(err), clean)
+        }
+    }
 }
 
 /// A row to upsert into `connections`.
@@ -65,19 +102,12 @@ impl Store {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30));
         if url.starts_with("sqlite:") {
-            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-            // WAL lets readers run beside the one writer; write transactions start
-            // IMMEDIATE (see `write`) so they queue on busy_timeout instead of failing.
             // A local file cannot go stale: no ping before each checkout (sqlx's default,
             // one more round trip to the worker thread per query).
             opts.max_connections(4)
                 .min_connections(1)
                 .test_before_acquire(false)
-                .map_sqlx_sqlite_opts(|o| {
-                    o.journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
-                        .busy_timeout(Duration::from_secs(10))
-                });
+                .map_sqlx_sqlite_opts(sqlite_tuning);
         } else {
             // Ping only connections idle long enough to have been dropped by the server or
             // a proxy, not every checkout.
@@ -91,12 +121,7 @@ impl Store {
 
     async fn sqlite_writer(url: &str) -> anyhow::Result<std::sync::Arc<SqliteWriter>> {
         use sea_orm::sqlx::Connection;
-        use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-        let opts = url
-            .parse::<SqliteConnectOptions>()?
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
+        let opts = sqlite_tuning(url.parse()?);
         let conn = sea_orm::sqlx::SqliteConnection::connect_with(&opts).await?;
         Ok(std::sync::Arc::new(SqliteWriter {
             opts,
@@ -257,11 +282,7 @@ impl Store {
         values: Vec<sea_orm::Value>,
     ) -> Result<Vec<sea_orm::sqlx::sqlite::SqliteRow>, DbErr> {
         use sea_orm::sqlx::{self, Connection};
-        let batch = sqlx::query_with(
-            sqlx::AssertSqlSafe(sql),
-            sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
-        );
-        let sqlx_err = |e: sqlx::Error| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into()));
+        let conn_err = |e: sqlx::Error| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()));
         let Some(writer) = &self.sqlite_writer else {
             // In-memory databases: a second connection would be a second database.
             let mut conn = self
@@ -269,40 +290,26 @@ impl Store {
                 .get_sqlite_connection_pool()
                 .acquire()
                 .await
-                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
-            return match batch.fetch_all(&mut *conn).await {
-                Ok(rows) => Ok(rows),
-                Err(e) => {
-                    // Roll back before the connection returns to the pool; if even that
-                    // fails, it leaves the pool rather than carry an open transaction.
-                    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                        drop(conn.detach());
-                    }
-                    Err(sqlx_err(e))
-                }
-            };
+                .map_err(conn_err)?;
+            let (result, clean) = run_batch(&mut conn, sql, values).await;
+            if !clean {
+                // It leaves the pool rather than carry an open transaction.
+                drop(conn.detach());
+            }
+            return result;
         };
         let mut slot = writer.conn.lock().await;
         let mut conn = match slot.take() {
             Some(c) => c,
             None => sqlx::SqliteConnection::connect_with(&writer.opts)
                 .await
-                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?,
+                .map_err(conn_err)?,
         };
-        match batch.fetch_all(&mut conn).await {
-            Ok(rows) => {
-                *slot = Some(conn);
-                Ok(rows)
-            }
-            Err(e) => {
-                // A statement after BEGIN failed and the rest did not run: roll back. If
-                // even that fails, the connection is dropped and the next use opens anew.
-                if sqlx::query("ROLLBACK").execute(&mut conn).await.is_ok() {
-                    *slot = Some(conn);
-                }
-                Err(sqlx_err(e))
-            }
+        let (result, clean) = run_batch(&mut conn, sql, values).await;
+        if clean {
+            *slot = Some(conn);
         }
+        result
     }
 
     /// SQLite: `upsert_rows` in its own transaction as one batch: one
