@@ -16,7 +16,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".", "#[allow(clippy::all)]")
         .compile_fds(compiler.file_descriptor_set())?;
     embed_client(&out_dir)?;
+    servers_for_tests();
     Ok(())
+}
+
+/// The outside servers the tests may use. A test whose server URL is unset is compiled with
+/// `#[ignore]`, so `cargo test` reports it as ignored instead of counting it as passed.
+fn servers_for_tests() {
+    for (var, cfg) in [
+        ("DATABASE_URL_POSTGRES", "with_postgres"),
+        ("DATABASE_URL_MYSQL", "with_mysql"),
+        ("BROKER_URL_REDIS", "with_redis"),
+        ("BROKER_URL_NATS", "with_nats"),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo:rerun-if-env-changed={var}");
+        if env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            println!("cargo:rustc-cfg={cfg}");
+        }
+    }
 }
 
 /// Embeds the browser client (`client/`, without its tests and node tooling) so the binary

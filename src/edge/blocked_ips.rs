@@ -5,10 +5,8 @@ use serde_json::json;
 
 use super::{Ctx, body, ok_json};
 use crate::error::AppResult;
-use crate::grpc::connection::MAX_ID;
 use crate::service::blocked_ips::ToggleInput;
-
-const MAX_BATCH: usize = 100;
+use crate::service::limits::{MAX_BATCH, MAX_ID};
 
 pub async fn toggle(ctx: &Ctx) -> AppResult<Response> {
     let v = ctx.json()?;

@@ -6,8 +6,8 @@ use serde_json::json;
 use super::{Ctx, body, ok_json};
 use crate::auth::access;
 use crate::error::AppResult;
-use crate::grpc::connection::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_ROOM_ID, MAX_SOCKET_ID};
 use crate::pb;
+use crate::service::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_ROOM_ID, MAX_SOCKET_ID};
 use crate::store::entities::connections;
 
 /// The `Connection` object of §10.1, in its field order.

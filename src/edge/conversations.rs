@@ -5,11 +5,9 @@ use serde_json::{Value, json};
 
 use super::{Ctx, body, ok_json};
 use crate::error::{AppError, AppResult};
-use crate::grpc::connection::MAX_ID;
 use crate::service::conversations::{ConversationInput, StartInput};
+use crate::service::limits::{MAX_BATCH, MAX_ID};
 use crate::service::messages::MAX_CONTENT_BYTES;
-
-const MAX_BATCH: usize = 100;
 
 pub async fn current(ctx: &Ctx) -> AppResult<Response> {
     let c = ctx

@@ -4,11 +4,9 @@ use serde_json::{Value, json};
 
 use super::{Ctx, body, ok_json};
 use crate::error::{AppError, AppResult};
-use crate::grpc::connection::MAX_ID;
+use crate::service::limits::{MAX_BATCH, MAX_ID};
 use crate::service::messages::{MAX_CONTENT_BYTES, MAX_EMOJI, MessageInput};
 use crate::service::model::Callout;
-
-const MAX_BATCH: usize = 100;
 
 /// `content` is limited in UTF-8 bytes; every other field in characters (§9).
 fn content(o: &body::Obj, ptr: &str, v: &Value) -> AppResult<String> {

@@ -15,11 +15,7 @@ use crate::pb;
 use crate::store::entities::{connections, conversations};
 use crate::store::{NewRow, Store};
 
-pub const MAX_ROOM_ID: usize = 64;
-pub const MAX_DISPLAY_NAME: usize = 45;
-pub const MAX_SOCKET_ID: usize = 45;
-pub const MAX_ID: usize = 64;
-pub const MAX_BATCH: usize = 100;
+pub use crate::service::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_ROOM_ID, MAX_SOCKET_ID};
 
 #[derive(Clone)]
 pub struct ConnectionService {

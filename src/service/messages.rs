@@ -14,8 +14,7 @@ use crate::error::{AppError, AppResult};
 use crate::store::Store;
 use crate::store::entities::{conversations, messages};
 
-pub const MAX_CONTENT_BYTES: usize = 65_535;
-pub const MAX_EMOJI: usize = 16;
+pub use super::limits::{MAX_CONTENT_BYTES, MAX_EMOJI};
 
 /// One item of `/messages/send` or `POST /messages`, already shape-checked by the edge.
 #[derive(Debug, Clone, Default)]

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod blocked_ips;
 pub mod conversations;
 pub mod hot;
+pub mod limits;
 pub mod messages;
 pub mod model;
 pub mod notifications;

@@ -1,0 +1,25 @@
+//! Validation limits of the contract, declared once. The doors (REST bodies, gRPC
+//! requests) and the OpenAPI document read them from here.
+
+/// Ids: churchId, personId, conversationId, groupId, serviceId, message and row ids.
+pub const MAX_ID: usize = 64;
+/// Room ids (`conversationId` of a join): a conversation id, `alerts` or `content-{type}-{id}`.
+pub const MAX_ROOM_ID: usize = 64;
+pub const MAX_SOCKET_ID: usize = 45;
+pub const MAX_DISPLAY_NAME: usize = 45;
+/// Short labels: contentType, messageType, visibility.
+pub const MAX_LABEL: usize = 45;
+pub const MAX_CONTENT_ID: usize = 255;
+pub const MAX_TITLE: usize = 255;
+/// An IPv6 address in text, the longest form.
+pub const MAX_IP: usize = 45;
+pub const MAX_LINK: usize = 100;
+/// Timestamps given as text (RFC 3339).
+pub const MAX_TIMESTAMP: usize = 64;
+/// Message and notification content, in bytes (a MySQL `TEXT`).
+pub const MAX_CONTENT_BYTES: usize = 65_535;
+pub const MAX_EMOJI: usize = 16;
+/// Items in one batch body, ids in one query.
+pub const MAX_BATCH: usize = 100;
+/// Request bodies over this many bytes get 413 (§9).
+pub const MAX_BODY: usize = 1 << 20;
