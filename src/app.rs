@@ -1,6 +1,9 @@
 //! Building and running the service: `Application::build` binds (or takes) the listeners,
-//! connects and migrates the database and registers the node; `run_until_stopped` serves
-//! until the shutdown future resolves, then closes sockets with 1001 and removes the node.
+//! connects and migrates the database, starts the hub (with its own socket runtime), wires
+//! the delivery seam and the service layer, and registers the node; `run_until_stopped`
+//! serves until the shutdown future resolves, then closes sockets with 1001, removes the
+//! node and stops the socket runtime. Everything it starts is its own: two applications in
+//! one process share nothing.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +14,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenKeys;
+use crate::cluster::{self, Fanout};
 use crate::config::{Settings, redact_url};
 use crate::edge::{self, EdgeState};
 use crate::grpc::{self, ConnectionService, DeliveryService};
 use crate::hub::Hub;
+use crate::service::Services;
 use crate::store::Store;
 
 /// Already-bound listeners (tests bind port 0).
@@ -64,7 +69,7 @@ async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
 pub struct Application {
     listeners: Listeners,
     settings: Settings,
-    hub: Arc<Hub>,
+    services: Services,
     state: Arc<EdgeState>,
     grpc_router: axum::Router,
     health: tonic_health::server::HealthReporter,
@@ -94,32 +99,35 @@ impl Application {
             )
         })?;
         store.migrate().await?;
-        let node_id = crate::ids::new_id();
-        let grpc_addr = listeners.grpc.local_addr()?;
-        store
-            .register_node(
-                &node_id,
-                Some(grpc_addr.to_string()),
-                crate::time::now_ms(),
-                settings.sweep_interval() * 3,
-            )
+        let hub = Hub::new(settings.hub_config())
+            .map_err(|e| anyhow::anyhow!("cannot start the socket runtime: {e}"))?;
+        let fanout: Arc<dyn Fanout> = Arc::new(cluster::Local::new(hub.clone()));
+        let services = Services::new(
+            crate::ids::new_id(),
+            store,
+            hub,
+            fanout,
+            settings.service_config(),
+        );
+        services
+            .register_node(Some(listeners.grpc.local_addr()?.to_string()))
             .await?;
-        let hub = Hub::new(node_id, settings.hub_config(), store);
-        let connection = ConnectionService { hub: hub.clone() };
-        let delivery = DeliveryService { hub: hub.clone() };
+        let connection = ConnectionService {
+            svc: services.clone(),
+        };
+        let delivery = DeliveryService {
+            svc: services.clone(),
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         let grpc_router = grpc::router(
-            connection.clone(),
-            delivery.clone(),
+            connection,
+            delivery,
             health_service,
             settings.grpc_token.clone(),
         )?;
         let ready = Arc::new(AtomicBool::new(false));
         let state = Arc::new(EdgeState {
-            hub: hub.clone(),
-            connection,
-            delivery,
-            services: crate::service::Services::new(hub.clone()),
+            services: services.clone(),
             keys,
             trust_proxy: settings.trust_proxy,
             dev: settings.dev,
@@ -129,7 +137,7 @@ impl Application {
         Ok(Self {
             listeners,
             settings,
-            hub,
+            services,
             state,
             grpc_router,
             health,
@@ -152,16 +160,18 @@ impl Application {
         self.listeners.grpc.local_addr().expect("bound listener")
     }
 
-    pub fn hub(&self) -> Arc<Hub> {
-        self.hub.clone()
+    /// The domain layer (tests reach the store and the hub through it).
+    pub fn services(&self) -> Services {
+        self.services.clone()
     }
 
     pub fn node_id(&self) -> String {
-        self.hub.node_id.clone()
+        self.services.node_id.to_string()
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, closes every socket with
-    /// 1001, deletes this node's rows and `nodes` row, and returns (bounded to ~10 s).
+    /// 1001, deletes this node's rows and `nodes` row, stops the socket runtime and
+    /// returns (bounded to ~10 s).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -173,7 +183,7 @@ impl Application {
             http = %http.local_addr()?,
             socket = ?socket.as_ref().and_then(|l| l.local_addr().ok()),
             grpc = %grpc.local_addr()?,
-            node = %self.hub.node_id,
+            node = %self.services.node_id,
             settings = ?self.settings,
             "listening"
         );
@@ -209,7 +219,7 @@ impl Application {
         }
         self.ready.store(true, Ordering::Release);
 
-        let background = spawn_background(self.hub.clone(), &self.settings, stop.clone());
+        let background = spawn_background(self.services.clone(), stop.clone());
 
         shutdown.await;
         tracing::info!("shutting down");
@@ -220,9 +230,10 @@ impl Application {
                 .await;
         }
         stop.cancel();
-        self.hub.close_all(Duration::from_secs(5)).await;
+        let hub = self.services.hub.clone();
+        hub.close_all(Duration::from_secs(5)).await;
         background.abort();
-        if let Err(e) = self.hub.store.delete_node(&self.hub.node_id).await {
+        if let Err(e) = self.services.remove_node().await {
             tracing::warn!(error = %e, "could not remove this node's rows");
         }
         // In-flight HTTP requests get what is left of the 10 s budget.
@@ -230,20 +241,16 @@ impl Application {
             while tasks.join_next().await.is_some() {}
         })
         .await;
+        hub.shutdown();
         tracing::info!("stopped");
         Ok(())
     }
 }
 
 /// Pings (§2.2), the lease renewal and the sweep (§5.3).
-fn spawn_background(
-    hub: Arc<Hub>,
-    settings: &Settings,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let ping_every = hub.config.ping_interval;
-    let sweep_every = settings.sweep_interval();
-    let lease = sweep_every * 3;
+fn spawn_background(services: Services, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let ping_every = services.hub.config.ping_interval;
+    let sweep_every = services.config.sweep_interval;
     tokio::spawn(async move {
         let mut ping = tokio::time::interval(ping_every);
         let mut sweep = tokio::time::interval(sweep_every);
@@ -254,26 +261,8 @@ fn spawn_background(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = ping.tick() => hub.ping_round(),
-                _ = sweep.tick() => {
-                    let now = crate::time::now_ms();
-                    match hub.store.renew_lease(&hub.node_id, now, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(node = %hub.node_id, "node row was swept by another node; re-registering");
-                            let _ = hub.store.register_node(&hub.node_id, None, now, lease).await;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
-                    }
-                    match hub.store.sweep(&hub.node_id, || hub.socket_ids(), now).await {
-                        Ok(rooms) => {
-                            for (church, room) in rooms {
-                                hub.trigger_attendance(&church, &room, false);
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "sweep failed"),
-                    }
-                }
+                _ = ping.tick() => services.hub.ping_round(),
+                _ = sweep.tick() => services.sweep_round().await,
             }
         }
     })

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::hub::HubConfig;
+use crate::service::ServiceConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +72,10 @@ pub struct Settings {
     /// cores stay free for requests, so a fan-out wave never starves the next publish.
     #[arg(long, env = "SOCKET_THREADS", default_value_t = 0, global = true)]
     pub socket_threads: usize,
+    /// Most open sockets (and upgrades in progress); past it an upgrade gets 503 before the
+    /// handshake. 0: the process's file-descriptor limit less 1024 for everything else.
+    #[arg(long, env = "MAX_SOCKETS", default_value_t = 0, global = true)]
+    pub max_sockets: usize,
     /// Seconds between WebSocket pings; a socket silent for a whole interval after a ping is dropped.
     #[arg(
         long,
@@ -157,15 +162,26 @@ impl Settings {
     }
 
     pub fn hub_config(&self) -> HubConfig {
+        let defaults = HubConfig::default();
         HubConfig {
             max_queued_bytes: self.socket_queue_bytes,
             ping_interval: Duration::from_secs_f64(self.ping_interval_secs.max(0.01)),
+            socket_threads: self.socket_threads,
+            max_sockets: match self.max_sockets {
+                0 => defaults.max_sockets,
+                n => n,
+            },
+            ..defaults
+        }
+    }
+
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
             attendance_window: Duration::from_millis(self.attendance_window_ms),
             attendance_window_big: Duration::from_millis(self.attendance_window_big_ms),
             big_room_rows: self.big_room_rows,
             roster_cap: self.roster_cap,
-            socket_threads: self.socket_threads,
-            ..HubConfig::default()
+            sweep_interval: self.sweep_interval(),
         }
     }
 

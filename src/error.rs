@@ -1,8 +1,8 @@
-//! The service layer's one error type, mapped once to an HTTP response (edge) and once to a
-//! `tonic::Status` (gRPC). WebSocket close codes live with the socket code in `hub::ws`.
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+//! The domain's one error type. Each door maps it once: `edge::error` to an HTTP response,
+//! `grpc::error` to a `tonic::Status`; the socket's close codes live with the wire code in
+//! `hub::ws`. Database errors stay typed (`DbErr`, with the driver's code inside), so that
+//! retries and outages are decided by code, never by text.
+use sea_orm::DbErr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -31,14 +31,12 @@ pub enum AppError {
     Conflict(&'static str),
     #[error("Payload too large")]
     PayloadTooLarge,
+    /// The database failed; its kind decides whether that is an outage or a bug.
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    /// A failure of this process that no input explains (a task that stopped).
     #[error("internal: {0}")]
-    Internal(#[from] anyhow::Error),
-}
-
-impl From<sea_orm::DbErr> for AppError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        AppError::Internal(anyhow::Error::new(e))
-    }
+    Internal(String),
 }
 
 impl AppError {
@@ -48,79 +46,10 @@ impl AppError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AppError::InvalidJson
-            | AppError::InvalidBody { .. }
-            | AppError::BadRequest(_)
-            | AppError::TooManyItems
-            | AppError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized | AppError::AnonymousPostingNotAllowed => {
-                StatusCode::UNAUTHORIZED
-            }
-            AppError::IpBlocked => StatusCode::FORBIDDEN,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The exact JSON body of the contract (§9). Internal errors need the request path,
-    /// so the edge renders them itself (see `edge::internal_error`).
-    pub fn body(&self) -> serde_json::Value {
-        match self {
-            AppError::InvalidJson => json!({"error": "Invalid JSON"}),
-            AppError::InvalidBody { field } => {
-                json!({"error": "Invalid request body", "field": field})
-            }
-            AppError::BadRequest(m) => json!({"error": m}),
-            AppError::TooManyItems => json!({"error": "Too many items"}),
-            AppError::InvalidQuery { field } => {
-                json!({"error": "Invalid query parameter", "field": field})
-            }
-            AppError::Unauthorized => json!({"error": "Unauthorized"}),
-            AppError::AnonymousPostingNotAllowed => {
-                json!({"error": "Anonymous posting not allowed"})
-            }
-            AppError::IpBlocked => json!({"error": "IP address blocked"}),
-            AppError::NotFound(m) | AppError::Conflict(m) => json!({"error": m}),
-            AppError::PayloadTooLarge => json!({"error": "Payload too large"}),
-            AppError::Internal(_) => {
-                json!({"error": {"message": "Internal server error", "status": 500}})
-            }
-        }
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        if let AppError::Internal(e) = &self {
-            tracing::error!(error = %e, "internal error");
-        }
-        crate::edge::json_response(self.status(), &self.body())
-    }
-}
-
-impl From<AppError> for tonic::Status {
-    fn from(e: AppError) -> Self {
-        use tonic::Status;
-        match &e {
-            AppError::Internal(err) => {
-                tracing::error!(error = %err, "internal error");
-                Status::internal("Internal server error")
-            }
-            AppError::Unauthorized | AppError::AnonymousPostingNotAllowed => {
-                Status::permission_denied(e.to_string())
-            }
-            AppError::IpBlocked => Status::permission_denied(e.to_string()),
-            AppError::NotFound(m) => Status::not_found(*m),
-            AppError::Conflict(m) => Status::already_exists(*m),
-            AppError::InvalidBody { field } => {
-                Status::invalid_argument(format!("Invalid request body: {field}"))
-            }
-            _ => Status::invalid_argument(e.to_string()),
-        }
+    /// The database cannot be reached (connection refused, pool timed out): the caller may
+    /// retry later. Any other failure is a bug or a constraint and stays a 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AppError::Db(e) if crate::store::is_unavailable(e))
     }
 }
 

@@ -6,8 +6,8 @@ use serde_json::json;
 use super::{Ctx, body, ok_json};
 use crate::auth::access;
 use crate::error::AppResult;
-use crate::pb;
 use crate::service::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_ROOM_ID, MAX_SOCKET_ID};
+use crate::service::rooms::JoinItem;
 use crate::store::entities::connections;
 
 /// The `Connection` object of §10.1, in its field order.
@@ -46,7 +46,7 @@ fn to_json(ctx: &Ctx, rows: Vec<connections::Model>) -> Vec<ConnectionJson> {
 
 pub async fn list(ctx: &Ctx) -> AppResult<Response> {
     let rows = ctx
-        .connection
+        .svc
         .list_room(&ctx.caller, ctx.param(0), ctx.param(1))
         .await?;
     Ok(ok_json(&to_json(ctx, rows)))
@@ -63,7 +63,7 @@ pub async fn join(ctx: &Ctx) -> AppResult<Response> {
         o.opt_str("personId", MAX_ID)?;
         o.opt_str("ipAddress", 45)?;
         o.opt_str("id", MAX_ID)?;
-        parsed.push(pb::JoinItem {
+        parsed.push(JoinItem {
             church_id: o.opt_str("churchId", MAX_ID)?.unwrap_or_default(),
             conversation_id: o.req_str("conversationId", MAX_ROOM_ID)?,
             socket_id: o.req_str("socketId", MAX_SOCKET_ID)?,
@@ -76,14 +76,14 @@ pub async fn join(ctx: &Ctx) -> AppResult<Response> {
         return Ok(ok_json(&json!([])));
     }
     let rows = ctx
-        .connection
+        .svc
         .join(&ctx.caller, ctx.client_ip.as_deref(), parsed)
         .await?;
     Ok(ok_json(&to_json(ctx, rows)))
 }
 
 pub async fn leave(ctx: &Ctx) -> AppResult<Response> {
-    ctx.connection
+    ctx.svc
         .leave(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
         .await?;
     Ok(ok_json(&json!({"success": true})))
@@ -94,6 +94,6 @@ pub async fn set_name(ctx: &Ctx) -> AppResult<Response> {
     let o = body::Obj::new(&v, String::new())?;
     let socket = o.req_str("socketId", MAX_SOCKET_ID)?;
     let name = o.req_str_any("name", MAX_DISPLAY_NAME)?;
-    let rows = ctx.connection.set_name(&ctx.caller, &socket, &name).await?;
+    let rows = ctx.svc.set_name(&ctx.caller, &socket, &name).await?;
     Ok(ok_json(&to_json(ctx, rows)))
 }

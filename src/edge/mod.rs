@@ -4,6 +4,7 @@ pub mod blocked_ips;
 pub mod body;
 pub mod connections;
 pub mod conversations;
+mod error;
 pub mod messages;
 pub mod notifications;
 pub mod openapi;
@@ -28,19 +29,13 @@ use serde_json::json;
 
 use crate::auth::{Caller, TokenKeys};
 use crate::error::AppError;
-use crate::grpc::{ConnectionService, DeliveryService};
-use crate::hub::Hub;
 use crate::service::Services;
+use crate::service::limits::MAX_BODY;
+pub use error::error_response;
 use routes::{Auth, Endpoint};
-
-/// Request bodies over this many bytes get 413 (§9).
-pub const MAX_BODY: usize = 1 << 20;
 
 /// What every request handler can reach.
 pub struct EdgeState {
-    pub hub: Arc<Hub>,
-    pub connection: ConnectionService,
-    pub delivery: DeliveryService,
     pub services: Services,
     pub keys: TokenKeys,
     pub trust_proxy: bool,
@@ -58,8 +53,6 @@ pub struct Ctx {
     pub params: Vec<String>,
     query: Option<String>,
     pub body: Bytes,
-    pub connection: ConnectionService,
-    pub delivery: DeliveryService,
     pub svc: Services,
 }
 
@@ -100,6 +93,7 @@ pub fn ok_json<T: Serialize + ?Sized>(body: &T) -> Response {
     json_response(StatusCode::OK, body)
 }
 
+/// The contract's error shape for routing failures and 500s (§9).
 fn framework_error(status: u16, message: &str, path: &str) -> Response {
     let body = json!({"error": {
         "message": message,
@@ -124,7 +118,7 @@ pub fn socket_router(state: Arc<EdgeState>) -> axum::Router {
         .fallback(
             |State(state): State<Arc<EdgeState>>, req: Request| async move {
                 if upgrade::is_websocket(req.headers()) {
-                    upgrade::upgrade(state.hub.clone(), req)
+                    upgrade::upgrade(state.services.hub.clone(), req)
                 } else {
                     json_response(
                         StatusCode::UPGRADE_REQUIRED,
@@ -198,7 +192,7 @@ fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_proxy: bool) -
 
 async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response {
     if upgrade::is_websocket(req.headers()) {
-        return upgrade::upgrade(state.hub.clone(), req);
+        return upgrade::upgrade(state.services.hub.clone(), req);
     }
     if req.method() == Method::OPTIONS {
         return preflight();
@@ -250,7 +244,7 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
     }
     let raw = match read_body(body).await {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(e) => return error_response(e, path),
     };
     let peer = parts
         .extensions
@@ -268,7 +262,7 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
         Auth::Permission(p) => caller.claims().is_some_and(|c| c.has_permission(p)),
     };
     if !allowed {
-        return AppError::Unauthorized.into_response();
+        return error_response(AppError::Unauthorized, path);
     }
     let ctx = Ctx {
         caller,
@@ -276,8 +270,6 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
         params: matched.params,
         query: parts.uri.query().map(str::to_string),
         body: raw,
-        connection: state.connection.clone(),
-        delivery: state.delivery.clone(),
         svc: state.services.clone(),
     };
     let result = match matched.route.endpoint {
@@ -321,14 +313,7 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     };
-    match result {
-        Ok(r) => r,
-        Err(AppError::Internal(e)) => {
-            tracing::error!(error = %e, %path, "request failed");
-            framework_error(500, "Internal server error", path)
-        }
-        Err(e) => e.into_response(),
-    }
+    result.unwrap_or_else(|e| error_response(e, path))
 }
 
 async fn ready(state: &EdgeState) -> Response {
@@ -336,8 +321,8 @@ async fn ready(state: &EdgeState) -> Response {
         Some("starting".to_string())
     } else {
         state
-            .hub
-            .store
+            .services
+            .store()
             .ping()
             .await
             .err()

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, body, ok_json};
 use crate::error::{AppError, AppResult};
-use crate::grpc::connection::{MAX_BATCH, MAX_ID};
+use crate::service::limits::{MAX_BATCH, MAX_ID};
 use crate::service::{self, notifications as ns};
 
 /// Field limits of §9 for notifications.

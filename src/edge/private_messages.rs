@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::{Ctx, body, ok_json};
 use crate::error::AppResult;
-use crate::grpc::connection::{MAX_BATCH, MAX_ID};
+use crate::service::limits::{MAX_BATCH, MAX_ID};
 use crate::service::{self, private_messages as pms};
 
 pub async fn create(ctx: &Ctx) -> AppResult<Response> {

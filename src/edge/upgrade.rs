@@ -39,6 +39,18 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
         );
         return resp;
     };
+    // Refused before the handshake: past the cap, an accepted socket would run the
+    // process out of file descriptors and fail everyone's next accept or query.
+    let Some(permit) = hub.try_reserve() else {
+        metrics::counter!("messaging_sockets_refused_total").increment(1);
+        let mut resp = super::json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "Too many sockets"}),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -49,18 +61,11 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
         let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
             return tracing::error!("websocket upgrade on an unexpected transport");
         };
-        // Move the stream to the socket runtime's reactor.
-        let stream = match parts.io.into_inner().into_std() {
-            Ok(s) => s,
-            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
-        };
-        let early = parts.read_buf;
-        crate::hub::socket_runtime(hub.config.socket_threads).spawn(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => ws::run_socket(hub, stream, early).await,
-                Err(e) => tracing::debug!(error = %e, "websocket registration failed"),
-            }
-        });
+        // Moved to the socket runtime's reactor by `spawn_socket`.
+        match parts.io.into_inner().into_std() {
+            Ok(stream) => hub.spawn_socket(stream, parts.read_buf, permit),
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
     });
     let accept = ws::accept_key(key.as_bytes());
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();

@@ -1,7 +1,8 @@
-//! The service layer: the gRPC `Delivery` and `Connection` services, plus the gRPC server
-//! (reflection v1 + v1alpha, health, the `GRPC_TOKEN` check).
+//! The gRPC door: `Delivery` and `Connection` as thin adapters onto the service layer, plus
+//! the gRPC server (reflection v1 + v1alpha, health, the `GRPC_TOKEN` check).
 pub mod connection;
 pub mod delivery;
+mod error;
 
 use axum::extract::Request;
 use axum::middleware::Next;

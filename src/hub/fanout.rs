@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::{Audience, CloseReason, Hub};
+use super::{Action, Audience, CloseReason, Hub};
 
 /// Who writes a socket: nobody needs to (nothing queued, or a frame is about to list it)...
 const W_IDLE: u8 = 0;
@@ -113,7 +113,7 @@ impl SocketHandle {
         max_queued: usize,
         (flush_index, flush): (usize, Arc<FlushQueue>),
     ) -> Self {
-        let socket_id_frame = encode_frame("", "", "socketId", &*id);
+        let socket_id_frame = encode_frame("", "", Action::SocketId, &*id);
         Self {
             id,
             stream,
@@ -428,13 +428,13 @@ struct Envelope<'a, T: Serialize + ?Sized> {
 pub fn encode_frame<T: Serialize + ?Sized>(
     church_id: &str,
     conversation_id: &str,
-    action: &str,
+    action: Action,
     data: &T,
 ) -> Bytes {
     let json = serde_json::to_vec(&Envelope {
         church_id,
         conversation_id,
-        action,
+        action: action.as_str(),
         data,
     })
     .unwrap_or_default();
@@ -445,8 +445,8 @@ impl Hub {
     /// The fan-out (§5.2): one pre-framed frame to every local row of the audience.
     /// Returns the number of rows it was enqueued for.
     ///
-    /// Rows held by other nodes are skipped here; node-to-node forwarding through the
-    /// `Delivery` service plugs in at this point.
+    /// Only this node's sockets: the delivery seam (`cluster::Fanout`) carries a frame to
+    /// the other nodes, each of which calls this for its own.
     pub fn deliver(&self, audience: &Audience, frame: &Bytes) -> usize {
         let started = Instant::now();
         let mut n = 0;
@@ -474,30 +474,5 @@ impl Hub {
         metrics::counter!("messaging_frames_enqueued_total").increment(n as u64);
         metrics::histogram!("messaging_fanout_seconds").record(started.elapsed().as_secs_f64());
         n
-    }
-
-    /// Serializes once, then fans out to a room.
-    pub fn send_to_room<T: Serialize + ?Sized>(
-        &self,
-        church_id: &str,
-        room: &str,
-        action: &str,
-        data: &T,
-    ) -> usize {
-        let frame = encode_frame(church_id, room, action, data);
-        self.deliver(&Audience::room(church_id, room), &frame)
-    }
-
-    /// Serializes once, then delivers to a person's `alerts` rows.
-    pub fn send_to_person<T: Serialize + ?Sized>(
-        &self,
-        church_id: &str,
-        person_id: &str,
-        conversation_id: &str,
-        action: &str,
-        data: &T,
-    ) -> usize {
-        let frame = encode_frame(church_id, conversation_id, action, data);
-        self.deliver(&Audience::person(church_id, person_id), &frame)
     }
 }

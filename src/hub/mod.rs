@@ -1,15 +1,15 @@
-//! Live sockets and fan-out. This module is the only code that writes to sockets.
+//! Live sockets and fan-out: pure transport. This module is the only code that writes to
+//! sockets, and it knows nothing of the database or of access rules.
 //!
 //! The fan-out path, start to end, is in `fanout.rs`: `Hub::deliver` pushes one
 //! pre-framed `Bytes` onto each recipient's outbox and lists the sockets that were idle on
 //! their flush queue; a flusher per socket-runtime thread writes them, one `writev` each.
 //! The socket tasks (`ws.rs`) read, and write only a socket that was full or is closing.
 //!
-//! The hub mirrors this node's rows of the `connections` table in memory (`members`), so
-//! selecting a room's local rows is a map lookup. The database stays the record: rows are
-//! written first and mirrored after the commit, under the socket's membership lock, so the
-//! two cannot diverge through concurrent joins and leaves of one socket.
-pub mod attendance;
+//! The hub keeps, per audience (a room, or one person's alerts), the local sockets in it
+//! (`members`), so selecting a room's local sockets is a map lookup. The service layer
+//! decides membership (it writes the rows, then mirrors them here under the socket's
+//! `membership` lock) and is told through `SocketEvents` when a socket ends.
 mod fanout;
 pub mod ws;
 
@@ -18,14 +18,15 @@ pub use fanout::{SocketHandle, encode_frame};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::RwLock;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 
 use fanout::FlushQueue;
-
-use crate::store::Store;
 
 /// Tunables of the socket layer.
 #[derive(Debug, Clone)]
@@ -35,13 +36,10 @@ pub struct HubConfig {
     /// Inbound frames larger than this close the socket with 1009.
     pub max_inbound_frame: usize,
     pub ping_interval: Duration,
-    /// Attendance windows: `small` up to `big_room_rows` rows, `big` above.
-    pub attendance_window: Duration,
-    pub attendance_window_big: Duration,
-    pub big_room_rows: usize,
-    pub roster_cap: usize,
     /// Worker threads of the socket runtime; 0 picks half the cores (at least one).
     pub socket_threads: usize,
+    /// Open sockets (and upgrades in progress) past which an upgrade is refused with 503.
+    pub max_sockets: usize,
 }
 
 impl Default for HubConfig {
@@ -50,39 +48,29 @@ impl Default for HubConfig {
             max_queued_bytes: 1 << 20,
             max_inbound_frame: 4096,
             ping_interval: Duration::from_secs(30),
-            attendance_window: Duration::from_millis(100),
-            attendance_window_big: Duration::from_secs(1),
-            big_room_rows: 100,
-            roster_cap: 100,
             socket_threads: 0,
+            max_sockets: default_max_sockets(),
         }
     }
 }
 
-/// The runtime the flushers and every socket task run on, apart from the one serving
-/// requests: on a shared runtime the next request's work would queue behind a whole wave
-/// of writes. It gets half the cores by default: writers that can take every core delay
-/// the next publish, and each write then carries fewer frames (on 2 cores, one socket
-/// thread delivered `fanout-1k` about twice as fast as two).
-/// Built once per process; the first caller's thread count wins.
-pub fn socket_runtime(threads: usize) -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        let threads = match threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
-            n => n,
-        };
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("sockets")
-            .enable_all()
-            .build()
-            .expect("socket runtime")
-    })
+/// File descriptors this process may open, less a reserve for HTTP requests, the database
+/// pool, the broker and the listeners: past that, an accept or a query would fail with
+/// EMFILE instead of one upgrade being refused cleanly.
+pub fn default_max_sockets() -> usize {
+    const RESERVE: usize = 1024;
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        })
+        .unwrap_or(4096);
+    soft.saturating_sub(RESERVE).max(64)
 }
 
 /// Who a delivery targets: a room, or one person's `alerts` rows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Audience {
     Room { church: String, room: String },
     Person { church: String, person: String },
@@ -103,17 +91,57 @@ impl Audience {
             person: person.to_string(),
         }
     }
-
-    /// The audience a `connections` row belongs to.
-    pub fn of_row(church: &str, room: &str, person: Option<&str>) -> Self {
-        match (room, person) {
-            (ALERTS, Some(p)) => Audience::person(church, p),
-            _ => Audience::room(church, room),
-        }
-    }
 }
 
-pub const ALERTS: &str = "alerts";
+/// The actions a frame may carry (§3.2); the server sends no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    SocketId,
+    Message,
+    ConversationActivity,
+    DeleteMessage,
+    Reaction,
+    Callout,
+    Attendance,
+    BlockedIp,
+    PrivateMessage,
+    Notification,
+}
+
+impl Action {
+    pub const ALL: [Action; 10] = [
+        Action::SocketId,
+        Action::Message,
+        Action::ConversationActivity,
+        Action::DeleteMessage,
+        Action::Reaction,
+        Action::Callout,
+        Action::Attendance,
+        Action::BlockedIp,
+        Action::PrivateMessage,
+        Action::Notification,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::SocketId => "socketId",
+            Action::Message => "message",
+            Action::ConversationActivity => "conversationActivity",
+            Action::DeleteMessage => "deleteMessage",
+            Action::Reaction => "reaction",
+            Action::Callout => "callout",
+            Action::Attendance => "attendance",
+            Action::BlockedIp => "blockedIp",
+            Action::PrivateMessage => "privateMessage",
+            Action::Notification => "notification",
+        }
+    }
+
+    /// The one parser of an action name (exact, case-sensitive, as on the wire).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
 
 /// Why a socket is being closed by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,51 +154,125 @@ pub enum CloseReason {
     Shutdown,
 }
 
+/// What the hub tells the layer above. Registered once by the service layer.
+pub trait SocketEvents: Send + Sync + 'static {
+    /// A socket ended (closed, evicted, terminated) and is no longer in any audience; its
+    /// `membership` lock is free. `audiences` are those it was in.
+    fn socket_ended(
+        &self,
+        socket: Arc<SocketHandle>,
+        audiences: Vec<Audience>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// A place among `max_sockets`, held from the upgrade until the socket's task ends.
+pub struct SocketPermit(Arc<AtomicUsize>);
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// The local sockets of one audience, by socket id.
 type Members = HashMap<Arc<str>, Arc<SocketHandle>>;
 
 pub struct Hub {
-    pub node_id: String,
     pub config: HubConfig,
-    pub store: Store,
+    /// The runtime the flushers and every socket task run on, apart from the one serving
+    /// requests: on a shared runtime the next request's work would queue behind a whole
+    /// wave of writes. It gets half the cores by default: writers that can take every core
+    /// delay the next publish, and each write then carries fewer frames (on 2 cores, one
+    /// socket thread delivered `fanout-1k` about twice as fast as two). Owned here, so two
+    /// applications in one process never share it; taken out by `shutdown`.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    /// Every socket task, so that shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Open sockets plus upgrades in progress, against `config.max_sockets`.
+    slots: Arc<AtomicUsize>,
     sockets: RwLock<HashMap<Arc<str>, Arc<SocketHandle>>>,
     members: RwLock<HashMap<Audience, Members>>,
     local_rows: AtomicUsize,
-    attendance: attendance::Coalescer,
     /// One flush queue (and flusher task) per socket-runtime thread; sockets are spread
     /// over them round-robin.
     flushers: Vec<Arc<FlushQueue>>,
     next_flusher: AtomicUsize,
+    events: RwLock<Option<Arc<dyn SocketEvents>>>,
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        for q in &self.flushers {
-            q.close();
-        }
+        self.shutdown();
     }
 }
 
 impl Hub {
-    pub fn new(node_id: String, config: HubConfig, store: Store) -> Arc<Self> {
-        let rt = socket_runtime(config.socket_threads);
-        let flushers: Vec<Arc<FlushQueue>> = (0..rt.metrics().num_workers())
+    pub fn new(config: HubConfig) -> std::io::Result<Arc<Self>> {
+        let threads = match config.socket_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("sockets")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let flushers: Vec<Arc<FlushQueue>> = (0..threads)
             .map(|_| Arc::new(FlushQueue::default()))
             .collect();
         for q in &flushers {
-            rt.spawn(fanout::run_flusher(q.clone()));
+            handle.spawn(fanout::run_flusher(q.clone()));
         }
-        Arc::new(Self {
-            node_id,
+        Ok(Arc::new(Self {
             config,
-            store,
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            tasks: TaskTracker::new(),
+            slots: Arc::default(),
             sockets: RwLock::default(),
             members: RwLock::default(),
             local_rows: AtomicUsize::new(0),
-            attendance: attendance::Coalescer::default(),
             flushers,
             next_flusher: AtomicUsize::new(0),
-        })
+            events: RwLock::default(),
+        }))
+    }
+
+    /// Registers the listener of socket events (the service layer).
+    pub fn set_events(&self, events: Arc<dyn SocketEvents>) {
+        *self.events.write() = Some(events);
+    }
+
+    /// A place for one more socket, or `None` at `max_sockets`.
+    pub fn try_reserve(&self) -> Option<SocketPermit> {
+        let max = self.config.max_sockets;
+        self.slots
+            .fetch_update(AcqRel, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| SocketPermit(self.slots.clone()))
+    }
+
+    /// Runs an upgraded connection's socket task on the socket runtime.
+    pub fn spawn_socket(
+        self: &Arc<Self>,
+        stream: std::net::TcpStream,
+        early: Bytes,
+        permit: SocketPermit,
+    ) {
+        let hub = self.clone();
+        self.tasks.spawn_on(
+            async move {
+                let _permit = permit;
+                // Registers the stream with the socket runtime's own reactor.
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => ws::run_socket(hub, stream, early).await,
+                    Err(e) => tracing::debug!(error = %e, "websocket registration failed"),
+                }
+            },
+            &self.handle,
+        );
     }
 
     /// A new socket with a fresh CSPRNG id. `stream` must be registered with the socket
@@ -209,20 +311,30 @@ impl Hub {
         self.sockets.read().contains_key(id)
     }
 
-    /// Mirrors a committed row. Call with the socket's membership lock held.
-    pub fn add_member(&self, h: &Arc<SocketHandle>, audience: Audience) {
+    /// Every live socket, for the sweep and the lease's re-registration.
+    pub fn sockets(&self) -> Vec<Arc<SocketHandle>> {
+        self.sockets.read().values().cloned().collect()
+    }
+
+    /// Adds a socket to an audience; returns whether it is the audience's first local
+    /// socket. Call with the socket's membership lock held.
+    pub fn add_member(&self, h: &Arc<SocketHandle>, audience: Audience) -> bool {
         let mut members = self.members.write();
         let room = members.entry(audience.clone()).or_default();
+        let first = room.is_empty();
         if room.insert(h.id.clone(), h.clone()).is_none() {
             self.local_rows.fetch_add(1, Relaxed);
             h.audiences.lock().push(audience);
         }
         metrics::gauge!("messaging_rows").set(self.local_rows.load(Relaxed) as f64);
+        first
     }
 
-    /// Drops a mirrored row. Call with the socket's membership lock held.
-    pub fn remove_member(&self, socket_id: &str, audience: &Audience) {
+    /// Removes a socket from an audience; returns whether that left the audience without
+    /// local sockets. Call with the socket's membership lock held.
+    pub fn remove_member(&self, socket_id: &str, audience: &Audience) -> bool {
         let mut members = self.members.write();
+        let mut emptied = false;
         if let Some(room) = members.get_mut(audience) {
             if let Some(h) = room.remove(socket_id) {
                 self.local_rows.fetch_sub(1, Relaxed);
@@ -230,9 +342,11 @@ impl Hub {
             }
             if room.is_empty() {
                 members.remove(audience);
+                emptied = true;
             }
         }
         metrics::gauge!("messaging_rows").set(self.local_rows.load(Relaxed) as f64);
+        emptied
     }
 
     /// Number of this node's sockets in an audience.
@@ -240,34 +354,25 @@ impl Hub {
         self.members.read().get(audience).map_or(0, HashMap::len)
     }
 
-    /// After a socket ended: unmirror it, delete all its rows and raise attendance for
-    /// every affected room but `alerts` (§2.2).
-    async fn socket_ended(self: &Arc<Self>, h: &Arc<SocketHandle>) {
+    /// After a socket ended: forget it, take it out of every audience, then tell the
+    /// service layer (which deletes its rows).
+    async fn socket_ended(&self, h: &Arc<SocketHandle>) {
         {
             let mut sockets = self.sockets.write();
             sockets.remove(&h.id);
             metrics::gauge!("messaging_sockets_open").set(sockets.len() as f64);
         }
-        let _guard = h.membership.lock().await;
-        let audiences = std::mem::take(&mut *h.audiences.lock());
-        for a in &audiences {
-            self.remove_member(&h.id, a);
-        }
-        match self.store.delete_socket_rows(&h.id).await {
-            Ok(rooms) => {
-                for (church, room) in rooms {
-                    self.trigger_attendance(&church, &room, false);
-                }
+        let audiences = {
+            let _guard = h.membership.lock().await;
+            let audiences = std::mem::take(&mut *h.audiences.lock());
+            for a in &audiences {
+                self.remove_member(&h.id, a);
             }
-            Err(e) => {
-                // The sweep removes the rows of sockets this node no longer holds.
-                tracing::warn!(socket = %h.id, error = %e, "could not delete rows of ended socket");
-                for a in audiences {
-                    if let Audience::Room { church, room } = a {
-                        self.trigger_attendance(&church, &room, false);
-                    }
-                }
-            }
+            audiences
+        };
+        let events = self.events.read().clone();
+        if let Some(events) = events {
+            events.socket_ended(h.clone(), audiences).await;
         }
     }
 
@@ -275,8 +380,7 @@ impl Hub {
     /// ping the rest. One shared ping frame serves every socket.
     pub fn ping_round(&self) {
         let ping = ws::ping_frame();
-        let sockets: Vec<_> = self.sockets.read().values().cloned().collect();
-        for h in sockets {
+        for h in self.sockets() {
             if h.pinged.load(Relaxed) && !h.alive.load(Relaxed) {
                 tracing::debug!(socket = %h.id, "no pong: terminating");
                 h.request_close(CloseReason::Terminated);
@@ -288,21 +392,33 @@ impl Hub {
         }
     }
 
-    /// Every live socket id, for the sweep.
-    pub fn socket_ids(&self) -> std::collections::HashSet<String> {
-        self.sockets.read().keys().map(|k| k.to_string()).collect()
-    }
-
     /// Asks every socket to close with 1001 and waits (bounded) until their tasks have
-    /// cleaned up.
+    /// ended, rows deleted.
     pub async fn close_all(&self, within: Duration) {
-        let sockets: Vec<_> = self.sockets.read().values().cloned().collect();
-        for h in &sockets {
+        for h in self.sockets() {
             h.request_close(CloseReason::Shutdown);
         }
-        let deadline = Instant::now() + within;
-        while self.socket_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        self.tasks.close();
+        if tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "socket tasks still running after {within:?}"
+            );
+        }
+    }
+
+    /// Stops the flushers and the socket runtime, and lets go of the event listener (which
+    /// holds the service layer). Idempotent; never blocks.
+    pub fn shutdown(&self) {
+        for q in &self.flushers {
+            q.close();
+        }
+        self.events.write().take();
+        if let Some(rt) = self.runtime.lock().take() {
+            rt.shutdown_background();
         }
     }
 }

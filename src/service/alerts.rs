@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use super::Services;
 use super::model::Counts;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
+use crate::hub::Action;
 use crate::store::Store;
 use crate::store::entities::{conversations, notifications, private_messages as pm};
 
@@ -232,11 +233,11 @@ pub async fn deliver_pm_alerts(svc: &Services, alerts: &[PendingPmAlert]) -> App
                 .copied()
                 .unwrap_or_default(),
         };
-        let n = svc.hub.send_to_person(
+        let n = svc.send_to_person(
             &a.church_id,
             &a.recipient,
             &a.conversation_id,
-            "privateMessage",
+            Action::PrivateMessage,
             &data,
         );
         if n > 0 {
@@ -279,11 +280,11 @@ pub async fn deliver_notifications(
                 .copied()
                 .unwrap_or_default(),
         };
-        let n = svc.hub.send_to_person(
+        let n = svc.send_to_person(
             &r.church_id,
             &r.person_id,
             ALERT_CONVERSATION,
-            "notification",
+            Action::Notification,
             &data,
         );
         r.delivery_method = (n > 0).then(|| "socket".to_string());
@@ -312,36 +313,6 @@ async fn set_delivery_method<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(())
-}
-
-/// The failure of a write unit. Database errors stay `DbErr` so that their `Debug` keeps the
-/// driver's SQLSTATE, which `Store::write` needs to recognise a retryable conflict
-/// (`AppError::Internal` goes through anyhow, whose `Debug` drops it on PostgreSQL).
-#[derive(Debug)]
-pub(crate) enum TxError {
-    Db(DbErr),
-    App(AppError),
-}
-
-impl From<DbErr> for TxError {
-    fn from(e: DbErr) -> Self {
-        TxError::Db(e)
-    }
-}
-
-impl From<AppError> for TxError {
-    fn from(e: AppError) -> Self {
-        TxError::App(e)
-    }
-}
-
-impl From<TxError> for AppError {
-    fn from(e: TxError) -> Self {
-        match e {
-            TxError::Db(e) => e.into(),
-            TxError::App(e) => e,
-        }
-    }
 }
 
 /// A write transaction with an explicit isolation level on PostgreSQL and MySQL (SQLite

@@ -8,6 +8,7 @@ use super::model::BlockedIp;
 use super::{Services, member};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
+use crate::hub::Action;
 use crate::store::entities::blocked_ips;
 
 #[derive(Debug, Clone)]
@@ -22,8 +23,7 @@ impl Services {
     async fn announce_blocked(&self, church: &str, conversation: &str) -> AppResult<()> {
         self.hot.forget_blocked(church, conversation);
         let ips = self.store().blocked_ips(church, conversation).await?;
-        self.hub
-            .send_to_room(church, conversation, "blockedIp", &ips);
+        self.send_to_room(church, conversation, Action::BlockedIp, &ips);
         Ok(())
     }
 

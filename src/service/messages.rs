@@ -11,6 +11,7 @@ use super::model::{Callout, Message};
 use super::{ConvAccess, Services, alerts, member, person, writer};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult};
+use crate::hub::Action;
 use crate::store::Store;
 use crate::store::entities::{conversations, messages};
 
@@ -64,8 +65,7 @@ pub fn send_activity(svc: &Services, conv: &conversations::Model, kind: &str) {
             conversation_id: &conv.id,
             kind,
         };
-        svc.hub
-            .send_to_room(&conv.church_id, &room, "conversationActivity", &data);
+        svc.send_to_room(&conv.church_id, &room, Action::ConversationActivity, &data);
     }
 }
 
@@ -378,8 +378,7 @@ impl Services {
         let mut out = Vec::with_capacity(written.len());
         for w in written {
             let msg = Message::from(w.message);
-            self.hub
-                .send_to_room(&w.conv.church_id, &w.conv.id, "message", &msg);
+            self.send_to_room(&w.conv.church_id, &w.conv.id, Action::Message, &msg);
             send_activity(self, &w.conv, "message");
             if let Some(alert) = w.pm_alert.filter(|_| w.created)
                 && let Err(e) = alerts::deliver_pm_alert(self, &alert).await
@@ -423,8 +422,7 @@ impl Services {
             id: &m.id,
             conversation_id: &m.conversation_id,
         };
-        self.hub
-            .send_to_room(&c.conv.church_id, &c.conv.id, "deleteMessage", &data);
+        self.send_to_room(&c.conv.church_id, &c.conv.id, Action::DeleteMessage, &data);
         Ok(())
     }
 
@@ -468,8 +466,7 @@ impl Services {
             emoji,
             added,
         };
-        self.hub
-            .send_to_room(&c.conv.church_id, &c.conv.id, "reaction", &data);
+        self.send_to_room(&c.conv.church_id, &c.conv.id, Action::Reaction, &data);
         Ok(added)
     }
 
@@ -481,8 +478,7 @@ impl Services {
             .load_conversation_in(&claims.church_id, &conv_id)
             .await?;
         callout.church_id = Some(claims.church_id.clone());
-        self.hub
-            .send_to_room(&c.conv.church_id, &c.conv.id, "callout", &callout);
+        self.send_to_room(&c.conv.church_id, &c.conv.id, Action::Callout, &callout);
         Ok(callout)
     }
 

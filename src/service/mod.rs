@@ -1,23 +1,34 @@
-//! The REST surfaces beyond rooms: messages, conversations, private messages, notifications
-//! and blocked IPs. Each function takes the caller and typed input, decides access through
-//! `auth::access`, writes in one transaction and fans frames out through the hub after the
-//! commit.
+//! The one domain layer. Every decision lives here: access (through `auth::access`),
+//! validation limits (`limits`), writes (through `store`) and what to deliver (through the
+//! `cluster::Fanout` seam). The gRPC services and the REST edge are thin doors onto it; the
+//! hub below is transport only.
+//!
+//! Each function takes the caller and typed input, decides access, writes in one
+//! transaction and sends its frames after the commit.
 pub mod alerts;
 pub mod blocked_ips;
 pub mod conversations;
+pub mod delivery;
 pub mod hot;
 pub mod limits;
 pub mod messages;
 pub mod model;
+pub mod nodes;
 pub mod notifications;
+pub mod presence;
 pub mod private_messages;
+pub mod rooms;
 pub mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::auth::{Caller, Claims, access};
+use crate::cluster::Fanout;
 use crate::error::{AppError, AppResult};
-use crate::hub::Hub;
+use crate::hub::{Action, Audience, Hub, encode_frame};
 use crate::store::Store;
 use crate::store::entities::{conversations as conv, private_messages as pm};
 
@@ -25,34 +36,133 @@ use crate::store::entities::{conversations as conv, private_messages as pm};
 /// into a plain id. The default returns it unchanged.
 pub type ContentDecryptor = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
+/// Tunables of the domain: presence (§6) and the node lease (§5.3).
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Attendance windows: `attendance_window` up to `big_room_rows` rows, `_big` above.
+    pub attendance_window: Duration,
+    pub attendance_window_big: Duration,
+    pub big_room_rows: usize,
+    pub roster_cap: usize,
+    /// Lease renewal and sweep period; a lease lasts three.
+    pub sweep_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            attendance_window: Duration::from_millis(100),
+            attendance_window_big: Duration::from_secs(1),
+            big_room_rows: 100,
+            roster_cap: 100,
+            sweep_interval: Duration::from_secs(7),
+        }
+    }
+}
+
+impl ServiceConfig {
+    pub fn lease(&self) -> Duration {
+        self.sweep_interval * 3
+    }
+}
+
 #[derive(Clone)]
 pub struct Services {
+    /// This node's id, written into the rows of the sockets it holds.
+    pub node_id: Arc<str>,
+    store: Store,
+    /// Live sockets and their membership (transport). Frames never go to it directly.
     pub hub: Arc<Hub>,
+    fanout: Arc<dyn Fanout>,
+    pub config: Arc<ServiceConfig>,
     pub decrypt: ContentDecryptor,
     /// The group-commit writer of new messages; `None` inside the writer itself.
     writer: Option<writer::Writer>,
     pub(crate) hot: Arc<hot::HotCache>,
+    presence: Arc<presence::Coalescer>,
+    rows: Arc<rooms::RowMirror>,
 }
 
 impl Services {
     /// Must be called inside a Tokio runtime: it starts the message writer, which stops
-    /// when the last clone of these services is dropped.
-    pub fn new(hub: Arc<Hub>) -> Self {
+    /// when the last clone of these services is dropped. Registers itself with the hub for
+    /// socket ends (the hub lets go of it at shutdown).
+    pub fn new(
+        node_id: String,
+        store: Store,
+        hub: Arc<Hub>,
+        fanout: Arc<dyn Fanout>,
+        config: ServiceConfig,
+    ) -> Self {
         let inner = Self {
+            node_id: node_id.into(),
+            store,
             hub,
+            fanout,
+            config: Arc::new(config),
             decrypt: Arc::new(|s: &str| s.to_string()),
             writer: None,
             hot: Arc::default(),
+            presence: Arc::default(),
+            rows: Arc::default(),
         };
         let writer = writer::Writer::spawn(inner.clone());
-        Self {
+        let svc = Self {
             writer: Some(writer),
             ..inner
-        }
+        };
+        svc.hub.set_events(Arc::new(rooms::SocketEnds {
+            svc: svc.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }));
+        svc
     }
 
     pub fn store(&self) -> &Store {
-        &self.hub.store
+        &self.store
+    }
+
+    /// Serializes once, then delivers to every socket of the audience on every node.
+    pub fn send<T: Serialize + ?Sized>(
+        &self,
+        audience: &Audience,
+        conversation_id: &str,
+        action: Action,
+        data: &T,
+    ) -> usize {
+        let church = match audience {
+            Audience::Room { church, .. } | Audience::Person { church, .. } => church,
+        };
+        let frame = encode_frame(church, conversation_id, action, data);
+        self.fanout.publish(audience, &frame)
+    }
+
+    /// A frame to a room (`conversationId` of the envelope = the room).
+    pub fn send_to_room<T: Serialize + ?Sized>(
+        &self,
+        church: &str,
+        room: &str,
+        action: Action,
+        data: &T,
+    ) -> usize {
+        self.send(&Audience::room(church, room), room, action, data)
+    }
+
+    /// A frame to a person's `alerts` rows.
+    pub fn send_to_person<T: Serialize + ?Sized>(
+        &self,
+        church: &str,
+        person: &str,
+        conversation_id: &str,
+        action: Action,
+        data: &T,
+    ) -> usize {
+        self.send(
+            &Audience::person(church, person),
+            conversation_id,
+            action,
+            data,
+        )
     }
 
     /// A conversation with the private-message row the access rules need.

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::Services;
-use super::alerts::{self, PRIVATE_MESSAGE, TxError, begin_isolated};
+use super::alerts::{self, PRIVATE_MESSAGE, begin_isolated};
 use super::model::{Counts, Notification};
 use crate::auth::{Claims, Permission};
 use crate::error::{AppError, AppResult};
@@ -63,7 +63,7 @@ pub async fn my(svc: &Services, me: &Claims) -> AppResult<Vec<Notification>> {
                     .await?;
             }
             txn.commit().await?;
-            Ok::<_, TxError>(rows)
+            Ok::<_, AppError>(rows)
         })
         .await?;
     Ok(rows.into_iter().map(Notification::from).collect())
@@ -131,7 +131,7 @@ pub async fn create(
                     .await?;
             }
             txn.commit().await?;
-            Ok::<_, TxError>(rows)
+            Ok::<_, AppError>(rows)
         })
         .await?;
     alerts::deliver_notifications(svc, &mut rows).await?;

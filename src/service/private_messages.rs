@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::Services;
-use super::alerts::{PRIVATE_MESSAGE, TxError, begin_isolated};
+use super::alerts::{PRIVATE_MESSAGE, begin_isolated};
 use super::model::{
     Conversation, ConversationWithMessages, Message, PrivateMessage, PrivateMessageView,
 };
@@ -66,15 +66,13 @@ pub async fn create(
                 .into_iter()
                 .collect();
             if items.iter().any(|i| !found.contains(&i.conversation_id)) {
-                return Err(TxError::App(AppError::NotFound("Conversation not found")));
+                return Err(AppError::NotFound("Conversation not found"));
             }
             let mut out = Vec::with_capacity(items.len());
             for item in items {
                 let row = attach(&txn, me, item).await?;
                 if !same_pair(&row, &me.person_id, &item.to_person_id) {
-                    return Err(TxError::App(AppError::Conflict(
-                        "Conversation already has participants",
-                    )));
+                    return Err(AppError::Conflict("Conversation already has participants"));
                 }
                 out.push(row);
             }
@@ -151,7 +149,7 @@ pub async fn list(svc: &Services, me: &Claims) -> AppResult<Vec<PrivateMessageVi
                 .await?;
             mark_pm_notifications_read(&txn, me, None).await?;
             txn.commit().await?;
-            Ok::<_, TxError>(views.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
+            Ok::<_, AppError>(views.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
         })
         .await?;
     Ok(views)
@@ -179,7 +177,7 @@ pub async fn get(svc: &Services, me: &Claims, id: &str) -> AppResult<PrivateMess
                     .await?;
                 mark_pm_notifications_read(&txn, me, Some(&row.id)).await?;
                 txn.commit().await?;
-                Ok::<_, TxError>(())
+                Ok::<_, AppError>(())
             })
             .await?;
         row.notify_person_id = None;
@@ -187,7 +185,7 @@ pub async fn get(svc: &Services, me: &Claims, id: &str) -> AppResult<PrivateMess
     let (_, view) = views_of(&store.db, vec![row])
         .await?
         .pop()
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("view of one row is missing")))?;
+        .ok_or_else(|| AppError::Internal("view of one row is missing".into()))?;
     Ok(view)
 }
 
@@ -227,7 +225,7 @@ pub async fn delete(svc: &Services, me: &Claims, id: &str) -> AppResult<()> {
                 .await?;
             pm::Entity::delete_by_id(row.id.clone()).exec(&txn).await?;
             txn.commit().await?;
-            Ok::<_, TxError>(())
+            Ok::<_, AppError>(())
         })
         .await?;
     Ok(())

@@ -55,9 +55,9 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job { rows, convs, reply })
-            .map_err(|_| AppError::Internal(anyhow::anyhow!("message writer stopped")))?;
+            .map_err(|_| AppError::Internal("message writer stopped".into()))?;
         answer
             .await
-            .map_err(|_| AppError::Internal(anyhow::anyhow!("message writer dropped a job")))?
+            .map_err(|_| AppError::Internal("message writer dropped a job".into()))?
     }
 }

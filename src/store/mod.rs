@@ -152,18 +152,20 @@ impl Store {
     }
 
     /// Runs a write unit, retrying it when the database reports a transient conflict
-    /// (deadlock, serialization failure, busy). `f` must be idempotent up to its commit.
+    /// (deadlock, serialization failure, lock wait timeout, SQLite busy), decided by the
+    /// driver's error code. `f` must be idempotent up to its commit.
     pub async fn write<T, E, F, Fut>(&self, mut f: F) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<DbErr> + std::fmt::Debug,
+        E: DbFailure,
     {
         let mut attempt = 0;
         loop {
             match f().await {
-                Err(e) if attempt < 5 && is_transient(&format!("{e:?}")) => {
+                Err(e) if attempt < 5 && e.db_err().is_some_and(is_transient) => {
                     attempt += 1;
+                    metrics::counter!("messaging_db_retries_total").increment(1);
                     tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
                 }
                 r => return r,
@@ -270,6 +272,62 @@ impl Store {
             out.push(row);
         }
         Ok(out)
+    }
+
+    /// Upserts join rows as one write unit (retried on transient conflicts).
+    pub async fn upsert_connections(
+        &self,
+        node_id: &str,
+        rows: &[NewRow],
+    ) -> Result<Vec<connections::Model>, DbErr> {
+        self.write(|| async {
+            let now = crate::time::now_ms();
+            if self.is_sqlite() {
+                return self.upsert_rows_sqlite(node_id, rows, now).await;
+            }
+            let txn = self.begin_write().await?;
+            let stored = Store::upsert_rows(&txn, node_id, rows, now).await?;
+            txn.commit().await?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Writes rows back as they were (same ids, `timeJoined` and names) under `node_id`;
+    /// a row whose `(churchId, conversationId, socketId)` exists already is left alone.
+    pub async fn restore_rows(
+        &self,
+        node_id: &str,
+        rows: &[connections::Model],
+    ) -> Result<(), DbErr> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write(|| async {
+            let txn = self.begin_write().await?;
+            for r in rows {
+                let mut am: connections::ActiveModel = r.clone().into();
+                am.node_id = Set(node_id.to_string());
+                let res = connections::Entity::insert(am)
+                    .on_conflict(
+                        OnConflict::columns([
+                            connections::Column::ChurchId,
+                            connections::Column::ConversationId,
+                            connections::Column::SocketId,
+                        ])
+                        .do_nothing()
+                        .to_owned(),
+                    )
+                    .exec_without_returning(&txn)
+                    .await;
+                match res {
+                    Ok(_) | Err(DbErr::RecordNotInserted) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            txn.commit().await
+        })
+        .await
     }
 
     /// SQLite: runs `sql`, a `BEGIN IMMEDIATE; …; COMMIT;` batch, as one round trip to a
@@ -576,7 +634,12 @@ impl Store {
         Ok(distinct_rooms(affected))
     }
 
-    pub async fn delete_node(&self, id: &str) -> Result<(), DbErr> {
+    /// Deletes a node's rows and its `nodes` row; returns the rooms that lost rows.
+    pub async fn delete_node(&self, id: &str) -> Result<Vec<(String, String)>, DbErr> {
+        let rows = connections::Entity::find()
+            .filter(connections::Column::NodeId.eq(id))
+            .all(&self.db)
+            .await?;
         let txn = self.begin_write().await?;
         connections::Entity::delete_many()
             .filter(connections::Column::NodeId.eq(id))
@@ -585,7 +648,8 @@ impl Store {
         nodes::Entity::delete_by_id(id.to_string())
             .exec(&txn)
             .await?;
-        txn.commit().await
+        txn.commit().await?;
+        Ok(distinct_rooms(rows))
     }
 }
 
@@ -607,17 +671,82 @@ fn distinct_rooms(rows: Vec<connections::Model>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Deadlocks (MySQL 1213, PostgreSQL 40P01), serialization failures (40001), lock wait
-/// timeouts (MySQL 1205) and SQLite busy/locked are worth one more try.
-fn is_transient(debug: &str) -> bool {
-    const MARKERS: [&str; 7] = [
-        "1213",
-        "40P01",
-        "40001",
-        "1205",
-        "database is locked",
-        "SQLITE_BUSY",
-        "Deadlock",
-    ];
-    MARKERS.iter().any(|m| debug.contains(m))
+/// An error that may carry a database error, for `Store::write`'s retry decision.
+pub trait DbFailure {
+    fn db_err(&self) -> Option<&DbErr>;
+}
+
+impl DbFailure for DbErr {
+    fn db_err(&self) -> Option<&DbErr> {
+        Some(self)
+    }
+}
+
+impl DbFailure for crate::error::AppError {
+    fn db_err(&self) -> Option<&DbErr> {
+        match self {
+            crate::error::AppError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn sqlx_error(e: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match e {
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// The driver's code of a database error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbCode {
+    /// SQLSTATE.
+    Postgres(String),
+    /// The server's error number.
+    Mysql(u16),
+    /// The extended result code.
+    Sqlite(i32),
+}
+
+pub fn error_code(e: &DbErr) -> Option<DbCode> {
+    use sea_orm::sqlx::{mysql::MySqlDatabaseError, sqlite::SqliteError};
+    let sea_orm::sqlx::Error::Database(db) = sqlx_error(e)? else {
+        return None;
+    };
+    if let Some(my) = db.try_downcast_ref::<MySqlDatabaseError>() {
+        return Some(DbCode::Mysql(my.number()));
+    }
+    let code = db.code()?;
+    if db.try_downcast_ref::<SqliteError>().is_some() {
+        return code.parse().ok().map(DbCode::Sqlite);
+    }
+    Some(DbCode::Postgres(code.into_owned()))
+}
+
+/// Deadlocks (PostgreSQL 40P01, MySQL 1213), serialization failures (40001), lock wait
+/// timeouts (MySQL 1205) and SQLite busy/locked (result codes 5 and 6, and their extended
+/// forms) are worth another try of the whole unit.
+pub fn is_transient(e: &DbErr) -> bool {
+    match error_code(e) {
+        Some(DbCode::Postgres(s)) => s == "40P01" || s == "40001",
+        Some(DbCode::Mysql(n)) => n == 1213 || n == 1205,
+        Some(DbCode::Sqlite(n)) => matches!(n & 0xff, 5 | 6),
+        None => false,
+    }
+}
+
+/// The database cannot be reached: the pool timed out, or the connection failed at the
+/// I/O level. Retrying later may work; nothing was written.
+pub fn is_unavailable(e: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as X;
+    match e {
+        DbErr::ConnectionAcquire(_) => true,
+        _ => matches!(
+            sqlx_error(e),
+            Some(X::Io(_) | X::PoolTimedOut | X::PoolClosed | X::WorkerCrashed | X::Tls(_))
+        ),
+    }
 }

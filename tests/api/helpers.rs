@@ -139,6 +139,8 @@ pub struct TestApp {
     pub keys: TokenKeys,
     pub client: reqwest::Client,
     pub hub: std::sync::Arc<messaging::hub::Hub>,
+    /// The domain layer, for sends that no endpoint offers (e.g. to another church).
+    pub svc: messaging::service::Services,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub stopped: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub db_url: String,
@@ -169,8 +171,9 @@ impl TestApp {
             app.grpc_addr(),
         );
         let node_id = app.node_id();
-        let hub = app.hub();
-        let store = hub.store.clone();
+        let svc = app.services();
+        let hub = svc.hub.clone();
+        let store = svc.store().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let stopped = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -184,6 +187,7 @@ impl TestApp {
             keys: TokenKeys::new(SECRET),
             client: reqwest::Client::new(),
             hub,
+            svc,
             stop: Some(tx),
             stopped: Some(stopped),
             db_url,

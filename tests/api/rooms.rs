@@ -2,6 +2,7 @@
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
+use messaging::hub::Action;
 use serde_json::{Value, json};
 
 use crate::db_test;
@@ -96,8 +97,8 @@ db_test!(
         // Same room id in another church: a different room.
         let mut other_church = app.ws_with_id().await;
         assert_eq!(
-            app.hub
-                .send_to_room("C2", &room, "message", &json!({"probe": true})),
+            app.svc
+                .send_to_room("C2", &room, Action::Message, &json!({"probe": true})),
             0
         );
         let (_, body) = app
@@ -113,10 +114,10 @@ db_test!(
         }
         app.grpc_send("C1", &other_room, &json!({"end": true}))
             .await;
-        app.hub.send_to_room(
+        app.svc.send_to_room(
             "C2",
             &format!("content-sermon-{room}"),
-            "message",
+            Action::Message,
             &json!({"end": true}),
         );
         for ws in &mut members {

@@ -1,22 +1,33 @@
 //! Coalesced presence (§6). A trigger sets a pending flag for the room and, if no flush is
 //! waiting, schedules one a window later; triggers meanwhile are absorbed. The flush reads
-//! the committed rows once and sends one `attendance` frame (and `blockedIp` when a join
-//! asked for it), serialized once for the whole room.
+//! the committed rows (of every node) once and sends one `attendance` frame (and
+//! `blockedIp` when a join asked for it) to this node's sockets in the room, serialized
+//! once for the whole room.
+//!
+//! Each node coalesces for its own sockets: a change made on one node is announced to the
+//! others through the delivery seam (`Fanout::room_changed`), and each raises its own
+//! trigger. So a socket gets at most one attendance frame per window, however many nodes
+//! changed the room.
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{ALERTS, Audience, Hub};
+use super::Services;
+use super::rooms::ALERTS;
+use crate::error::AppResult;
+use crate::hub::{Action, Audience, encode_frame};
 use crate::store::entities::connections;
+
+/// A room: `(churchId, roomId)`.
+type RoomKey = (String, String);
 
 #[derive(Default)]
 pub struct Coalescer {
     /// Room → "a join asked for blockedIp" for each room with a flush waiting.
-    pending: Mutex<HashMap<(String, String), bool>>,
+    pending: Mutex<HashMap<RoomKey, bool>>,
     /// Row count seen by the last flush of a room, to pick its window.
-    last_total: Mutex<HashMap<(String, String), usize>>,
+    last_total: Mutex<HashMap<RoomKey, usize>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -71,24 +82,35 @@ pub fn attendance_data(
     }
 }
 
-impl Hub {
-    /// Raises attendance for a room after a committed change. `with_blocked_ip` asks the
-    /// flush to send the room's `blockedIp` list too (after a join).
-    pub fn trigger_attendance(self: &Arc<Self>, church: &str, room: &str, with_blocked_ip: bool) {
+impl Services {
+    /// A room's rows changed (committed): raise attendance here and on every other node.
+    /// `with_blocked_ip` asks the flush to send the room's `blockedIp` list too (a join).
+    pub fn room_changed(&self, church: &str, room: &str, with_blocked_ip: bool) {
+        if room == ALERTS {
+            return;
+        }
+        self.raise_attendance(church, room, with_blocked_ip);
+        self.fanout.room_changed(church, room, with_blocked_ip);
+    }
+
+    /// Raises attendance for this node's sockets in a room (a change here, or one another
+    /// node announced).
+    pub fn raise_attendance(&self, church: &str, room: &str, with_blocked_ip: bool) {
         if room == ALERTS {
             return;
         }
         let key = (church.to_string(), room.to_string());
         {
-            let mut pending = self.attendance.pending.lock();
+            let mut pending = self.presence.pending.lock();
             if let Some(flag) = pending.get_mut(&key) {
                 *flag |= with_blocked_ip;
                 return;
             }
             pending.insert(key.clone(), with_blocked_ip);
         }
-        let rows = self.local_count(&Audience::room(church, room)).max(
-            self.attendance
+        let audience = Audience::room(church, room);
+        let rows = self.fanout.local_members(&audience).max(
+            self.presence
                 .last_total
                 .lock()
                 .get(&key)
@@ -100,53 +122,59 @@ impl Hub {
         } else {
             self.config.attendance_window
         };
-        let hub = self.clone();
+        let svc = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
-            hub.flush_attendance(key).await;
+            svc.flush_attendance(key, audience).await;
         });
     }
 
-    async fn flush_attendance(self: &Arc<Self>, key: (String, String)) {
+    async fn flush_attendance(&self, key: RoomKey, audience: Audience) {
         // Taking the flag first means a trigger from now on schedules a new flush.
-        let with_blocked_ip = self.attendance.pending.lock().remove(&key).unwrap_or(false);
-        let (church, room) = key;
-        let audience = Audience::room(&church, &room);
-        if self.local_count(&audience) == 0 {
-            self.attendance.last_total.lock().remove(&(church, room));
+        let with_blocked_ip = self.presence.pending.lock().remove(&key).unwrap_or(false);
+        if self.fanout.local_members(&audience) == 0 {
+            self.presence.last_total.lock().remove(&key);
             return;
         }
-        let rows = match self.store.room_rows(&church, &room).await {
+        let (church, room) = &key;
+        let rows = match self.store().room_rows(church, room).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(%church, %room, error = %e, "attendance flush failed");
                 return;
             }
         };
-        self.attendance
+        // Both reads come before either frame: the two frames then go out back to back, so
+        // a socket that reacts to the first (say, by leaving) has both already, and none
+        // arrives after its leave took effect.
+        let blocked = if with_blocked_ip {
+            match self.store().blocked_ips(church, room).await {
+                Ok(ips) => Some(ips),
+                Err(e) => {
+                    tracing::warn!(%church, %room, error = %e, "blockedIp flush failed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.presence
             .last_total
             .lock()
-            .insert((church.clone(), room.clone()), rows.len());
-        let data = attendance_data(&room, rows, self.config.roster_cap);
-        self.send_to_room(&church, &room, "attendance", &data);
+            .insert(key.clone(), rows.len());
+        let data = attendance_data(room, rows, self.config.roster_cap);
+        let frame = encode_frame(church, room, Action::Attendance, &data);
+        self.fanout.publish_local(&audience, &frame);
         metrics::counter!("messaging_attendance_flushes_total").increment(1);
-        if with_blocked_ip {
-            match self.store.blocked_ips(&church, &room).await {
-                Ok(ips) => {
-                    self.send_to_room(&church, &room, "blockedIp", &ips);
-                }
-                Err(e) => tracing::warn!(%church, %room, error = %e, "blockedIp flush failed"),
-            }
+        if let Some(ips) = blocked {
+            let frame = encode_frame(church, room, Action::BlockedIp, &ips);
+            self.fanout.publish_local(&audience, &frame);
         }
     }
 
     /// The current attendance of a room, read now (the `Attendance` RPC).
-    pub async fn attendance_now(
-        &self,
-        church: &str,
-        room: &str,
-    ) -> Result<AttendanceData, sea_orm::DbErr> {
-        let rows = self.store.room_rows(church, room).await?;
+    pub async fn attendance_now(&self, church: &str, room: &str) -> AppResult<AttendanceData> {
+        let rows = self.store().room_rows(church, room).await?;
         Ok(attendance_data(room, rows, self.config.roster_cap))
     }
 }

@@ -1,0 +1,599 @@
+//! Rooms (§4, §5.1, §10.2): join, leave, setName, listing and attendance, and what happens
+//! to a socket's rows when it ends.
+//!
+//! Rows are written first; the hub's membership (who gets a room's frames here) and this
+//! node's copy of its rows (`RowMirror`, for re-writing them after a lost lease) follow the
+//! commit, under the socket's membership lock, so the three cannot diverge through
+//! concurrent joins, leaves and closes of one socket.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+
+use super::Services;
+use super::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_IP, MAX_ROOM_ID, MAX_SOCKET_ID};
+use super::presence::AttendanceData;
+use crate::auth::{Caller, access};
+use crate::error::{AppError, AppResult};
+use crate::hub::{Audience, SocketEvents, SocketHandle};
+use crate::store::NewRow;
+use crate::store::entities::{connections, conversations};
+
+/// The per-person alerts room.
+pub const ALERTS: &str = "alerts";
+
+/// What a room id names (§4). The one parser of room ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomId<'a> {
+    Alerts,
+    /// `content-{type}-{id}`: type up to the first `-`, id the rest; both non-empty.
+    Content {
+        content_type: &'a str,
+        content_id: &'a str,
+    },
+    /// Anything else names a conversation (which may not exist).
+    Conversation(&'a str),
+    /// Starts with `content-` but has no type or no id: never a room.
+    Malformed,
+}
+
+impl<'a> RoomId<'a> {
+    pub fn parse(room: &'a str) -> Self {
+        if room == ALERTS {
+            return RoomId::Alerts;
+        }
+        let Some(rest) = room.strip_prefix("content-") else {
+            return RoomId::Conversation(room);
+        };
+        match rest.split_once('-') {
+            Some((t, id)) if !t.is_empty() && !id.is_empty() => RoomId::Content {
+                content_type: t,
+                content_id: id,
+            },
+            _ => RoomId::Malformed,
+        }
+    }
+
+    /// Alerts and content rooms need a token.
+    fn needs_token(self) -> bool {
+        !matches!(self, RoomId::Conversation(_))
+    }
+}
+
+/// The content room of a content item.
+pub fn content_room(content_type: &str, content_id: &str) -> String {
+    format!("content-{content_type}-{content_id}")
+}
+
+/// The audience a `connections` row belongs to.
+pub fn audience_of(row: &connections::Model) -> Audience {
+    match (row.conversation_id.as_str(), row.person_id.as_deref()) {
+        (ALERTS, Some(p)) => Audience::person(&row.church_id, p),
+        _ => Audience::room(&row.church_id, &row.conversation_id),
+    }
+}
+
+/// One item of a join. `church_id`, `person_id` and `ip_address` are read from trusted
+/// callers only (gRPC): for a token's holder the server sets them (§5.1).
+#[derive(Debug, Clone, Default)]
+pub struct JoinItem {
+    pub church_id: String,
+    pub conversation_id: String,
+    pub socket_id: String,
+    pub display_name: Option<String>,
+    pub person_id: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+/// A room named by a request, resolved and authorized.
+enum Room {
+    Alerts { church: String, person: String },
+    Content { church: String },
+    Conversation(conversations::Model),
+}
+
+impl Room {
+    fn church(&self) -> &str {
+        match self {
+            Room::Alerts { church, .. } | Room::Content { church } => church,
+            Room::Conversation(c) => &c.church_id,
+        }
+    }
+}
+
+fn check_len(value: &str, max: usize, field: String, required: bool) -> AppResult<()> {
+    if (required && value.is_empty()) || value.chars().count() > max {
+        return Err(AppError::InvalidBody { field });
+    }
+    Ok(())
+}
+
+/// This node's copy of the rows of the sockets it holds, by socket id: what a node whose
+/// lease ran out (and whose rows another node swept) writes back (§5.3).
+#[derive(Default)]
+pub struct RowMirror(Mutex<HashMap<Arc<str>, Vec<connections::Model>>>);
+
+impl RowMirror {
+    fn put(&self, socket: &Arc<str>, row: connections::Model) {
+        let mut map = self.0.lock();
+        let rows = map.entry(socket.clone()).or_default();
+        rows.retain(|r| r.id != row.id);
+        rows.push(row);
+    }
+
+    fn remove(&self, socket: &str, row_id: &str) {
+        let mut map = self.0.lock();
+        if let Some(rows) = map.get_mut(socket) {
+            rows.retain(|r| r.id != row_id);
+            if rows.is_empty() {
+                map.remove(socket);
+            }
+        }
+    }
+
+    fn forget_socket(&self, socket: &str) {
+        self.0.lock().remove(socket);
+    }
+
+    fn rename(&self, socket: &str, ids: &[String], name: &str) {
+        if let Some(rows) = self.0.lock().get_mut(socket) {
+            for r in rows.iter_mut().filter(|r| ids.contains(&r.id)) {
+                r.display_name = Some(name.to_string());
+                r.anonymous_number = crate::store::anonymous_number(name);
+            }
+        }
+    }
+
+    pub(super) fn socket_rows(&self, socket: &str) -> Vec<connections::Model> {
+        self.0.lock().get(socket).cloned().unwrap_or_default()
+    }
+}
+
+/// The hub's socket events, handled by the service layer on the runtime that built it.
+/// The socket runtime stops at shutdown, and a database connection opened on it would
+/// die with it.
+pub(super) struct SocketEnds {
+    pub svc: Services,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl SocketEvents for SocketEnds {
+    fn socket_ended(
+        &self,
+        socket: Arc<SocketHandle>,
+        audiences: Vec<Audience>,
+    ) -> BoxFuture<'static, ()> {
+        let svc = self.svc.clone();
+        let done = self
+            .runtime
+            .spawn(async move { svc.socket_ended(&socket, audiences).await });
+        Box::pin(async move {
+            let _ = done.await;
+        })
+    }
+}
+
+impl Services {
+    /// Whether the caller may read a conversation (privateMessage needs its participants row).
+    async fn can_read_conversation(
+        &self,
+        caller: &Caller,
+        conv: &conversations::Model,
+    ) -> AppResult<bool> {
+        let pm = if conv.content_type.as_deref() == Some("privateMessage") && !caller.is_system() {
+            self.store().private_message_of(&conv.id).await?
+        } else {
+            None
+        };
+        Ok(access::can_read(
+            caller,
+            &access::Conv {
+                conv,
+                pm: pm.as_ref(),
+            },
+        ))
+    }
+
+    /// Resolves a room named in a path (`church`, `room`) for reading, listing or leaving:
+    /// alerts and content rooms need a token; a conversation must be in `church`.
+    async fn room_for_reading(&self, caller: &Caller, church: &str, room: &str) -> AppResult<Room> {
+        match RoomId::parse(room) {
+            RoomId::Alerts => match caller {
+                Caller::System => Ok(Room::Alerts {
+                    church: church.to_string(),
+                    person: String::new(),
+                }),
+                Caller::User(c) if !c.person_id.is_empty() && c.church_id == church => {
+                    Ok(Room::Alerts {
+                        church: c.church_id.clone(),
+                        person: c.person_id.clone(),
+                    })
+                }
+                _ => Err(AppError::Unauthorized),
+            },
+            RoomId::Content { .. } | RoomId::Malformed if matches!(caller, Caller::Anonymous) => {
+                Err(AppError::Unauthorized)
+            }
+            RoomId::Malformed => Err(AppError::NotFound("Conversation not found")),
+            RoomId::Content {
+                content_type,
+                content_id,
+            } => {
+                if !access::can_read_content(caller, church, content_type, content_id) {
+                    return Err(AppError::Unauthorized);
+                }
+                Ok(Room::Content {
+                    church: church.to_string(),
+                })
+            }
+            RoomId::Conversation(id) => {
+                let conv = self
+                    .store()
+                    .conversation(id)
+                    .await?
+                    .filter(|c| c.church_id == church)
+                    .ok_or(AppError::NotFound("Conversation not found"))?;
+                if !self.can_read_conversation(caller, &conv).await? {
+                    return Err(AppError::Unauthorized);
+                }
+                Ok(Room::Conversation(conv))
+            }
+        }
+    }
+
+    /// Join (§5.1, §10.2): validate, resolve and authorize the whole batch, then upsert it
+    /// in one transaction, mirror the rows and raise coalesced attendance.
+    pub async fn join(
+        &self,
+        caller: &Caller,
+        client_ip: Option<&str>,
+        items: Vec<JoinItem>,
+    ) -> AppResult<Vec<connections::Model>> {
+        if items.len() > MAX_BATCH {
+            return Err(AppError::TooManyItems);
+        }
+        // Shape.
+        for (i, it) in items.iter().enumerate() {
+            check_len(
+                &it.conversation_id,
+                MAX_ROOM_ID,
+                format!("/{i}/conversationId"),
+                true,
+            )?;
+            check_len(&it.socket_id, MAX_SOCKET_ID, format!("/{i}/socketId"), true)?;
+            let name = it.display_name.as_deref().unwrap_or("");
+            check_len(name, MAX_DISPLAY_NAME, format!("/{i}/displayName"), false)?;
+            if caller.is_system() {
+                let room = RoomId::parse(&it.conversation_id);
+                check_len(
+                    &it.church_id,
+                    MAX_ID,
+                    format!("/{i}/churchId"),
+                    room.needs_token(),
+                )?;
+                let person = it.person_id.as_deref().unwrap_or("");
+                check_len(
+                    person,
+                    MAX_ID,
+                    format!("/{i}/personId"),
+                    room == RoomId::Alerts,
+                )?;
+                check_len(
+                    it.ip_address.as_deref().unwrap_or(""),
+                    MAX_IP,
+                    format!("/{i}/ipAddress"),
+                    false,
+                )?;
+            }
+        }
+        // Rooms that need a token.
+        for it in &items {
+            let room = RoomId::parse(&it.conversation_id);
+            match caller {
+                Caller::Anonymous if room.needs_token() => return Err(AppError::Unauthorized),
+                Caller::User(c) if room == RoomId::Alerts && c.person_id.is_empty() => {
+                    return Err(AppError::Unauthorized);
+                }
+                _ => {}
+            }
+        }
+        // Existence: rooms and sockets.
+        let mut rooms = Vec::with_capacity(items.len());
+        let mut convs: BTreeMap<String, Option<conversations::Model>> = BTreeMap::new();
+        for it in &items {
+            let room = match RoomId::parse(&it.conversation_id) {
+                RoomId::Alerts => match caller.claims() {
+                    Some(c) => Room::Alerts {
+                        church: c.church_id.clone(),
+                        person: c.person_id.clone(),
+                    },
+                    None => Room::Alerts {
+                        church: it.church_id.clone(),
+                        person: it.person_id.clone().unwrap_or_default(),
+                    },
+                },
+                RoomId::Malformed => return Err(AppError::NotFound("Conversation not found")),
+                RoomId::Content { .. } => Room::Content {
+                    church: caller
+                        .claims()
+                        .map_or_else(|| it.church_id.clone(), |c| c.church_id.clone()),
+                },
+                RoomId::Conversation(id) => {
+                    if !convs.contains_key(id) {
+                        let c = self.store().conversation(id).await?;
+                        convs.insert(id.to_string(), c);
+                    }
+                    match convs.get(id).cloned().flatten() {
+                        Some(c) => Room::Conversation(c),
+                        None => return Err(AppError::NotFound("Conversation not found")),
+                    }
+                }
+            };
+            rooms.push(room);
+        }
+        let mut sockets = BTreeMap::new();
+        for it in &items {
+            let h = self
+                .hub
+                .socket(&it.socket_id)
+                .ok_or(AppError::NotFound("Socket not found"))?;
+            sockets.insert(it.socket_id.clone(), h);
+        }
+        // Access.
+        for (it, room) in items.iter().zip(&rooms) {
+            let allowed = match room {
+                Room::Alerts { .. } => true,
+                Room::Content { church } => match RoomId::parse(&it.conversation_id) {
+                    RoomId::Content {
+                        content_type,
+                        content_id,
+                    } => access::can_read_content(caller, church, content_type, content_id),
+                    _ => false,
+                },
+                Room::Conversation(conv) => self.can_read_conversation(caller, conv).await?,
+            };
+            if !allowed {
+                return Err(AppError::Unauthorized);
+            }
+        }
+        // Rows as they will be written.
+        let rows: Vec<NewRow> = items
+            .iter()
+            .zip(&rooms)
+            .map(|(it, room)| {
+                let person_id = match (room, caller) {
+                    (Room::Alerts { person, .. }, _) => Some(person.clone()),
+                    (_, Caller::User(c)) if !c.person_id.is_empty() => Some(c.person_id.clone()),
+                    (_, Caller::System) => it.person_id.clone().filter(|p| !p.is_empty()),
+                    _ => None,
+                };
+                let ip_address = match caller {
+                    Caller::System => it.ip_address.clone().filter(|p| !p.is_empty()),
+                    _ => client_ip.map(str::to_string),
+                };
+                NewRow {
+                    church_id: room.church().to_string(),
+                    room: it.conversation_id.clone(),
+                    socket_id: it.socket_id.clone(),
+                    person_id,
+                    display_name: it.display_name.clone().unwrap_or_default(),
+                    ip_address,
+                }
+            })
+            .collect();
+
+        // Membership locks in a fixed order (BTreeMap) so batches cannot deadlock.
+        let mut guards = Vec::with_capacity(sockets.len());
+        for h in sockets.values() {
+            guards.push(h.membership.lock().await);
+        }
+        if sockets.values().any(|h| !h.is_open()) {
+            return Err(AppError::NotFound("Socket not found"));
+        }
+        let stored = self
+            .store()
+            .upsert_connections(&self.node_id, &rows)
+            .await?;
+        let mut first = Vec::new();
+        for row in &stored {
+            if let Some(h) = sockets.get(&row.socket_id) {
+                let audience = audience_of(row);
+                if self.hub.add_member(h, audience.clone()) {
+                    first.push(audience);
+                }
+                self.rows.put(&h.id, row.clone());
+            }
+        }
+        drop(guards);
+        for audience in &first {
+            self.fanout.interest(audience, true).await;
+        }
+        let mut seen = BTreeSet::new();
+        for row in &stored {
+            if seen.insert((row.church_id.as_str(), row.conversation_id.as_str())) {
+                self.room_changed(&row.church_id, &row.conversation_id, true);
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Leave (§10.2). Returns whether a row was removed. Once it returns, the socket gets
+    /// no frame of the room: it leaves the hub's audience before the row is deleted.
+    pub async fn leave(
+        &self,
+        caller: &Caller,
+        church: &str,
+        room: &str,
+        socket: &str,
+    ) -> AppResult<bool> {
+        let resolved = self.room_for_reading(caller, church, room).await?;
+        let church = resolved.church().to_string();
+        let Some(row) = self.store().row(&church, room, socket).await? else {
+            return Ok(false);
+        };
+        if let Room::Alerts { person, .. } = &resolved
+            && !caller.is_system()
+            && row.person_id.as_deref() != Some(person.as_str())
+        {
+            return Ok(false);
+        }
+        let audience = audience_of(&row);
+        let removed = match self.hub.socket(socket) {
+            Some(h) => {
+                let _guard = h.membership.lock().await;
+                let emptied = self.hub.remove_member(socket, &audience);
+                match self.store().delete_row(&row.id).await {
+                    Ok(removed) => {
+                        self.rows.remove(&h.id, &row.id);
+                        if emptied {
+                            self.fanout.interest(&audience, false).await;
+                        }
+                        removed
+                    }
+                    Err(e) => {
+                        // Nothing changed: the socket stays in the room.
+                        self.hub.add_member(&h, audience);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => self.store().delete_row(&row.id).await?,
+        };
+        if removed {
+            self.room_changed(&church, room, false);
+        }
+        Ok(removed)
+    }
+
+    /// setName (§10.2): renames the socket's readable non-alerts rows.
+    pub async fn set_name(
+        &self,
+        caller: &Caller,
+        socket: &str,
+        name: &str,
+    ) -> AppResult<Vec<connections::Model>> {
+        check_len(socket, MAX_SOCKET_ID, "/socketId".into(), true)?;
+        check_len(name, MAX_DISPLAY_NAME, "/name".into(), false)?;
+        let rows: Vec<_> = self
+            .store()
+            .socket_rows(socket)
+            .await?
+            .into_iter()
+            .filter(|r| r.conversation_id != ALERTS)
+            .collect();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut readable = Vec::new();
+        for r in rows {
+            if self
+                .room_for_reading(caller, &r.church_id, &r.conversation_id)
+                .await
+                .is_ok()
+            {
+                readable.push(r);
+            }
+        }
+        if readable.is_empty() {
+            return Err(AppError::Unauthorized);
+        }
+        let ids: Vec<String> = readable.iter().map(|r| r.id.clone()).collect();
+        self.store().rename_rows(&ids, name).await?;
+        self.rows.rename(socket, &ids, name);
+        let mut out = Vec::with_capacity(readable.len());
+        for mut r in readable {
+            r.display_name = Some(name.to_string());
+            self.room_changed(&r.church_id, &r.conversation_id, false);
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// The rows of a room by `timeJoined`; for `alerts`, only the caller's own rows.
+    pub async fn list_room(
+        &self,
+        caller: &Caller,
+        church: &str,
+        room: &str,
+    ) -> AppResult<Vec<connections::Model>> {
+        let resolved = self.room_for_reading(caller, church, room).await?;
+        Ok(match resolved {
+            Room::Alerts { church, person } if !caller.is_system() => {
+                self.store().person_rows(&church, ALERTS, &person).await?
+            }
+            r => self.store().room_rows(r.church(), room).await?,
+        })
+    }
+
+    /// The current attendance of a room, as the `attendance` frame would carry it.
+    pub async fn attendance(
+        &self,
+        caller: &Caller,
+        church: &str,
+        room: &str,
+    ) -> AppResult<AttendanceData> {
+        if room == ALERTS {
+            return Err(AppError::BadRequest("Attendance is not kept for alerts"));
+        }
+        let resolved = self.room_for_reading(caller, church, room).await?;
+        self.attendance_now(resolved.church(), room).await
+    }
+
+    /// A socket ended (§2.2): delete all its rows, raise attendance for every affected
+    /// room but `alerts`, and drop interest in audiences it was the last local member of.
+    async fn socket_ended(&self, h: &Arc<SocketHandle>, audiences: Vec<Audience>) {
+        {
+            // A join that got the lock first has finished; one that gets it later finds
+            // the socket closed.
+            let _guard = h.membership.lock().await;
+            self.rows.forget_socket(&h.id);
+        }
+        match self.store().delete_socket_rows(&h.id).await {
+            Ok(rooms) => {
+                for (church, room) in rooms {
+                    self.room_changed(&church, &room, false);
+                }
+            }
+            Err(e) => {
+                // The sweep removes the rows of sockets this node no longer holds.
+                tracing::warn!(socket = %h.id, error = %e, "could not delete rows of ended socket");
+                for a in &audiences {
+                    if let Audience::Room { church, room } = a {
+                        self.room_changed(church, room, false);
+                    }
+                }
+            }
+        }
+        for a in &audiences {
+            if self.hub.local_count(a) == 0 {
+                self.fanout.interest(a, false).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ids() {
+        assert_eq!(RoomId::parse("alerts"), RoomId::Alerts);
+        assert_eq!(
+            RoomId::parse("content-person-PER-1"),
+            RoomId::Content {
+                content_type: "person",
+                content_id: "PER-1"
+            }
+        );
+        assert_eq!(RoomId::parse("content--x"), RoomId::Malformed);
+        assert_eq!(RoomId::parse("content-x-"), RoomId::Malformed);
+        assert_eq!(RoomId::parse("content-x"), RoomId::Malformed);
+        assert_eq!(RoomId::parse("Alerts"), RoomId::Conversation("Alerts"));
+        assert_eq!(
+            RoomId::parse("CONV0000001"),
+            RoomId::Conversation("CONV0000001")
+        );
+    }
+}
