@@ -295,6 +295,7 @@ impl Store {
 
     /// Writes rows back as they were (same ids, `timeJoined` and names) under `node_id`;
     /// a row whose `(churchId, conversationId, socketId)` exists already is left alone.
+    /// The caller holds the sockets' membership locks, so nothing else writes these keys.
     pub async fn restore_rows(
         &self,
         node_id: &str,
@@ -306,23 +307,19 @@ impl Store {
         self.write(|| async {
             let txn = self.begin_write().await?;
             for r in rows {
-                let mut am: connections::ActiveModel = r.clone().into();
-                am.node_id = Set(node_id.to_string());
-                let res = connections::Entity::insert(am)
-                    .on_conflict(
-                        OnConflict::columns([
-                            connections::Column::ChurchId,
-                            connections::Column::ConversationId,
-                            connections::Column::SocketId,
-                        ])
-                        .do_nothing()
-                        .to_owned(),
-                    )
-                    .exec_without_returning(&txn)
-                    .await;
-                match res {
-                    Ok(_) | Err(DbErr::RecordNotInserted) => {}
-                    Err(e) => return Err(e),
+                let exists = connections::Entity::find()
+                    .filter(connections::Column::ChurchId.eq(&r.church_id))
+                    .filter(connections::Column::ConversationId.eq(&r.conversation_id))
+                    .filter(connections::Column::SocketId.eq(&r.socket_id))
+                    .one(&txn)
+                    .await?
+                    .is_some();
+                if !exists {
+                    let mut am: connections::ActiveModel = r.clone().into();
+                    am.node_id = Set(node_id.to_string());
+                    connections::Entity::insert(am)
+                        .exec_without_returning(&txn)
+                        .await?;
                 }
             }
             txn.commit().await

@@ -128,3 +128,119 @@ db_test!(
         );
     }
 );
+
+db_test!(
+    a_swept_node_registers_again_and_writes_its_rows_back,
+    |db: TestDb| async move {
+        let mut s = settings(&db);
+        s.sweep_interval_secs = 0.2;
+        let app = TestApp::spawn_with(s).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let mut a = app.ws_with_id().await;
+        let b = app.ws_with_id().await;
+        app.join_one(&room, &a.id, "Ada").await;
+        app.join_one(&room, &b.id, "Anonymous ").await;
+        a.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 2)
+            .await;
+        let before = app.store.room_rows("C1", &room).await.unwrap();
+        // What another node's sweep does to a node whose lease ran out (the node was paused):
+        // its rows and its `nodes` row go, in one transaction.
+        use sea_orm::{ColumnTrait, QueryFilter, TransactionTrait};
+        let txn = app.store.db.begin().await.unwrap();
+        connections::Entity::delete_many()
+            .filter(connections::Column::NodeId.eq(app.node_id.clone()))
+            .exec(&txn)
+            .await
+            .unwrap();
+        nodes::Entity::delete_by_id(app.node_id.clone())
+            .exec(&txn)
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+        // The node notices at its next renewal, registers again and writes the same rows back.
+        eventually("rows written back", || async {
+            app.store.room_rows("C1", &room).await.unwrap() == before
+        })
+        .await;
+        assert!(
+            nodes::Entity::find_by_id(app.node_id.clone())
+                .one(&app.store.db)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // The room is told, and memory and database agree again: a send reaches both.
+        a.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 2)
+            .await;
+        assert_eq!(app.grpc_send("C1", &room, &json!({"after": 1})).await, 2);
+        assert_eq!(a.next_action("message").await["data"]["after"], 1);
+    }
+);
+
+/// A real deadlock (PostgreSQL 40P01, MariaDB 1213): two write units lock two rows in
+/// opposite orders; the database aborts one, `Store::write` sees the driver's code and runs
+/// it again, and both units complete.
+async fn deadlocked_write_units_are_retried(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = messaging::store::Store::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    for id in ["NODE0000001", "NODE0000002"] {
+        store
+            .register_node(id, None, 0, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let unit = |first: &'static str, second: &'static str| {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = attempts.clone();
+        let task = tokio::spawn(async move {
+            store
+                .write(|| async {
+                    let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    use sea_orm::{ColumnTrait, QueryFilter, TransactionTrait};
+                    let txn = store.db.begin().await?;
+                    let bump = |id: &'static str| {
+                        nodes::Entity::update_many()
+                            .col_expr(
+                                nodes::Column::LeaseUntil,
+                                sea_orm::sea_query::Expr::value(n as i64 + 1),
+                            )
+                            .filter(nodes::Column::Id.eq(id))
+                    };
+                    bump(first).exec(&txn).await?;
+                    if n == 0 {
+                        // Both hold their first row before either asks for its second.
+                        barrier.wait().await;
+                    }
+                    bump(second).exec(&txn).await?;
+                    txn.commit().await
+                })
+                .await
+        });
+        (task, attempts)
+    };
+    let (a, tries_a) = unit("NODE0000001", "NODE0000002");
+    let (b, tries_b) = unit("NODE0000002", "NODE0000001");
+    let (a, b) = tokio::time::timeout(WAIT * 3, async { (a.await, b.await) })
+        .await
+        .expect("both units finish");
+    a.unwrap().expect("unit a committed");
+    b.unwrap().expect("unit b committed");
+    let tries = tries_a.load(std::sync::atomic::Ordering::SeqCst)
+        + tries_b.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tries >= 3, "one unit was retried ({tries} attempts)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(with_postgres), ignore = "DATABASE_URL_POSTGRES is not set")]
+async fn deadlocked_write_units_are_retried_postgres() {
+    deadlocked_write_units_are_retried(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(with_mysql), ignore = "DATABASE_URL_MYSQL is not set")]
+async fn deadlocked_write_units_are_retried_mysql() {
+    deadlocked_write_units_are_retried(Backend::Mysql).await;
+}

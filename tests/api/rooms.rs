@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use futures::SinkExt;
 use messaging::hub::Action;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::db_test;
 use crate::helpers::*;
@@ -673,5 +674,58 @@ db_test!(
         assert_eq!(s, 200);
         assert_eq!(rows.as_array().unwrap().len(), 1);
         assert_eq!(rows[0]["displayName"], "after");
+    }
+);
+
+db_test!(
+    after_a_leave_returns_the_socket_gets_nothing_more_from_the_room,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let mut stay = app.ws_with_id().await;
+        app.join_one(&room, &stay.id, "stay").await;
+        stay.next_action("blockedIp").await;
+        for round in 0..5 {
+            let mut go = app.ws_with_id().await;
+            app.join_one(&room, &go.id, "go").await;
+            // Leave as soon as the join's presence arrives, while its blockedIp may still be
+            // on its way.
+            go.next_action("attendance").await;
+            let (st, _) = app
+                .delete(&format!("/messaging/connections/C1/{room}/{}", go.id), None)
+                .await;
+            assert_eq!(st, 200);
+            // From here on, the room's traffic must not reach `go`: messages, and the
+            // presence that the leave and a rename trigger.
+            app.grpc_send("C1", &room, &json!({"round": round})).await;
+            let (st, _) = app
+                .post(
+                    "/messaging/connections/setName",
+                    None,
+                    &json!({"socketId": stay.id, "name": format!("stay{round}")}),
+                )
+                .await;
+            assert_eq!(st, 200);
+            stay.until(|f| {
+                f["action"] == "attendance"
+                    && f["data"]["viewers"][0]["displayName"] == format!("stay{round}")
+            })
+            .await;
+            // A socket's frames arrive in order: whatever reached `go` after its leave comes
+            // before the reply to this probe.
+            go.stream.send(Message::text("getId")).await.unwrap();
+            let after: Vec<Value> = go.until(|f| f["action"] == "socketId").await;
+            let leaked: Vec<&Value> = after
+                .iter()
+                .filter(|f| {
+                    f["action"] == "message"
+                        || (f["action"] == "attendance" && f["data"]["totalViewers"] == 1)
+                })
+                .collect();
+            assert!(
+                leaked.is_empty(),
+                "round {round}: got {leaked:?} after leaving"
+            );
+        }
     }
 );

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures::SinkExt;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::db_test;
@@ -361,5 +361,41 @@ db_test!(
         for r in live {
             r.await.unwrap();
         }
+    }
+);
+
+db_test!(
+    upgrades_past_max_sockets_get_503_before_the_handshake,
+    |db: TestDb| async move {
+        let mut s = settings(&db);
+        s.max_sockets = 2;
+        let app = TestApp::spawn_with(s).await;
+        let mut first = app.ws_with_id().await;
+        let _second = app.ws_with_id().await;
+        let url = format!("ws://{}/", app.socket);
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 503);
+                assert!(resp.headers().contains_key("retry-after"));
+                let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+                assert_eq!(
+                    serde_json::from_str::<Value>(&body).unwrap(),
+                    json!({"error": "Too many sockets"})
+                );
+            }
+            other => panic!("expected 503, got {:?}", other.map(|_| ())),
+        }
+        // The shared HTTP port counts the same sockets.
+        let url = format!("ws://{}/", app.http);
+        assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+        // A socket that ends gives its place back.
+        first.stream.close(None).await.unwrap();
+        first.close_code().await;
+        eventually("a place is free again", || async {
+            tokio_tungstenite::connect_async(format!("ws://{}/", app.socket))
+                .await
+                .is_ok()
+        })
+        .await;
     }
 );
