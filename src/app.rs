@@ -99,16 +99,11 @@ impl Application {
             )
         })?;
         store.migrate().await?;
+        let node_id = crate::ids::new_id();
         let hub = Hub::new(settings.hub_config())
             .map_err(|e| anyhow::anyhow!("cannot start the socket runtime: {e}"))?;
         let fanout: Arc<dyn Fanout> = Arc::new(cluster::Local::new(hub.clone()));
-        let services = Services::new(
-            crate::ids::new_id(),
-            store,
-            hub,
-            fanout,
-            settings.service_config(),
-        );
+        let services = Services::new(node_id, store, hub, fanout, settings.service_config());
         services
             .register_node(Some(listeners.grpc.local_addr()?.to_string()))
             .await?;

@@ -4,6 +4,59 @@
 use super::{Caller, Claims, Permission};
 use crate::store::entities::{conversations, private_messages};
 
+/// The content types the access rules tell apart (§8.3). Any other type is `Other`. This
+/// is the one parser of a `contentType`; the rest of the code compares these, not strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    StreamingLive,
+    Freeshow,
+    StreamingLiveHost,
+    Group,
+    GroupAnnouncement,
+    PrivateMessage,
+    Person,
+    PersonConfidential,
+    Other,
+}
+
+impl ContentType {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "streamingLive" => Self::StreamingLive,
+            "freeshow" => Self::Freeshow,
+            "streamingLiveHost" => Self::StreamingLiveHost,
+            "group" => Self::Group,
+            "groupAnnouncement" => Self::GroupAnnouncement,
+            "privateMessage" => Self::PrivateMessage,
+            "person" => Self::Person,
+            "personConfidential" => Self::PersonConfidential,
+            _ => Self::Other,
+        }
+    }
+
+    /// A conversation's type (`None` for a conversation without one).
+    pub fn of(c: &conversations::Model) -> Self {
+        c.content_type.as_deref().map_or(Self::Other, Self::parse)
+    }
+
+    /// The stored name; `Other` has none of its own.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::StreamingLive => "streamingLive",
+            Self::Freeshow => "freeshow",
+            Self::StreamingLiveHost => "streamingLiveHost",
+            Self::Group => "group",
+            Self::GroupAnnouncement => "groupAnnouncement",
+            Self::PrivateMessage => "privateMessage",
+            Self::Person => "person",
+            Self::PersonConfidential => "personConfidential",
+            Self::Other => "",
+        }
+    }
+}
+
+use ContentType as T;
+
 /// What the rules need to know about a conversation.
 pub struct Conv<'a> {
     pub conv: &'a conversations::Model,
@@ -13,10 +66,8 @@ pub struct Conv<'a> {
 
 /// `contentType` is `streamingLive` or `freeshow`, `allowAnonymousPosts`, and `visibility = "public"`.
 pub fn is_anonymous_public(c: &conversations::Model) -> bool {
-    matches!(
-        c.content_type.as_deref(),
-        Some("streamingLive" | "freeshow")
-    ) && c.allow_anonymous_posts
+    matches!(ContentType::of(c), T::StreamingLive | T::Freeshow)
+        && c.allow_anonymous_posts
         && c.visibility.as_deref() == Some("public")
 }
 
@@ -48,13 +99,13 @@ pub fn can_read(caller: &Caller, x: &Conv) -> bool {
         return false;
     };
     let content_id = x.conv.content_id.as_deref();
-    match x.conv.content_type.as_deref().unwrap_or("") {
-        "streamingLive" | "freeshow" => true,
-        "streamingLiveHost" => c.has_permission(Permission::ChatHost) || ce(c),
-        "group" | "groupAnnouncement" => in_groups(c, content_id) || ce(c),
-        "privateMessage" => pm_participant(c, x.pm),
-        "person" => c.has_permission(Permission::PeopleEdit),
-        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+    match ContentType::of(x.conv) {
+        T::StreamingLive | T::Freeshow => true,
+        T::StreamingLiveHost => c.has_permission(Permission::ChatHost) || ce(c),
+        T::Group | T::GroupAnnouncement => in_groups(c, content_id) || ce(c),
+        T::PrivateMessage => pm_participant(c, x.pm),
+        T::Person => c.has_permission(Permission::PeopleEdit),
+        T::PersonConfidential => c.has_permission(Permission::ViewConfidentialNotes),
         _ => true,
     }
 }
@@ -68,13 +119,13 @@ pub fn can_participate(caller: &Caller, x: &Conv) -> bool {
         return false;
     };
     let content_id = x.conv.content_id.as_deref();
-    match x.conv.content_type.as_deref().unwrap_or("") {
-        "streamingLive" | "freeshow" => ce(c),
-        "streamingLiveHost" => c.has_permission(Permission::ChatHost) || ce(c),
-        "group" | "groupAnnouncement" => in_groups(c, content_id) || ce(c),
-        "privateMessage" => pm_participant(c, x.pm),
-        "person" => c.has_permission(Permission::PeopleEdit),
-        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+    match ContentType::of(x.conv) {
+        T::StreamingLive | T::Freeshow => ce(c),
+        T::StreamingLiveHost => c.has_permission(Permission::ChatHost) || ce(c),
+        T::Group | T::GroupAnnouncement => in_groups(c, content_id) || ce(c),
+        T::PrivateMessage => pm_participant(c, x.pm),
+        T::Person => c.has_permission(Permission::PeopleEdit),
+        T::PersonConfidential => c.has_permission(Permission::ViewConfidentialNotes),
         _ => ce(c),
     }
 }
@@ -91,11 +142,11 @@ pub fn can_moderate(caller: &Caller, x: &Conv) -> bool {
         return ce(c);
     }
     let content_id = x.conv.content_id.as_deref();
-    match x.conv.content_type.as_deref().unwrap_or("") {
-        "group" | "groupAnnouncement" => ce(c) || leads(c, content_id),
-        "privateMessage" => false,
-        "person" => c.has_permission(Permission::PeopleEdit),
-        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+    match ContentType::of(x.conv) {
+        T::Group | T::GroupAnnouncement => ce(c) || leads(c, content_id),
+        T::PrivateMessage => false,
+        T::Person => c.has_permission(Permission::PeopleEdit),
+        T::PersonConfidential => c.has_permission(Permission::ViewConfidentialNotes),
         _ => ce(c),
     }
 }
@@ -114,13 +165,13 @@ pub fn can_read_content(
     let Some(c) = caller.member_of(church_id) else {
         return false;
     };
-    match content_type {
-        "streamingLive" | "freeshow" => true,
-        "streamingLiveHost" => c.has_permission(Permission::ChatHost) || ce(c),
-        "group" | "groupAnnouncement" => in_groups(c, Some(content_id)) || ce(c),
-        "privateMessage" => !c.person_id.is_empty() && c.person_id == content_id,
-        "person" => c.has_permission(Permission::PeopleEdit),
-        "personConfidential" => c.has_permission(Permission::ViewConfidentialNotes),
+    match ContentType::parse(content_type) {
+        T::StreamingLive | T::Freeshow => true,
+        T::StreamingLiveHost => c.has_permission(Permission::ChatHost) || ce(c),
+        T::Group | T::GroupAnnouncement => in_groups(c, Some(content_id)) || ce(c),
+        T::PrivateMessage => !c.person_id.is_empty() && c.person_id == content_id,
+        T::Person => c.has_permission(Permission::PeopleEdit),
+        T::PersonConfidential => c.has_permission(Permission::ViewConfidentialNotes),
         _ => true,
     }
 }

@@ -2,13 +2,20 @@
 //! attendance, blockedIp, alerts) goes through `Fanout`, never to the hub directly, so that
 //! delivery across nodes is one implementation of this trait and nothing else changes.
 //!
-//! `Local` is the single-node implementation: this node's hub is the whole audience.
+//! The seam also carries the few room calls that must run on the node holding a socket
+//! (join, leave, rename of a socket held elsewhere), so that any node serves any call.
+//!
+//! `Local` is the single-node implementation: this node's hub is the whole audience, and a
+//! socket it does not hold does not exist.
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::error::{AppError, AppResult};
 use crate::hub::{Audience, Hub};
+use crate::store::NewRow;
+use crate::store::entities::connections;
 
 pub trait Fanout: Send + Sync + 'static {
     /// Delivers one encoded frame to every socket of `audience`, on every node. Returns the
@@ -31,6 +38,39 @@ pub trait Fanout: Send + Sync + 'static {
     /// where a node starts or stops receiving the audience's traffic; a join awaits it, so
     /// that a frame published after the join's response reaches the socket.
     fn interest(&self, audience: &Audience, held: bool) -> BoxFuture<'_, ()>;
+
+    /// The other live node holding `socket_id` (not this one), if any.
+    fn locate<'a>(&'a self, socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>>;
+
+    /// Runs the write of a join on the node holding these rows' sockets.
+    fn remote_join<'a>(
+        &'a self,
+        node: &'a str,
+        rows: Vec<NewRow>,
+    ) -> BoxFuture<'a, AppResult<Vec<connections::Model>>>;
+
+    /// Runs the write of a leave on the node holding the row's socket; `NotFound` when no
+    /// live node holds it.
+    fn remote_leave<'a>(
+        &'a self,
+        node: &'a str,
+        row: connections::Model,
+    ) -> BoxFuture<'a, AppResult<bool>>;
+
+    /// Tells the node holding `socket` that some of its rows were renamed.
+    fn remote_renamed<'a>(
+        &'a self,
+        node: &'a str,
+        socket: &'a str,
+        ids: &'a [String],
+        name: &'a str,
+    ) -> BoxFuture<'a, AppResult<()>>;
+
+    /// Why delivery across nodes is impaired right now (the broker is unreachable), if it is.
+    fn unready(&self) -> Option<String>;
+
+    /// Whether frames reach other nodes at all.
+    fn crosses_nodes(&self) -> bool;
 }
 
 /// One node: delivery is the local hub's.
@@ -61,5 +101,47 @@ impl Fanout for Local {
 
     fn interest(&self, _audience: &Audience, _held: bool) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
+    }
+
+    fn locate<'a>(&'a self, _socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn remote_join<'a>(
+        &'a self,
+        _node: &'a str,
+        _rows: Vec<NewRow>,
+    ) -> BoxFuture<'a, AppResult<Vec<connections::Model>>> {
+        Box::pin(std::future::ready(Err(AppError::NotFound(
+            "Socket not found",
+        ))))
+    }
+
+    fn remote_leave<'a>(
+        &'a self,
+        _node: &'a str,
+        _row: connections::Model,
+    ) -> BoxFuture<'a, AppResult<bool>> {
+        Box::pin(std::future::ready(Err(AppError::NotFound(
+            "Socket not found",
+        ))))
+    }
+
+    fn remote_renamed<'a>(
+        &'a self,
+        _node: &'a str,
+        _socket: &'a str,
+        _ids: &'a [String],
+        _name: &'a str,
+    ) -> BoxFuture<'a, AppResult<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn unready(&self) -> Option<String> {
+        None
+    }
+
+    fn crosses_nodes(&self) -> bool {
+        false
     }
 }

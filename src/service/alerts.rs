@@ -18,7 +18,7 @@ use crate::store::Store;
 use crate::store::entities::{conversations, notifications, private_messages as pm};
 
 /// `contentType` of conversations, notifications and alerts that belong to private messages.
-pub const PRIVATE_MESSAGE: &str = "privateMessage";
+pub const PRIVATE_MESSAGE: &str = crate::auth::access::ContentType::PrivateMessage.as_str();
 
 /// The envelope `conversationId` of `notification` frames (§3.1).
 const ALERT_CONVERSATION: &str = "alert";

@@ -9,6 +9,7 @@ use super::model::{
     Conversation, ConversationWithMessages, Message, MessageWithReactions, ReactionSummary,
 };
 use super::{Services, member, person};
+use crate::auth::access::ContentType;
 use crate::auth::{Caller, Permission, access};
 use crate::error::{AppError, AppResult};
 use crate::store::Store;
@@ -123,7 +124,8 @@ impl Services {
         content_type: &str,
         content_id: &str,
     ) -> AppResult<Conversation> {
-        if content_type == "streamingLive" {
+        let kind = ContentType::parse(content_type);
+        if kind == ContentType::StreamingLive {
             if caller.member_of(church).is_some() {
                 return Ok(self
                     .get_or_create_current(church, content_type, content_id, true)
@@ -158,8 +160,9 @@ impl Services {
         let c = self
             .get_or_create_current(church, content_type, &content_id, false)
             .await?;
-        if content_type == "streamingLiveHost" {
-            self.get_or_create_current(church, "streamingLive", &content_id, true)
+        if kind == ContentType::StreamingLiveHost {
+            let public = ContentType::StreamingLive.as_str();
+            self.get_or_create_current(church, public, &content_id, true)
                 .await?;
         }
         Ok(c.into())
@@ -173,7 +176,7 @@ impl Services {
         content_id: &str,
     ) -> AppResult<Conversation> {
         let claims = member(caller)?;
-        if content_type != "streamingLive" || content_id.is_empty() {
+        if ContentType::parse(content_type) != ContentType::StreamingLive || content_id.is_empty() {
             return Err(AppError::Unauthorized);
         }
         Ok(self
@@ -223,9 +226,9 @@ impl Services {
                 }
                 None => {
                     let t = it.content_type.clone().unwrap_or_default();
-                    let needs = match t.as_str() {
-                        "person" => Some(Permission::PeopleEdit),
-                        "personConfidential" => Some(Permission::ViewConfidentialNotes),
+                    let needs = match ContentType::parse(&t) {
+                        ContentType::Person => Some(Permission::PeopleEdit),
+                        ContentType::PersonConfidential => Some(Permission::ViewConfidentialNotes),
                         _ => None,
                     };
                     if needs.is_some_and(|p| !claims.has_permission(p)) {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{ConvAccess, Services};
+use crate::auth::access::ContentType;
 use crate::error::{AppError, AppResult};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -58,7 +59,7 @@ impl Services {
             return Ok(c);
         }
         let c = self.load_conversation(id).await?;
-        if c.conv.content_type.as_deref() != Some("privateMessage") {
+        if ContentType::of(&c.conv) != ContentType::PrivateMessage {
             let mut map = self.hot.conversations.lock();
             if map.len() >= MAX_ENTRIES {
                 map.clear();

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::model::{Callout, Message};
 use super::{ConvAccess, Services, alerts, member, person, writer};
+use crate::auth::access::ContentType;
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult};
 use crate::hub::Action;
@@ -51,7 +52,9 @@ struct ActivityData<'a> {
 /// `content-{type}-{id}` for a conversation that has both, else `None`.
 pub fn content_room(conv: &conversations::Model) -> Option<String> {
     match (conv.content_type.as_deref(), conv.content_id.as_deref()) {
-        (Some(t), Some(id)) if !t.is_empty() && !id.is_empty() => Some(format!("content-{t}-{id}")),
+        (Some(t), Some(id)) if !t.is_empty() && !id.is_empty() => {
+            Some(super::rooms::content_room(t, id))
+        }
         _ => None,
     }
 }
@@ -298,7 +301,7 @@ impl Services {
         // New messages outside private conversations need only their rows and the stats.
         let plain = rows.iter().all(|(m, created)| {
             *created
-                && convs[&m.conversation_id].conv.content_type.as_deref() != Some("privateMessage")
+                && ContentType::of(&convs[&m.conversation_id].conv) != ContentType::PrivateMessage
         });
         if plain {
             let models: Vec<messages::Model> = rows.iter().map(|(m, _)| m.clone()).collect();
@@ -362,7 +365,7 @@ impl Services {
         conv: &conversations::Model,
         m: &messages::Model,
     ) -> AppResult<Option<alerts::PendingPmAlert>> {
-        if conv.content_type.as_deref() != Some("privateMessage") {
+        if ContentType::of(conv) != ContentType::PrivateMessage {
             return Ok(None);
         }
         let name = m.display_name.as_deref().unwrap_or_default();

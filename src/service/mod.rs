@@ -167,7 +167,7 @@ impl Services {
 
     /// A conversation with the private-message row the access rules need.
     pub async fn conversation_access(&self, conversation: conv::Model) -> AppResult<ConvAccess> {
-        let pm = if conversation.content_type.as_deref() == Some("privateMessage") {
+        let pm = if access::ContentType::of(&conversation) == access::ContentType::PrivateMessage {
             self.store().private_message_of(&conversation.id).await?
         } else {
             None

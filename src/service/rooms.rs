@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use super::Services;
 use super::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_IP, MAX_ROOM_ID, MAX_SOCKET_ID};
 use super::presence::AttendanceData;
+use crate::auth::access::ContentType;
 use crate::auth::{Caller, access};
 use crate::error::{AppError, AppResult};
 use crate::hub::{Audience, SocketEvents, SocketHandle};
@@ -181,7 +182,7 @@ impl Services {
         caller: &Caller,
         conv: &conversations::Model,
     ) -> AppResult<bool> {
-        let pm = if conv.content_type.as_deref() == Some("privateMessage") && !caller.is_system() {
+        let pm = if ContentType::of(conv) == ContentType::PrivateMessage && !caller.is_system() {
             self.store().private_message_of(&conv.id).await?
         } else {
             None
@@ -332,13 +333,20 @@ impl Services {
             };
             rooms.push(room);
         }
-        let mut sockets = BTreeMap::new();
+        // Sockets: held here, or by another live node (which writes their rows).
+        let mut holders: HashMap<&str, Option<String>> = HashMap::new();
         for it in &items {
-            let h = self
-                .hub
-                .socket(&it.socket_id)
-                .ok_or(AppError::NotFound("Socket not found"))?;
-            sockets.insert(it.socket_id.clone(), h);
+            let socket = it.socket_id.as_str();
+            if holders.contains_key(socket) {
+                continue;
+            }
+            let holder = if self.hub.holds_socket(socket) {
+                None
+            } else {
+                let node = self.fanout.locate(socket).await?;
+                Some(node.ok_or(AppError::NotFound("Socket not found"))?)
+            };
+            holders.insert(socket, holder);
         }
         // Access.
         for (it, room) in items.iter().zip(&rooms) {
@@ -382,7 +390,43 @@ impl Services {
                 }
             })
             .collect();
+        // Each node writes the rows of its own sockets: one transaction per node.
+        let mut by_node: BTreeMap<Option<String>, Vec<NewRow>> = BTreeMap::new();
+        for row in &rows {
+            let node = holders.get(row.socket_id.as_str()).cloned().flatten();
+            by_node.entry(node).or_default().push(row.clone());
+        }
+        let mut stored = Vec::with_capacity(rows.len());
+        for (node, part) in by_node {
+            stored.extend(match node {
+                None => self.join_held(part).await?,
+                Some(node) => self.fanout.remote_join(&node, part).await?,
+            });
+        }
+        // In request order.
+        let key = |church: &str, room: &str, socket: &str| {
+            (church.to_string(), room.to_string(), socket.to_string())
+        };
+        let mut by_key: HashMap<_, _> = stored
+            .into_iter()
+            .map(|r| (key(&r.church_id, &r.conversation_id, &r.socket_id), r))
+            .collect();
+        Ok(rows
+            .iter()
+            .filter_map(|r| by_key.remove(&key(&r.church_id, &r.room, &r.socket_id)))
+            .collect())
+    }
 
+    /// The write of a join for sockets this node holds: upsert, membership, attendance.
+    pub async fn join_held(&self, rows: Vec<NewRow>) -> AppResult<Vec<connections::Model>> {
+        let mut sockets = BTreeMap::new();
+        for row in &rows {
+            let h = self
+                .hub
+                .socket(&row.socket_id)
+                .ok_or(AppError::NotFound("Socket not found"))?;
+            sockets.insert(row.socket_id.clone(), h);
+        }
         // Membership locks in a fixed order (BTreeMap) so batches cannot deadlock.
         let mut guards = Vec::with_capacity(sockets.len());
         for h in sockets.values() {
@@ -395,18 +439,19 @@ impl Services {
             .store()
             .upsert_connections(&self.node_id, &rows)
             .await?;
-        let mut first = Vec::new();
+        let mut audiences = BTreeSet::new();
         for row in &stored {
             if let Some(h) = sockets.get(&row.socket_id) {
                 let audience = audience_of(row);
-                if self.hub.add_member(h, audience.clone()) {
-                    first.push(audience);
-                }
+                self.hub.add_member(h, audience.clone());
                 self.rows.put(&h.id, row.clone());
+                audiences.insert(audience);
             }
         }
         drop(guards);
-        for audience in &first {
+        // Every audience, not only new ones: a concurrent join may have started the
+        // subscription, and this one must not answer before it is in place.
+        for audience in &audiences {
             self.fanout.interest(audience, true).await;
         }
         let mut seen = BTreeSet::new();
@@ -438,11 +483,24 @@ impl Services {
         {
             return Ok(false);
         }
+        if *row.node_id != *self.node_id {
+            match self.fanout.remote_leave(&row.node_id, row.clone()).await {
+                Err(AppError::NotFound(_)) => {} // no live holder: the row is an orphan
+                done => return done,
+            }
+        }
+        self.leave_held(row).await
+    }
+
+    /// The write of a leave for a socket this node holds (or that no live node holds). The
+    /// socket leaves the hub's audience before the row is deleted: once this returns, it
+    /// gets no frame of the room.
+    pub async fn leave_held(&self, row: connections::Model) -> AppResult<bool> {
         let audience = audience_of(&row);
-        let removed = match self.hub.socket(socket) {
+        let removed = match self.hub.socket(&row.socket_id) {
             Some(h) => {
                 let _guard = h.membership.lock().await;
-                let emptied = self.hub.remove_member(socket, &audience);
+                let emptied = self.hub.remove_member(&h.id, &audience);
                 match self.store().delete_row(&row.id).await {
                     Ok(removed) => {
                         self.rows.remove(&h.id, &row.id);
@@ -461,9 +519,14 @@ impl Services {
             None => self.store().delete_row(&row.id).await?,
         };
         if removed {
-            self.room_changed(&church, room, false);
+            self.room_changed(&row.church_id, &row.conversation_id, false);
         }
         Ok(removed)
+    }
+
+    /// Rows of a socket this node holds were renamed: keep the copy of them in step.
+    pub fn renamed_held(&self, socket: &str, ids: &[String], name: &str) {
+        self.rows.rename(socket, ids, name);
     }
 
     /// setName (§10.2): renames the socket's readable non-alerts rows.
@@ -500,7 +563,14 @@ impl Services {
         }
         let ids: Vec<String> = readable.iter().map(|r| r.id.clone()).collect();
         self.store().rename_rows(&ids, name).await?;
-        self.rows.rename(socket, &ids, name);
+        match readable.first().map(|r| r.node_id.as_str()) {
+            Some(node) if node != &*self.node_id => {
+                if let Err(e) = self.fanout.remote_renamed(node, socket, &ids, name).await {
+                    tracing::warn!(%socket, error = %e, "holder not told of a rename");
+                }
+            }
+            _ => self.renamed_held(socket, &ids, name),
+        }
         let mut out = Vec::with_capacity(readable.len());
         for mut r in readable {
             r.display_name = Some(name.to_string());
