@@ -3,6 +3,7 @@ mod helpers;
 
 mod access_matrix;
 mod alerts_flow;
+mod broker;
 mod chat;
 mod errors;
 mod grpc_api;
