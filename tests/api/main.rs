@@ -7,6 +7,7 @@ mod broker;
 mod chat;
 mod errors;
 mod grpc_api;
+mod migrate;
 mod nodes;
 mod rooms;
 mod socket;
