@@ -2,6 +2,7 @@
 //! gRPC service layer (`messaging.v1`) that the REST/WebSocket edge calls in-process.
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod edge;

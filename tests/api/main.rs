@@ -3,9 +3,11 @@ mod helpers;
 
 mod access_matrix;
 mod alerts_flow;
+mod broker;
 mod chat;
 mod errors;
 mod grpc_api;
+mod migrate;
 mod nodes;
 mod rooms;
 mod socket;

@@ -1,0 +1,421 @@
+//! The cross-node broker against the real Redis and NATS servers of this machine.
+//!
+//! Each test body runs once per broker (`name::redis`, `name::nats`), with two separate
+//! `connect()` instances standing for two nodes, and a random channel prefix of its own so
+//! that tests running side by side on one server never see each other's traffic. A test
+//! whose server URL is unset at build time is compiled as ignored (build.rs); run anyway,
+//! it fails rather than pass untested. The outage test cuts a TCP proxy of its own, never
+//! the real server, which other tests use.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use messaging::broker::{self, Broker, BrokerError, Handler};
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::helpers::{WAIT, eventually};
+
+type Inbox = mpsc::UnboundedReceiver<(String, Bytes)>;
+
+fn server_url(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("{var} is not set"),
+    }
+}
+
+/// A handler that forwards every delivery to a channel the test reads.
+fn collector() -> (Handler, Inbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler: Handler = Arc::new(move |channel: &str, payload: Bytes| {
+        let _ = tx.send((channel.to_string(), payload));
+    });
+    (handler, rx)
+}
+
+fn prefix() -> String {
+    format!("test-{}-", messaging::ids::new_id())
+}
+
+async fn node(url: &str) -> (Arc<dyn Broker>, Inbox) {
+    let (handler, inbox) = collector();
+    let b = broker::connect(url, handler).await.expect("connect");
+    assert!(b.is_connected());
+    (b, inbox)
+}
+
+async fn next(inbox: &mut Inbox) -> (String, Bytes) {
+    tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .expect("timed out waiting for a delivery")
+        .expect("handler dropped")
+}
+
+/// Waits for `marker` on `channel`, returning everything delivered before it.
+async fn until_marker(inbox: &mut Inbox, channel: &str, marker: &str) -> Vec<(String, Bytes)> {
+    let mut before = Vec::new();
+    loop {
+        let (ch, p) = next(inbox).await;
+        if ch == channel && &p[..] == marker.as_bytes() {
+            return before;
+        }
+        before.push((ch, p));
+    }
+}
+
+macro_rules! broker_test {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(with_redis), ignore = "BROKER_URL_REDIS is not set")]
+            async fn redis() {
+                super::$name(&super::server_url("BROKER_URL_REDIS")).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(with_nats), ignore = "BROKER_URL_NATS is not set")]
+            async fn nats() {
+                super::$name(&super::server_url("BROKER_URL_NATS")).await
+            }
+        }
+    };
+}
+
+broker_test!(round_trip_between_two_nodes);
+async fn round_trip_between_two_nodes(url: &str) {
+    let p = prefix();
+    let (a, mut a_inbox) = node(url).await;
+    let (b, mut b_inbox) = node(url).await;
+    let room = format!("{p}room");
+    b.subscribe(&room).await.expect("subscribe");
+    a.publish(&room, Bytes::from_static(b"hello"));
+    let (ch, payload) = next(&mut b_inbox).await;
+    assert_eq!((ch.as_str(), &payload[..]), (room.as_str(), &b"hello"[..]));
+
+    // And back, on a channel of A's: the publisher of one is the subscriber of the other.
+    let back = format!("{p}back");
+    a.subscribe(&back).await.expect("subscribe");
+    b.publish(&back, Bytes::from_static(b"hi"));
+    let (ch, payload) = next(&mut a_inbox).await;
+    assert_eq!((ch.as_str(), &payload[..]), (back.as_str(), &b"hi"[..]));
+    // A never subscribed to `room`: nothing of it reached A.
+    assert!(a_inbox.try_recv().is_err());
+    a.close().await;
+    b.close().await;
+    assert!(!a.is_connected());
+}
+
+broker_test!(many_channels_exactly_once_in_order);
+async fn many_channels_exactly_once_in_order(url: &str) {
+    const CHANNELS: usize = 20;
+    const PER_CHANNEL: usize = 100;
+    let p = prefix();
+    let (a, _a_inbox) = node(url).await;
+    let (b, mut b_inbox) = node(url).await;
+    let channels: Vec<String> = (0..CHANNELS).map(|i| format!("{p}c{i}")).collect();
+    for ch in &channels {
+        b.subscribe(ch).await.expect("subscribe");
+    }
+    for seq in 0..PER_CHANNEL {
+        for ch in &channels {
+            a.publish(ch, Bytes::from(seq.to_string()));
+        }
+    }
+    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    for _ in 0..CHANNELS * PER_CHANNEL {
+        let (ch, payload) = next(&mut b_inbox).await;
+        let seq: usize = std::str::from_utf8(&payload)
+            .expect("utf-8")
+            .parse()
+            .expect("a sequence number");
+        seen.entry(ch).or_default().push(seq);
+    }
+    let expected: Vec<usize> = (0..PER_CHANNEL).collect();
+    for ch in &channels {
+        assert_eq!(seen.get(ch), Some(&expected), "channel {ch}");
+    }
+    // No duplicate: on every channel, the next thing after the last payload is a marker
+    // published after everything.
+    for ch in &channels {
+        a.publish(ch, Bytes::from_static(b"end"));
+    }
+    let mut ended = 0;
+    while ended < CHANNELS {
+        let (ch, payload) = next(&mut b_inbox).await;
+        assert_eq!(&payload[..], b"end", "duplicate on {ch}");
+        ended += 1;
+    }
+    a.close().await;
+    b.close().await;
+}
+
+broker_test!(unsubscribe_stops_delivery);
+async fn unsubscribe_stops_delivery(url: &str) {
+    // Markers go on the same channel as what they vouch for: order is only promised per
+    // channel (a NATS node receives each channel on a task of its own).
+    let p = prefix();
+    let (a, _a_inbox) = node(url).await;
+    let (b, mut b_inbox) = node(url).await;
+    let (room, other) = (format!("{p}room"), format!("{p}other"));
+    // Subscribing twice is one subscription: one delivery per payload.
+    b.subscribe(&room).await.expect("subscribe");
+    b.subscribe(&room).await.expect("subscribe again");
+    b.subscribe(&other).await.expect("subscribe");
+    a.publish(&room, Bytes::from_static(b"one"));
+    a.publish(&room, Bytes::from_static(b"mark1"));
+    let before = until_marker(&mut b_inbox, &room, "mark1").await;
+    assert_eq!(before, vec![(room.clone(), Bytes::from_static(b"one"))]);
+
+    b.unsubscribe(&room).await;
+    b.unsubscribe(&room).await;
+    a.publish(&room, Bytes::from_static(b"two"));
+    // A's publishes reach the server in order: once `other` is through, so is "two".
+    a.publish(&other, Bytes::from_static(b"mark2"));
+    until_marker(&mut b_inbox, &other, "mark2").await;
+
+    // Subscribed again: the next payload arrives, and "two" never did.
+    b.subscribe(&room)
+        .await
+        .expect("subscribe after unsubscribe");
+    a.publish(&room, Bytes::from_static(b"three"));
+    let before = until_marker(&mut b_inbox, &room, "three").await;
+    assert!(before.is_empty(), "delivered after unsubscribe: {before:?}");
+    a.close().await;
+    b.close().await;
+}
+
+broker_test!(subscribe_ok_means_next_publish_arrives);
+async fn subscribe_ok_means_next_publish_arrives(url: &str) {
+    let p = prefix();
+    let (a, _a_inbox) = node(url).await;
+    let (b, mut b_inbox) = node(url).await;
+    // Many fresh channels: a subscription confirmed late would lose the payload sent at once.
+    for i in 0..50 {
+        let ch = format!("{p}fresh{i}");
+        b.subscribe(&ch).await.expect("subscribe");
+        a.publish(&ch, Bytes::from(format!("p{i}")));
+        let (got, payload) = next(&mut b_inbox).await;
+        assert_eq!(
+            (got.as_str(), &payload[..]),
+            (ch.as_str(), format!("p{i}").as_bytes())
+        );
+    }
+    a.close().await;
+    b.close().await;
+}
+
+broker_test!(a_channel_nobody_holds_costs_nothing);
+async fn a_channel_nobody_holds_costs_nothing(url: &str) {
+    let p = prefix();
+    let (a, mut a_inbox) = node(url).await;
+    let (b, mut b_inbox) = node(url).await;
+    let started = Instant::now();
+    for i in 0..1000 {
+        a.publish(&format!("{p}nobody{}", i % 10), Bytes::from_static(b"x"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "publish waited");
+    // Still connected, still delivering, and none of it surfaced anywhere.
+    let live = format!("{p}live");
+    b.subscribe(&live).await.expect("subscribe");
+    a.publish(&live, Bytes::from_static(b"ok"));
+    let before = until_marker(&mut b_inbox, &live, "ok").await;
+    assert!(before.is_empty(), "{before:?}");
+    assert!(a.is_connected() && b.is_connected());
+    assert!(a_inbox.try_recv().is_err());
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn other_urls_are_refused() {
+    for url in [
+        "memory://x",
+        "http://127.0.0.1:6379",
+        "rediss://127.0.0.1:6379",
+        "",
+        "nats",
+    ] {
+        let (handler, _inbox) = collector();
+        match broker::connect(url, handler).await {
+            Err(BrokerError::BadUrl(_)) => {}
+            Err(e) => panic!("{url:?}: {e}"),
+            Ok(_) => panic!("{url:?} accepted"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_quickly() {
+    // A port nothing listens on: bind one, then free it.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    for scheme in ["redis", "nats"] {
+        let (handler, _inbox) = collector();
+        let started = Instant::now();
+        let result = broker::connect(&format!("{scheme}://127.0.0.1:{port}"), handler).await;
+        assert!(
+            matches!(result, Err(BrokerError::Unreachable(_))),
+            "{scheme}: {:?}",
+            result.err()
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{scheme}");
+    }
+}
+
+/// A TCP proxy in front of the real server that the test can cut (every proxied connection
+/// closed, new ones closed on accept) and restore.
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<(bool, Vec<AbortHandle>)>>,
+    accepted: Arc<AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state = Arc::new(Mutex::new((true, Vec::new())));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accept = {
+            let state = state.clone();
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    // Checked and recorded under one lock, so a cut never misses a connection.
+                    let mut guard = state.lock();
+                    if !guard.0 {
+                        continue; // dropping `inbound` closes it
+                    }
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut out) = TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                    guard.1.push(task.abort_handle());
+                }
+            })
+        };
+        Self {
+            addr,
+            state,
+            accepted,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        let mut guard = self.state.lock();
+        guard.0 = false;
+        for conn in guard.1.drain(..) {
+            conn.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.state.lock().0 = true;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+broker_test!(outage_drops_then_resumes_within_5s);
+async fn outage_drops_then_resumes_within_5s(url: &str) {
+    let (scheme, rest) = url.split_once("://").expect("scheme://host:port");
+    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let proxy = Proxy::start(hostport.to_string()).await;
+    let via_proxy = if path.is_empty() {
+        format!("{scheme}://{}", proxy.addr)
+    } else {
+        format!("{scheme}://{}/{path}", proxy.addr)
+    };
+    let p = prefix();
+    // A goes through the proxy; B talks to the server directly and stays up throughout.
+    let (a, mut a_inbox) = node(&via_proxy).await;
+    let (b, mut b_inbox) = node(url).await;
+    let (to_a, to_b, late) = (format!("{p}to-a"), format!("{p}to-b"), format!("{p}late"));
+    a.subscribe(&to_a).await.expect("subscribe");
+    b.subscribe(&to_b).await.expect("subscribe");
+    b.publish(&to_a, Bytes::from_static(b"before"));
+    assert_eq!(&next(&mut a_inbox).await.1[..], b"before");
+
+    proxy.cut();
+    eventually("A to notice the outage", || async { !a.is_connected() }).await;
+    assert!(b.is_connected());
+    // Publishing during the outage neither blocks nor queues for later.
+    let started = Instant::now();
+    for i in 0..20_000 {
+        a.publish(&to_b, Bytes::from(format!("during{i}")));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "publish blocked"
+    );
+    // Subscribing during the outage fails, but is remembered.
+    assert!(matches!(
+        a.subscribe(&late).await,
+        Err(BrokerError::Unreachable(_))
+    ));
+
+    // An outage long enough for the reconnect backoff to reach its ceiling (1 s), so the
+    // measured resume time is the worst case, not the first quick retry.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    let restored = Instant::now();
+    // B publishes on A's existing subscription until it gets through.
+    let mut i = 0u32;
+    let resumed = loop {
+        b.publish(&to_a, Bytes::from(format!("after{i}")));
+        i += 1;
+        match tokio::time::timeout(Duration::from_millis(50), a_inbox.recv()).await {
+            Ok(Some((ch, payload))) => break (ch, payload),
+            Ok(None) => panic!("handler dropped"),
+            Err(_) => assert!(
+                restored.elapsed() < Duration::from_secs(5),
+                "delivery did not resume within 5 s of the broker's return"
+            ),
+        }
+    };
+    let took = restored.elapsed();
+    eprintln!("{scheme}: delivery resumed {took:?} after the broker returned");
+    assert_eq!(resumed.0, to_a);
+    assert!(resumed.1.starts_with(b"after"), "{:?}", resumed.1);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(a.is_connected());
+    assert!(
+        proxy.accepted.load(Ordering::Relaxed) >= 2,
+        "A reconnected through the proxy"
+    );
+
+    // The subscription made during the outage was made again on reconnect.
+    b.publish(&late, Bytes::from_static(b"late"));
+    let before = until_marker(&mut a_inbox, &late, "late").await;
+    assert!(before.iter().all(|(ch, _)| ch == &to_a), "{before:?}");
+    // A publishes again, and nothing it published during the outage shows up first.
+    a.publish(&to_b, Bytes::from_static(b"back"));
+    let before = until_marker(&mut b_inbox, &to_b, "back").await;
+    assert!(
+        before.is_empty(),
+        "published during the outage: {}",
+        before.len()
+    );
+    a.close().await;
+    b.close().await;
+}
