@@ -14,10 +14,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenKeys;
+use crate::cluster::nodes::Cluster;
 use crate::cluster::{self, Fanout};
 use crate::config::{Settings, redact_url};
 use crate::edge::{self, EdgeState};
-use crate::grpc::{self, ConnectionService, DeliveryService};
+use crate::grpc::{self, ConnectionService, DeliveryService, NodeService};
 use crate::hub::Hub;
 use crate::service::Services;
 use crate::store::Store;
@@ -70,6 +71,9 @@ pub struct Application {
     listeners: Listeners,
     settings: Settings,
     services: Services,
+    /// Delivery across nodes, when a broker is configured.
+    cluster: Option<Arc<Cluster>>,
+    room_changes: Option<tokio::sync::mpsc::UnboundedReceiver<cluster::nodes::RoomChange>>,
     state: Arc<EdgeState>,
     grpc_router: axum::Router,
     health: tonic_health::server::HealthReporter,
@@ -92,6 +96,12 @@ impl Application {
                 "DEV MODE: GET /demo/token mints tokens for anyone; never enable this in production"
             );
         }
+        if settings.broker_url.is_some() && settings.database_url.starts_with("sqlite:") {
+            anyhow::bail!(
+                "BROKER_URL needs a database that every node shares (PostgreSQL or MariaDB); \
+                 SQLite is one node's file"
+            );
+        }
         let store = Store::connect(&settings.database_url).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot open database {}: {e}",
@@ -102,7 +112,22 @@ impl Application {
         let node_id = crate::ids::new_id();
         let hub = Hub::new(settings.hub_config())
             .map_err(|e| anyhow::anyhow!("cannot start the socket runtime: {e}"))?;
-        let fanout: Arc<dyn Fanout> = Arc::new(cluster::Local::new(hub.clone()));
+        let (fanout, cluster, room_changes): (Arc<dyn Fanout>, _, _) = match &settings.broker_url {
+            None => (Arc::new(cluster::Local::new(hub.clone())), None, None),
+            Some(url) => {
+                let (c, rx) = Cluster::connect(
+                    url,
+                    &settings.broker_prefix,
+                    hub.clone(),
+                    &node_id,
+                    store.clone(),
+                    settings.grpc_token.clone(),
+                )
+                .await?;
+                let c = Arc::new(c);
+                (c.clone(), Some(c), Some(rx))
+            }
+        };
         let services = Services::new(node_id, store, hub, fanout, settings.service_config());
         services
             .register_node(Some(listeners.grpc.local_addr()?.to_string()))
@@ -113,10 +138,14 @@ impl Application {
         let delivery = DeliveryService {
             svc: services.clone(),
         };
+        let node = NodeService {
+            svc: services.clone(),
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         let grpc_router = grpc::router(
             connection,
             delivery,
+            node,
             health_service,
             settings.grpc_token.clone(),
         )?;
@@ -133,6 +162,8 @@ impl Application {
             listeners,
             settings,
             services,
+            cluster,
+            room_changes,
             state,
             grpc_router,
             health,
@@ -215,6 +246,15 @@ impl Application {
         self.ready.store(true, Ordering::Release);
 
         let background = spawn_background(self.services.clone(), stop.clone());
+        // Rooms other nodes changed: raise attendance for this node's sockets in them.
+        let remote_changes = self.room_changes.map(|mut rx| {
+            let svc = self.services.clone();
+            tokio::spawn(async move {
+                while let Some((church, room, with_blocked_ip)) = rx.recv().await {
+                    svc.raise_attendance(&church, &room, with_blocked_ip);
+                }
+            })
+        });
 
         shutdown.await;
         tracing::info!("shutting down");
@@ -236,6 +276,12 @@ impl Application {
             while tasks.join_next().await.is_some() {}
         })
         .await;
+        if let Some(c) = &self.cluster {
+            c.close().await;
+        }
+        if let Some(t) = remote_changes {
+            t.abort();
+        }
         hub.shutdown();
         tracing::info!("stopped");
         Ok(())

@@ -72,6 +72,18 @@ pub struct Settings {
     /// cores stay free for requests, so a fan-out wave never starves the next publish.
     #[arg(long, env = "SOCKET_THREADS", default_value_t = 0, global = true)]
     pub socket_threads: usize,
+    /// Broker for delivery across nodes: `redis://host:port[/db]` or `nats://host:port`.
+    /// Unset: one node, in-process delivery. Needs a shared database (PostgreSQL, MariaDB).
+    #[arg(long, env = "BROKER_URL", hide_env_values = true, global = true)]
+    pub broker_url: Option<String>,
+    /// Starts every broker channel name, so that several deployments can share a broker.
+    #[arg(
+        long,
+        env = "BROKER_PREFIX",
+        default_value = "messaging",
+        global = true
+    )]
+    pub broker_prefix: String,
     /// Most open sockets (and upgrades in progress); past it an upgrade gets 503 before the
     /// handshake. 0: the process's file-descriptor limit less 1024 for everything else.
     #[arg(long, env = "MAX_SOCKETS", default_value_t = 0, global = true)]
@@ -109,11 +121,12 @@ pub struct Settings {
     /// Development mode: `GET /demo/token` mints tokens for the demo page. Never in production.
     #[arg(long, env = "DEV_MODE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", global = true)]
     pub dev: bool,
-    /// Seconds between node lease renewals and sweeps; the lease lasts three intervals.
+    /// Seconds between node lease renewals and sweeps; the lease lasts three intervals, so a
+    /// crashed node's rows are gone within four (28 s by default).
     #[arg(
         long,
         env = "SWEEP_INTERVAL_SECS",
-        default_value_t = 30.0,
+        default_value_t = 7.0,
         global = true
     )]
     pub sweep_interval_secs: f64,
@@ -131,6 +144,7 @@ impl std::fmt::Debug for Settings {
                 &self.grpc_token.as_ref().map(|_| "<redacted>"),
             )
             .field("database", &redact_url(&self.database_url))
+            .field("broker", &self.broker_url.as_deref().map(redact_url))
             .field(
                 "jwt_secret",
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
@@ -207,6 +221,7 @@ impl Settings {
         s.socket_port = 0;
         s.grpc_port = 0;
         s.grpc_token = None;
+        s.broker_url = None;
         s.database_url = database_url.into();
         s.jwt_secret = Some(jwt_secret.into());
         s

@@ -16,10 +16,52 @@ pub mod telemetry;
 pub mod time;
 
 pub mod pb {
-    //! Generated from `proto/messaging.proto`.
+    //! Generated from `proto/messaging.proto`, and the row's two forms.
     tonic::include_proto!("messaging.v1");
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("messaging_descriptor");
+
+    use crate::store::entities::connections;
+
+    impl From<connections::Model> for ConnectionRow {
+        fn from(r: connections::Model) -> Self {
+            Self {
+                id: r.id,
+                church_id: r.church_id,
+                conversation_id: r.conversation_id,
+                person_id: r.person_id,
+                display_name: r.display_name,
+                time_joined: crate::time::format_ms(r.time_joined),
+                socket_id: r.socket_id,
+                ip_address: r.ip_address,
+                node_id: r.node_id,
+            }
+        }
+    }
+
+    /// A row as another node sent it; fails on an unreadable `timeJoined`.
+    impl TryFrom<ConnectionRow> for connections::Model {
+        type Error = chrono::ParseError;
+
+        fn try_from(r: ConnectionRow) -> Result<Self, Self::Error> {
+            let time_joined = chrono::DateTime::parse_from_rfc3339(&r.time_joined)?;
+            Ok(Self {
+                anonymous_number: r
+                    .display_name
+                    .as_deref()
+                    .and_then(crate::store::anonymous_number),
+                id: r.id,
+                church_id: r.church_id,
+                conversation_id: r.conversation_id,
+                person_id: r.person_id,
+                display_name: r.display_name,
+                time_joined: time_joined.timestamp_millis(),
+                socket_id: r.socket_id,
+                ip_address: r.ip_address,
+                node_id: r.node_id,
+            })
+        }
+    }
 }
 
 pub use app::{Application, Listeners};

@@ -17,6 +17,8 @@ use crate::hub::{Audience, Hub};
 use crate::store::NewRow;
 use crate::store::entities::connections;
 
+pub mod nodes;
+
 pub trait Fanout: Send + Sync + 'static {
     /// Delivers one encoded frame to every socket of `audience`, on every node. Returns the
     /// number of this node's sockets it was queued for. Never waits.

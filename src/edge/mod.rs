@@ -319,6 +319,8 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
 async fn ready(state: &EdgeState) -> Response {
     let reason = if !state.ready.load(Ordering::Acquire) {
         Some("starting".to_string())
+    } else if let Some(why) = state.services.unready() {
+        Some(why)
     } else {
         state
             .services

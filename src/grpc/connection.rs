@@ -13,23 +13,9 @@ pub struct ConnectionService {
     pub svc: Services,
 }
 
-fn row_to_pb(r: connections::Model) -> pb::ConnectionRow {
-    pb::ConnectionRow {
-        id: r.id,
-        church_id: r.church_id,
-        conversation_id: r.conversation_id,
-        person_id: r.person_id,
-        display_name: r.display_name,
-        time_joined: crate::time::format_ms(r.time_joined),
-        socket_id: r.socket_id,
-        ip_address: r.ip_address,
-        node_id: r.node_id,
-    }
-}
-
 fn list(rows: Vec<connections::Model>) -> Response<pb::ConnectionList> {
     Response::new(pb::ConnectionList {
-        connections: rows.into_iter().map(row_to_pb).collect(),
+        connections: rows.into_iter().map(Into::into).collect(),
     })
 }
 

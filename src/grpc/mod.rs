@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod delivery;
 mod error;
+pub mod node;
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -10,6 +11,7 @@ use axum::response::Response;
 
 pub use connection::ConnectionService;
 pub use delivery::DeliveryService;
+pub use node::NodeService;
 
 use crate::pb;
 
@@ -18,6 +20,7 @@ use crate::pb;
 pub fn router(
     connection: ConnectionService,
     delivery: DeliveryService,
+    node: NodeService,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -33,6 +36,7 @@ pub fn router(
         .add_service(reflection().build_v1alpha()?)
         .add_service(pb::connection_server::ConnectionServer::new(connection))
         .add_service(pb::delivery_server::DeliveryServer::new(delivery))
+        .add_service(pb::node_server::NodeServer::new(node))
         .prepare()
         .into_axum_router();
     Ok(match token {

@@ -81,6 +81,8 @@ pub struct Services {
     pub(crate) hot: Arc<hot::HotCache>,
     presence: Arc<presence::Coalescer>,
     rows: Arc<rooms::RowMirror>,
+    /// Other live nodes seen by the last sweep without a broker (for its warning).
+    others_seen: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Services {
@@ -105,6 +107,7 @@ impl Services {
             hot: Arc::default(),
             presence: Arc::default(),
             rows: Arc::default(),
+            others_seen: Arc::default(),
         };
         let writer = writer::Writer::spawn(inner.clone());
         let svc = Self {
@@ -120,6 +123,11 @@ impl Services {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Why this node cannot deliver across nodes right now, if it cannot (`/ready`).
+    pub fn unready(&self) -> Option<String> {
+        self.fanout.unready()
     }
 
     /// Serializes once, then delivers to every socket of the audience on every node.

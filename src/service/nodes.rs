@@ -41,6 +41,9 @@ impl Services {
                 .map(|h| h.id.to_string())
                 .collect()
         };
+        if !self.fanout.crosses_nodes() {
+            self.warn_if_not_alone(now).await;
+        }
         match self.store().sweep(&self.node_id, live, now).await {
             Ok(rooms) => {
                 for (church, room) in rooms {
@@ -48,6 +51,26 @@ impl Services {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
+
+    /// Without a broker, frames reach only this node's sockets: say so when other live nodes
+    /// share the database (once per change of their number, and as a gauge).
+    async fn warn_if_not_alone(&self, now: i64) {
+        let Ok(nodes) = self.store().live_nodes(now).await else {
+            return;
+        };
+        let others = nodes.iter().filter(|n| **n != *self.node_id).count();
+        metrics::gauge!("messaging_other_nodes_without_broker").set(others as f64);
+        let before = self
+            .others_seen
+            .swap(others, std::sync::atomic::Ordering::Relaxed);
+        if others > 0 && others != before {
+            tracing::warn!(
+                others,
+                "other nodes share this database, but without BROKER_URL frames reach only \
+                 this node's sockets: set BROKER_URL (redis:// or nats://) on every node"
+            );
         }
     }
 

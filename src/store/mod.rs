@@ -653,6 +653,24 @@ impl Store {
         Ok(())
     }
 
+    /// The ids of nodes whose lease holds at `now`.
+    pub async fn live_nodes(&self, now: i64) -> Result<Vec<String>, DbErr> {
+        nodes::Entity::find()
+            .filter(nodes::Column::LeaseUntil.gte(now))
+            .all(&self.db)
+            .await
+            .map(|ns| ns.into_iter().map(|n| n.id).collect())
+    }
+
+    /// The gRPC address of a node whose lease holds at `now`.
+    pub async fn live_node_address(&self, id: &str, now: i64) -> Result<Option<String>, DbErr> {
+        Ok(nodes::Entity::find_by_id(id.to_string())
+            .filter(nodes::Column::LeaseUntil.gte(now))
+            .one(&self.db)
+            .await?
+            .and_then(|n| n.grpc_address))
+    }
+
     /// Extends the lease; false if the row is gone (another node swept us).
     pub async fn renew_lease(&self, id: &str, now: i64, lease: Duration) -> Result<bool, DbErr> {
         let r = nodes::Entity::update_many()

@@ -271,15 +271,15 @@ async fn an_unreachable_broker_fails_quickly() {
 
 /// A TCP proxy in front of the real server that the test can cut (every proxied connection
 /// closed, new ones closed on accept) and restore.
-struct Proxy {
-    addr: SocketAddr,
+pub struct Proxy {
+    pub addr: SocketAddr,
     state: Arc<Mutex<(bool, Vec<AbortHandle>)>>,
     accepted: Arc<AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: String) -> Self {
+    pub async fn start(upstream: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let state = Arc::new(Mutex::new((true, Vec::new())));
@@ -316,7 +316,7 @@ impl Proxy {
         }
     }
 
-    fn cut(&self) {
+    pub fn cut(&self) {
         let mut guard = self.state.lock();
         guard.0 = false;
         for conn in guard.1.drain(..) {
@@ -324,7 +324,7 @@ impl Proxy {
         }
     }
 
-    fn restore(&self) {
+    pub fn restore(&self) {
         self.state.lock().0 = true;
     }
 }

@@ -5,6 +5,7 @@ mod access_matrix;
 mod alerts_flow;
 mod broker;
 mod chat;
+mod cluster;
 mod errors;
 mod grpc_api;
 mod migrate;

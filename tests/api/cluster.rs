@@ -1,0 +1,352 @@
+//! Several nodes as one service (§5.4): three nodes on one PostgreSQL or MariaDB database
+//! and one broker (Redis or NATS), every call sent to a node other than the socket's holder.
+//! Each body runs for the four database × broker pairs; each test has a channel prefix of
+//! its own.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::SinkExt;
+use messaging::pb;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::broker::Proxy;
+use crate::helpers::*;
+
+fn broker_url(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set"))
+}
+
+/// `count` nodes on `db`, each with the broker at `broker` and one channel prefix.
+async fn nodes(db: &TestDb, broker: &[String]) -> Vec<TestApp> {
+    let prefix = format!("test-{}", messaging::ids::new_id());
+    let mut out = Vec::new();
+    for url in broker {
+        let mut s = settings(db);
+        s.broker_url = Some(url.clone());
+        s.broker_prefix = prefix.clone();
+        out.push(TestApp::spawn_with(s).await);
+    }
+    out
+}
+
+macro_rules! cluster_test {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(with_postgres, with_redis)),
+                ignore = "DATABASE_URL_POSTGRES or BROKER_URL_REDIS is not set"
+            )]
+            async fn postgres_redis() {
+                let db = TestDb::create(Backend::Postgres).await;
+                super::$name(db, broker_url("BROKER_URL_REDIS")).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(with_postgres, with_nats)),
+                ignore = "DATABASE_URL_POSTGRES or BROKER_URL_NATS is not set"
+            )]
+            async fn postgres_nats() {
+                let db = TestDb::create(Backend::Postgres).await;
+                super::$name(db, broker_url("BROKER_URL_NATS")).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(with_mysql, with_redis)),
+                ignore = "DATABASE_URL_MYSQL or BROKER_URL_REDIS is not set"
+            )]
+            async fn mysql_redis() {
+                let db = TestDb::create(Backend::Mysql).await;
+                super::$name(db, broker_url("BROKER_URL_REDIS")).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(with_mysql, with_nats)),
+                ignore = "DATABASE_URL_MYSQL or BROKER_URL_NATS is not set"
+            )]
+            async fn mysql_nats() {
+                let db = TestDb::create(Backend::Mysql).await;
+                super::$name(db, broker_url("BROKER_URL_NATS")).await
+            }
+        }
+    };
+}
+
+/// Frames of action `message` until one per publisher says `end`; returns each publisher's
+/// sequence numbers in arrival order.
+async fn messages_until_ends(ws: &mut Ws, publishers: usize) -> HashMap<u64, Vec<u64>> {
+    let mut seen: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut ended = 0;
+    while ended < publishers {
+        let f = ws.next_action("message").await;
+        let data = &f["data"];
+        if data["end"] == true {
+            ended += 1;
+            continue;
+        }
+        let (Some(p), Some(seq)) = (data["pub"].as_u64(), data["seq"].as_u64()) else {
+            continue;
+        };
+        seen.entry(p).or_default().push(seq);
+    }
+    seen
+}
+
+async fn grpc_send_on(app: &TestApp, room: &str, data: Value) -> u32 {
+    app.grpc_send("C1", room, &data).await
+}
+
+cluster_test!(three_nodes_serve_every_call_as_one);
+async fn three_nodes_serve_every_call_as_one(db: TestDb, broker: String) {
+    let n = nodes(&db, &[broker.clone(), broker.clone(), broker]).await;
+    let room = n[0].conversation("C1", "streamingLive", true).await;
+    // Two sockets on each node; each joined through the next node, not its holder.
+    let mut sockets = Vec::new();
+    for holder in 0..3 {
+        for k in 0..2 {
+            let ws = n[holder].ws_with_id().await;
+            let via = &n[(holder + 1 + k) % 3];
+            let rows = via.join_one(&room, &ws.id, &format!("s{holder}{k}")).await;
+            assert_eq!(rows[0]["socketId"], ws.id.as_str());
+            sockets.push((holder, ws));
+        }
+    }
+    // The rows name their holders, whichever node wrote them.
+    let rows = n[0].store.room_rows("C1", &room).await.unwrap();
+    assert_eq!(rows.len(), 6);
+    for (holder, ws) in &sockets {
+        let row = rows.iter().find(|r| r.socket_id == ws.id).unwrap();
+        assert_eq!(row.node_id, n[*holder].node_id);
+    }
+    // Attendance counts the rows of every node.
+    for (_, ws) in &mut sockets {
+        ws.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 6)
+            .await;
+    }
+    // A socket no node holds is still unknown, on every node.
+    for app in &n {
+        let (st, body) = app
+            .post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": room, "socketId": "NOSUCHSOCKT"}]),
+            )
+            .await;
+        assert_eq!((st, body), (404, json!({"error": "Socket not found"})));
+    }
+    // One publisher per node, over gRPC, then over REST: every socket gets every frame once,
+    // in each publisher's order.
+    const SENDS: u64 = 30;
+    for seq in 0..SENDS {
+        for (p, app) in n.iter().enumerate() {
+            let delivered = grpc_send_on(app, &room, json!({"pub": p, "seq": seq})).await;
+            assert_eq!(delivered, 2, "local sockets of node {p}");
+        }
+    }
+    for app in &n {
+        grpc_send_on(app, &room, json!({"end": true})).await;
+    }
+    for (holder, ws) in &mut sockets {
+        let seen = messages_until_ends(ws, 3).await;
+        for p in 0..3u64 {
+            assert_eq!(
+                seen.get(&p).cloned().unwrap_or_default(),
+                (0..SENDS).collect::<Vec<_>>(),
+                "socket on node {holder}, publisher {p}"
+            );
+        }
+    }
+    for (p, app) in n.iter().enumerate() {
+        let (st, _) = app
+            .post(
+                "/messaging/messages/send",
+                None,
+                &json!([{"conversationId": room, "content": format!("hello from {p}"), "displayName": "Guest"}]),
+            )
+            .await;
+        assert_eq!(st, 200);
+    }
+    for (_, ws) in &mut sockets {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let f = ws.next_action("message").await;
+            if let Some(c) = f["data"]["content"].as_str() {
+                got.push(c.to_string());
+            }
+        }
+        got.sort();
+        assert_eq!(got, ["hello from 0", "hello from 1", "hello from 2"]);
+    }
+    // setName through another node: the holder's room sees the new name.
+    let (holder0, renamed) = (&sockets[0].0, sockets[0].1.id.clone());
+    let (st, body) = n[(holder0 + 2) % 3]
+        .post(
+            "/messaging/connections/setName",
+            None,
+            &json!({"socketId": renamed, "name": "Renamed"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    for (_, ws) in &mut sockets {
+        ws.until(|f| {
+            f["action"] == "attendance"
+                && f["data"]["viewers"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x["displayName"] == "Renamed"))
+        })
+        .await;
+    }
+    // A leave through another node: the socket gets nothing more of the room, the rest see
+    // five viewers.
+    let (holder, mut left) = sockets.remove(2);
+    let (st, _) = n[(holder + 2) % 3]
+        .delete(
+            &format!("/messaging/connections/C1/{room}/{}", left.id),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    for app in &n {
+        grpc_send_on(app, &room, json!({"after": "leave"})).await;
+    }
+    for (_, ws) in &mut sockets {
+        ws.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 5)
+            .await;
+    }
+    let others: Vec<&TestApp> = n.iter().collect();
+    for app in &others {
+        grpc_send_on(app, &room, json!({"end": true})).await;
+    }
+    for (_, ws) in &mut sockets {
+        let mut ends = 0;
+        while ends < 3 {
+            let f = ws.next_action("message").await;
+            if f["data"]["end"] == true {
+                ends += 1;
+            }
+        }
+    }
+    left.stream.send(Message::text("getId")).await.unwrap();
+    let after = left.until(|f| f["action"] == "socketId").await;
+    assert!(
+        !after.iter().any(|f| f["data"]["after"] == "leave"),
+        "a left socket got {after:?}"
+    );
+}
+
+cluster_test!(alerts_reach_only_that_persons_sockets_on_any_node);
+async fn alerts_reach_only_that_persons_sockets_on_any_node(db: TestDb, broker: String) {
+    let n = nodes(&db, &[broker.clone(), broker.clone(), broker]).await;
+    let p1 = n[0].token("C1", "P1", &[]);
+    let p2 = n[0].token("C1", "P2", &[]);
+    // P1 has a tab on node 1 and one on node 2; P2 one on node 0. Joined through other nodes.
+    let mut p1_a = n[1].ws_with_id().await;
+    let mut p1_b = n[2].ws_with_id().await;
+    let mut p2_a = n[0].ws_with_id().await;
+    n[0].join(
+        Some(&p1),
+        json!([{"conversationId": "alerts", "socketId": p1_a.id}]),
+    )
+    .await;
+    n[1].join(
+        Some(&p1),
+        json!([{"conversationId": "alerts", "socketId": p1_b.id}]),
+    )
+    .await;
+    n[2].join(
+        Some(&p2),
+        json!([{"conversationId": "alerts", "socketId": p2_a.id}]),
+    )
+    .await;
+    for (i, app) in n.iter().enumerate() {
+        let r = app
+            .delivery()
+            .await
+            .send_to_person(pb::SendToPersonRequest {
+                church_id: "C1".into(),
+                person_id: "P1".into(),
+                conversation_id: "alert".into(),
+                action: "notification".into(),
+                data: json!({"i": i}).to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Only the local sockets are counted; node 0 holds none of P1's.
+        assert_eq!(r.delivered, u32::from(i != 0));
+    }
+    for ws in [&mut p1_a, &mut p1_b] {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let f = ws.next_action("notification").await;
+            got.push(f["data"]["i"].as_u64().unwrap());
+        }
+        got.sort();
+        assert_eq!(got, [0, 1, 2]);
+    }
+    p2_a.stream.send(Message::text("getId")).await.unwrap();
+    let seen = p2_a.until(|f| f["action"] == "socketId").await;
+    assert!(
+        !seen.iter().any(|f| f["action"] == "notification"),
+        "{seen:?}"
+    );
+}
+
+cluster_test!(a_broker_outage_keeps_sockets_and_local_delivery_then_resumes);
+async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestDb, broker: String) {
+    let upstream = broker
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/').to_string())
+        .unwrap();
+    let scheme = broker.split_once("://").unwrap().0.to_string();
+    let proxy = Proxy::start(upstream).await;
+    let via_proxy = format!("{scheme}://{}", proxy.addr);
+    let n = nodes(&db, &[via_proxy, broker]).await;
+    let room = n[0].conversation("C1", "streamingLive", true).await;
+    let mut on_a = n[0].ws_with_id().await;
+    let mut on_b = n[1].ws_with_id().await;
+    n[0].join_one(&room, &on_a.id, "a").await;
+    n[1].join_one(&room, &on_b.id, "b").await;
+    on_a.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 2)
+        .await;
+    let (st, _) = n[0].get("/ready", None).await;
+    assert_eq!(st, 200);
+    proxy.cut();
+    eventually("node A reports the broker unreachable", || async {
+        n[0].get("/ready", None).await.0 == 503
+    })
+    .await;
+    // Sockets stay open and local delivery goes on.
+    assert_eq!(grpc_send_on(&n[0], &room, json!({"during": 1})).await, 1);
+    assert_eq!(on_a.next_action("message").await["data"]["during"], 1);
+    proxy.restore();
+    let back = tokio::time::Instant::now();
+    eventually("node A ready again", || async {
+        n[0].get("/ready", None).await.0 == 200
+    })
+    .await;
+    // Cross-node delivery resumes, both ways, within 5 s of the broker's return.
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        grpc_send_on(&n[1], &room, json!({"probe": seq})).await;
+        if let Some(t) = on_a.try_text(Duration::from_millis(100)).await
+            && t.contains("probe")
+        {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "no delivery 5 s after the broker came back"
+        );
+    }
+    grpc_send_on(&n[0], &room, json!({"both": "ways"})).await;
+    loop {
+        let f = on_b.next_action("message").await;
+        if f["data"]["both"] == "ways" {
+            break;
+        }
+    }
+}
