@@ -350,3 +350,156 @@ async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestD
         }
     }
 }
+
+/// A node as a separate process: the real binary, on ports picked here.
+struct Process {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    ws: std::net::SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Process {
+    async fn start(db: &TestDb, broker: &str, prefix: &str) -> Self {
+        let (http, ws, grpc) = (free_port(), free_port(), free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_messaging"))
+            .arg("serve")
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", http.to_string())
+            .env("SOCKET_PORT", ws.to_string())
+            .env("GRPC_PORT", grpc.to_string())
+            .env("DATABASE_URL", &db.url)
+            .env("JWT_SECRET", SECRET)
+            .env("BROKER_URL", broker)
+            .env("BROKER_PREFIX", prefix)
+            .env("SWEEP_INTERVAL_SECS", "0.5")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the binary");
+        let p = Self {
+            child,
+            http: ([127, 0, 0, 1], http).into(),
+            ws: ([127, 0, 0, 1], ws).into(),
+        };
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/ready", p.http);
+        eventually("the process is ready", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        p
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+cluster_test!(a_killed_node_is_purged_and_a_stopped_one_leaves_at_once);
+async fn a_killed_node_is_purged_and_a_stopped_one_leaves_at_once(db: TestDb, broker: String) {
+    let prefix = format!("test-{}", messaging::ids::new_id());
+    let mut s = settings(&db);
+    s.broker_url = Some(broker.clone());
+    s.broker_prefix = prefix.clone();
+    s.sweep_interval_secs = 0.5;
+    let a = TestApp::spawn_with(s).await;
+    let room = a.conversation("C1", "streamingLive", true).await;
+    let mut watcher = a.ws_with_id().await;
+    a.join_one(&room, &watcher.id, "watcher").await;
+    let mut stopped = Process::start(&db, &broker, &prefix).await;
+    let mut killed = Process::start(&db, &broker, &prefix).await;
+    // A socket on each process, joined through node A (which forwards to the holder).
+    let mut on_stopped = Ws::connect(&format!("ws://{}/", stopped.ws)).await;
+    on_stopped.get_id().await;
+    let mut on_killed = Ws::connect(&format!("ws://{}/", killed.ws)).await;
+    on_killed.get_id().await;
+    a.join_one(&room, &on_stopped.id, "stopped").await;
+    a.join_one(&room, &on_killed.id, "killed").await;
+    watcher
+        .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 3)
+        .await;
+    // SIGTERM: the node closes its sockets with 1001, deletes its rows and tells the room
+    // at once, long before any sweep could.
+    let started = tokio::time::Instant::now();
+    stopped.signal("-TERM");
+    assert_eq!(on_stopped.close_code().await, Some(1001));
+    watcher
+        .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 2)
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(stopped.child.wait().unwrap().success());
+    // kill -9: nothing is said; the sweep of a live node purges the rows once the lease
+    // (three sweep intervals) has run out, and the room is told.
+    let killed_node = a
+        .store
+        .room_rows("C1", &room)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.socket_id == on_killed.id)
+        .unwrap()
+        .node_id;
+    killed.signal("-KILL");
+    let _ = killed.child.wait();
+    watcher
+        .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 1)
+        .await;
+    let rows = a.store.room_rows("C1", &room).await.unwrap();
+    assert!(rows.iter().all(|r| r.node_id == a.node_id), "{rows:?}");
+    use sea_orm::EntityTrait;
+    assert!(
+        messaging::store::entities::nodes::Entity::find_by_id(killed_node)
+            .one(&a.store.db)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_broker_with_sqlite_refuses_to_start() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut s = settings(&db);
+    s.broker_url = Some("redis://127.0.0.1:1".into());
+    let listeners = messaging::Listeners {
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        socket: None,
+        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let err = match messaging::Application::build_with_listeners(s, listeners).await {
+        Ok(_) => panic!("a broker with SQLite started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("BROKER_URL needs a database that every node shares"),
+        "{err}"
+    );
+}
