@@ -1,6 +1,7 @@
 //! The HTTP/WebSocket edge: REST under `/messaging` turned into in-process calls on the
 //! service layer, WebSocket upgrades on any path, and the operational endpoints.
 pub mod blocked_ips;
+pub mod bodies;
 pub mod body;
 pub mod connections;
 pub mod conversations;
@@ -69,16 +70,14 @@ impl Ctx {
         self.params.get(i).map(String::as_str).unwrap_or_default()
     }
 
-    /// A query parameter, decoded (`+` is a space); `None` when absent.
-    pub fn query(&self, name: &str) -> Option<String> {
-        self.query.as_deref()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then(|| routes::percent_decode(&v.replace('+', " ")).unwrap_or_default())
-        })
+    /// The query string as its type (`edge::bodies`); `Invalid query parameter` naming the
+    /// first malformed one.
+    pub fn query<T: body::Query>(&self) -> Result<T, AppError> {
+        body::query(self.query.as_deref())
     }
 
-    /// The body as JSON (`Invalid JSON` when empty or malformed).
-    pub fn json(&self) -> Result<serde_json::Value, AppError> {
+    /// The body as its type (`edge::bodies`), with the errors of §9.
+    pub fn body<T: serde::de::DeserializeOwned>(&self) -> Result<T, AppError> {
         body::parse(&self.body)
     }
 }
