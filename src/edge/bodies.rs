@@ -88,7 +88,10 @@ pub type PostBody = Batch<Obj<PostItem>>;
 /// A new message, or with `id` an edit of that message's `content`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("anyOf" = [{"required": ["id"]}, {"required": ["conversationId"]}]))]
+#[schemars(extend("anyOf" = [
+    {"required": ["id"], "properties": {"id": {"type": "string", "minLength": 1}}},
+    {"required": ["conversationId"], "properties": {"conversationId": {"type": "string", "minLength": 1}}},
+]))]
 pub struct PostItem {
     /// Type-checked only: the token's church is used.
     pub church_id: Option<Id>,
@@ -179,7 +182,11 @@ impl JsonSchema for Since {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "string", "format": "date-time"})
+        // Empty is accepted too, as absent.
+        schemars::json_schema!({
+            "type": "string",
+            "anyOf": [{"format": "date-time"}, {"maxLength": 0}],
+        })
     }
 }
 
@@ -204,7 +211,16 @@ pub type SaveBody = Batch<Obj<ConversationItem>>;
 /// A new conversation, or with `id` an update (Content Edit).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("anyOf" = [{"required": ["id"]}, {"required": ["contentType", "contentId"]}]))]
+#[schemars(extend("anyOf" = [
+    {"required": ["id"], "properties": {"id": {"type": "string", "minLength": 1}}},
+    {
+        "required": ["contentType", "contentId"],
+        "properties": {
+            "contentType": {"type": "string", "minLength": 1},
+            "contentId": {"type": "string", "minLength": 1},
+        },
+    },
+]))]
 pub struct ConversationItem {
     /// Type-checked only: the token's church is used.
     pub church_id: Option<Id>,
@@ -377,3 +393,51 @@ pub struct ClearItem {
     pub service_id: NonEmpty<MAX_ID>,
 }
 impl Rules for ClearItem {}
+
+#[cfg(test)]
+mod tests {
+    use schemars::SchemaGenerator;
+
+    use super::*;
+    use crate::error::AppError;
+
+    /// `Query::NAMES` are the parameters serde reads, so an error can always name one.
+    fn names_match<T: Query>() {
+        let schema = T::json_schema(&mut SchemaGenerator::default());
+        let props: Vec<&str> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(props, T::NAMES);
+    }
+
+    #[test]
+    fn query_names_and_errors() {
+        names_match::<CatchupQuery>();
+        names_match::<PageQuery>();
+        names_match::<TimelineQuery>();
+        let q = |raw: &str| super::super::body::query::<PageQuery>(Some(raw));
+        let p = q("limit=5&page=2&limit=500").expect("first occurrence wins");
+        assert_eq!((p.page.0, p.limit.0), (2, 5));
+        let p = q("").expect("defaults");
+        assert_eq!((p.page.0, p.limit.0), (1, DEFAULT_PAGE_SIZE));
+        for (raw, field) in [
+            ("page=0", "page"),
+            ("page=", "page"),
+            ("limit=101", "limit"),
+        ] {
+            assert!(
+                matches!(q(raw), Err(AppError::InvalidQuery { field: f }) if f == field),
+                "{raw}"
+            );
+        }
+        let since = super::super::body::query::<CatchupQuery>(Some("since="));
+        assert_eq!(since.map(|s| s.since).ok(), Some(Since(None)));
+        let ids = super::super::body::query::<TimelineQuery>(Some("ids=a,%20b,,c+"));
+        assert_eq!(
+            ids.map(|t| t.ids.0).ok(),
+            Some(vec!["a".to_string(), "b".into(), "c".into()])
+        );
+    }
+}
