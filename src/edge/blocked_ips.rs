@@ -3,23 +3,21 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{Ctx, body, ok_json};
+use super::body::{Batch, Obj};
+use super::{Ctx, bodies, ok_json};
 use crate::error::AppResult;
 use crate::service::blocked_ips::ToggleInput;
-use crate::service::limits::{MAX_BATCH, MAX_ID};
 
 pub async fn toggle(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let arr = body::array(&v, MAX_BATCH)?;
-    let mut items = Vec::with_capacity(arr.len());
-    for (i, item) in arr.iter().enumerate() {
-        let o = body::Obj::new(item, format!("/{i}"))?;
-        items.push(ToggleInput {
-            conversation_id: o.req_str("conversationId", MAX_ID)?,
-            ip_address: o.req_str("ipAddress", 45)?,
-            service_id: o.opt_str("serviceId", MAX_ID)?,
-        });
-    }
+    let Batch(items) = ctx.body::<bodies::BlockedIpsBody>()?;
+    let items: Vec<ToggleInput> = items
+        .into_iter()
+        .map(|Obj(item)| ToggleInput {
+            conversation_id: item.conversation_id.into(),
+            ip_address: item.ip_address.into(),
+            service_id: item.service_id.map(String::from),
+        })
+        .collect();
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
@@ -37,14 +35,11 @@ pub async fn list(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn clear(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let arr = body::array(&v, MAX_BATCH)?;
-    let mut service_ids = Vec::with_capacity(arr.len());
-    for (i, item) in arr.iter().enumerate() {
-        let o = body::Obj::new(item, format!("/{i}"))?;
-        o.opt_str("churchId", MAX_ID)?;
-        service_ids.push(o.req_str("serviceId", MAX_ID)?);
-    }
+    let Batch(items) = ctx.body::<bodies::ClearBody>()?;
+    let service_ids = items
+        .into_iter()
+        .map(|Obj(item)| item.service_id.into())
+        .collect();
     ctx.svc.clear_blocked_ips(&ctx.caller, service_ids).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -3,10 +3,10 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Ctx, body, ok_json};
+use super::body::{Batch, Obj};
+use super::{Ctx, bodies, ok_json};
 use crate::auth::access;
 use crate::error::AppResult;
-use crate::service::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_ROOM_ID, MAX_SOCKET_ID};
 use crate::service::rooms::JoinItem;
 use crate::store::entities::connections;
 
@@ -53,25 +53,20 @@ pub async fn list(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn join(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let items = body::array(&v, MAX_BATCH)?;
-    let mut parsed = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let o = body::Obj::new(item, format!("/{i}"))?;
-        // Body `personId`, `ipAddress` and `id` are read for their type only: the server
-        // sets them (§5.1).
-        o.opt_str("personId", MAX_ID)?;
-        o.opt_str("ipAddress", 45)?;
-        o.opt_str("id", MAX_ID)?;
-        parsed.push(JoinItem {
-            church_id: o.opt_str("churchId", MAX_ID)?.unwrap_or_default(),
-            conversation_id: o.req_str("conversationId", MAX_ROOM_ID)?,
-            socket_id: o.req_str("socketId", MAX_SOCKET_ID)?,
-            display_name: o.opt_str("displayName", MAX_DISPLAY_NAME)?,
+    let Batch(items) = ctx.body::<bodies::JoinBody>()?;
+    // Body `personId`, `ipAddress` and `id` were read for their type only: the server sets
+    // them (§5.1).
+    let parsed: Vec<JoinItem> = items
+        .into_iter()
+        .map(|Obj(item)| JoinItem {
+            church_id: item.church_id.map(String::from).unwrap_or_default(),
+            conversation_id: item.conversation_id.into(),
+            socket_id: item.socket_id.into(),
+            display_name: item.display_name.map(String::from),
             person_id: None,
             ip_address: None,
-        });
-    }
+        })
+        .collect();
     if parsed.is_empty() {
         return Ok(ok_json(&json!([])));
     }
@@ -90,10 +85,10 @@ pub async fn leave(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn set_name(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let o = body::Obj::new(&v, String::new())?;
-    let socket = o.req_str("socketId", MAX_SOCKET_ID)?;
-    let name = o.req_str_any("name", MAX_DISPLAY_NAME)?;
-    let rows = ctx.svc.set_name(&ctx.caller, &socket, &name).await?;
+    let Obj(body) = ctx.body::<bodies::SetNameBody>()?;
+    let rows = ctx
+        .svc
+        .set_name(&ctx.caller, &body.socket_id, &body.name)
+        .await?;
     Ok(ok_json(&to_json(ctx, rows)))
 }

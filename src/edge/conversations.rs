@@ -3,11 +3,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Ctx, body, ok_json};
-use crate::error::{AppError, AppResult};
+use super::body::{Batch, Obj};
+use super::{Ctx, bodies, ok_json};
+use crate::error::AppResult;
 use crate::service::conversations::{ConversationInput, StartInput};
-use crate::service::limits::{MAX_BATCH, MAX_ID};
-use crate::service::messages::MAX_CONTENT_BYTES;
 
 pub async fn current(ctx: &Ctx) -> AppResult<Response> {
     let c = ctx
@@ -18,41 +17,29 @@ pub async fn current(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn ensure(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let o = body::Obj::new(&v, String::new())?;
-    let t = o.opt_str("contentType", 45)?.unwrap_or_default();
-    let id = o.opt_str("contentId", 255)?.unwrap_or_default();
+    let Obj(body) = ctx.body::<bodies::EnsureBody>()?;
+    let t = body.content_type.map(String::from).unwrap_or_default();
+    let id = body.content_id.map(String::from).unwrap_or_default();
     Ok(ok_json(
         &ctx.svc.ensure_conversation(&ctx.caller, &t, &id).await?,
     ))
 }
 
 pub async fn save(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let arr = body::array(&v, MAX_BATCH)?;
-    let mut items = Vec::with_capacity(arr.len());
-    for (i, item) in arr.iter().enumerate() {
-        let o = body::Obj::new(item, format!("/{i}"))?;
-        o.opt_str("churchId", MAX_ID)?;
-        let id = o.opt_str("id", MAX_ID)?.filter(|s| !s.is_empty());
-        // A new conversation names its content; an update may leave it out.
-        let (content_type, content_id) = match id {
-            Some(_) => (o.opt_str("contentType", 45)?, o.opt_str("contentId", 255)?),
-            None => (
-                Some(o.req_str("contentType", 45)?),
-                Some(o.req_str("contentId", 255)?),
-            ),
-        };
-        items.push(ConversationInput {
-            id,
-            content_type,
-            content_id,
-            title: o.opt_str("title", 255)?,
-            group_id: o.opt_str("groupId", MAX_ID)?,
-            visibility: o.opt_str("visibility", 45)?,
-            allow_anonymous_posts: o.opt_bool("allowAnonymousPosts")?,
-        });
-    }
+    let Batch(items) = ctx.body::<bodies::SaveBody>()?;
+    // A new conversation names its content (checked by the type); an update may leave it out.
+    let items: Vec<ConversationInput> = items
+        .into_iter()
+        .map(|Obj(item)| ConversationInput {
+            id: item.id.map(String::from).filter(|s| !s.is_empty()),
+            content_type: item.content_type.map(String::from),
+            content_id: item.content_id.map(String::from),
+            title: item.title.map(String::from),
+            group_id: item.group_id.map(String::from),
+            visibility: item.visibility.map(String::from),
+            allow_anonymous_posts: item.allow_anonymous_posts.map(|f| f.0),
+        })
+        .collect();
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
@@ -77,20 +64,9 @@ pub async fn by_content(ctx: &Ctx) -> AppResult<Response> {
     Ok(ok_json(&list))
 }
 
-fn query_number(ctx: &Ctx, name: &'static str, default: u64, max: u64) -> AppResult<u64> {
-    match ctx.query(name) {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or(AppError::InvalidQuery { field: name }),
-    }
-}
-
 pub async fn messages_by_content(ctx: &Ctx) -> AppResult<Response> {
-    let page = query_number(ctx, "page", 1, 1_000_000)?;
-    let limit = query_number(ctx, "limit", 20, 100)?;
+    let q = ctx.query::<bodies::PageQuery>()?;
+    let (page, limit) = (q.page.0, q.limit.0);
     let list = ctx
         .svc
         .conversations_with_messages(&ctx.caller, ctx.param(0), ctx.param(1), page, limit)
@@ -99,17 +75,7 @@ pub async fn messages_by_content(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn timeline(ctx: &Ctx) -> AppResult<Response> {
-    let ids: Vec<String> = ctx
-        .query("ids")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    if ids.len() > 100 || ids.iter().any(|i| i.chars().count() > MAX_ID) {
-        return Err(AppError::InvalidQuery { field: "ids" });
-    }
+    let ids = ctx.query::<bodies::TimelineQuery>()?.ids.0;
     let list = ctx.svc.timeline(&ctx.caller, ids).await?;
     let out: Vec<Value> = list
         .into_iter()
@@ -145,17 +111,13 @@ pub async fn posts_by_group(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn start(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let o = body::Obj::new(&v, String::new())?;
+    let Obj(body) = ctx.body::<bodies::StartBody>()?;
     let input = StartInput {
-        group_id: o.opt_str("groupId", MAX_ID)?.filter(|s| !s.is_empty()),
-        content_type: o.req_str("contentType", 45)?,
-        content_id: o.req_str("contentId", 255)?,
-        title: o.opt_str("title", 255)?,
-        comment: match v.get("comment") {
-            Some(Value::String(s)) if s.len() <= MAX_CONTENT_BYTES => s.clone(),
-            _ => return Err(AppError::invalid_body("/comment")),
-        },
+        group_id: body.group_id.map(String::from).filter(|s| !s.is_empty()),
+        content_type: body.content_type.into(),
+        content_id: body.content_id.into(),
+        title: body.title.map(String::from),
+        comment: body.comment.into(),
     };
     Ok(ok_json(
         &ctx.svc.start_conversation(&ctx.caller, input).await?,

@@ -2,50 +2,39 @@
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::{Ctx, body, ok_json};
+use super::body::{self, Obj};
+use super::{Ctx, bodies, ok_json};
 use crate::error::{AppError, AppResult};
-use crate::service::limits::{MAX_BATCH, MAX_ID};
-use crate::service::messages::{MAX_CONTENT_BYTES, MAX_EMOJI, MessageInput};
+use crate::service::messages::MessageInput;
 use crate::service::model::Callout;
 
-/// `content` is limited in UTF-8 bytes; every other field in characters (§9).
-fn content(o: &body::Obj, ptr: &str, v: &Value) -> AppResult<String> {
-    match v.get("content") {
-        Some(Value::String(s)) if s.len() <= MAX_CONTENT_BYTES => Ok(s.clone()),
-        _ => {
-            o.req_str_any("content", usize::MAX)?;
-            Err(AppError::invalid_body(format!("{ptr}/content")))
-        }
-    }
+/// `/send` items: `id` is read for its type only, a new message is always created.
+fn send_items(body: bodies::SendBody) -> Vec<MessageInput> {
+    body.0
+        .into_iter()
+        .map(|Obj(item)| MessageInput {
+            id: None,
+            conversation_id: item.conversation_id.into(),
+            content: item.content.into(),
+            display_name: item.display_name.map(String::from),
+            message_type: item.message_type.map(String::from),
+        })
+        .collect()
 }
 
-fn items(ctx: &Ctx, allow_id: bool) -> AppResult<Vec<MessageInput>> {
-    let v = ctx.json()?;
-    let arr = body::array(&v, MAX_BATCH)?;
-    let mut out = Vec::with_capacity(arr.len());
-    for (i, item) in arr.iter().enumerate() {
-        let ptr = format!("/{i}");
-        let o = body::Obj::new(item, ptr.clone())?;
-        // Read for their type only: the server sets them.
-        o.opt_str("churchId", MAX_ID)?;
-        o.opt_str("personId", MAX_ID)?;
-        let id = o
-            .opt_str("id", MAX_ID)?
-            .filter(|s| allow_id && !s.is_empty());
-        // An edit names its message; its conversation is the message's own.
-        let conversation_id = match id {
-            Some(_) => o.opt_str("conversationId", MAX_ID)?.unwrap_or_default(),
-            None => o.req_str("conversationId", MAX_ID)?,
-        };
-        out.push(MessageInput {
-            id,
-            conversation_id,
-            content: content(&o, &ptr, item)?,
-            display_name: o.opt_str("displayName", 45)?,
-            message_type: o.opt_str("messageType", 45)?,
-        });
-    }
-    Ok(out)
+/// `POST /messages` items: a non-empty `id` is an edit, whose conversation is the
+/// message's own.
+fn post_items(body: bodies::PostBody) -> Vec<MessageInput> {
+    body.0
+        .into_iter()
+        .map(|Obj(item)| MessageInput {
+            id: item.id.map(String::from).filter(|s| !s.is_empty()),
+            conversation_id: item.conversation_id.map(String::from).unwrap_or_default(),
+            content: item.content.into(),
+            display_name: item.display_name.map(String::from),
+            message_type: item.message_type.map(String::from),
+        })
+        .collect()
 }
 
 pub async fn by_conversation(ctx: &Ctx) -> AppResult<Response> {
@@ -57,12 +46,7 @@ pub async fn by_conversation(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn catchup(ctx: &Ctx) -> AppResult<Response> {
-    let since = match ctx.query("since").filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
-            crate::time::parse_rfc3339_ms(&s).ok_or(AppError::InvalidQuery { field: "since" })?,
-        ),
-    };
+    let since = ctx.query::<bodies::CatchupQuery>()?.since.0;
     Ok(ok_json(
         &ctx.svc
             .catchup(&ctx.caller, ctx.param(0), ctx.param(1), since)
@@ -71,7 +55,7 @@ pub async fn catchup(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn send(ctx: &Ctx) -> AppResult<Response> {
-    let items = items(ctx, false)?;
+    let items = send_items(ctx.body()?);
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
@@ -83,7 +67,7 @@ pub async fn send(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn post(ctx: &Ctx) -> AppResult<Response> {
-    let items = items(ctx, true)?;
+    let items = post_items(ctx.body()?);
     if items.is_empty() {
         return Ok(ok_json(&json!([])));
     }
@@ -95,22 +79,17 @@ pub async fn post(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn set_callout(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let o = body::Obj::new(&v, String::new())?;
-    let content = match v.get("content") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(content(&o, "", &v)?),
-    };
+    let Obj(c) = ctx.body::<bodies::CalloutBody>()?;
     let callout = Callout {
-        id: o.opt_str("id", MAX_ID)?,
+        id: c.id.map(String::from),
         church_id: None,
-        conversation_id: Some(o.req_str("conversationId", MAX_ID)?),
-        person_id: o.opt_str("personId", MAX_ID)?,
-        display_name: o.opt_str("displayName", 45)?,
-        time_sent: o.opt_str("timeSent", 64)?,
-        time_updated: o.opt_str("timeUpdated", 64)?,
-        message_type: o.opt_str("messageType", 45)?,
-        content,
+        conversation_id: Some(c.conversation_id.into()),
+        person_id: c.person_id.map(String::from),
+        display_name: c.display_name.map(String::from),
+        time_sent: c.time_sent.map(String::from),
+        time_updated: c.time_updated.map(String::from),
+        message_type: c.message_type.map(String::from),
+        content: c.content.map(String::from),
     };
     Ok(ok_json(&ctx.svc.set_callout(&ctx.caller, callout).await?))
 }
@@ -124,14 +103,13 @@ pub async fn get(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn react(ctx: &Ctx) -> AppResult<Response> {
-    let v = ctx.json()?;
-    let emoji = match v.get("emoji") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err(AppError::BadRequest("emoji is required")),
-    };
-    if emoji.chars().count() > MAX_EMOJI {
-        return Err(AppError::invalid_body("/emoji"));
-    }
+    let v = body::json(&ctx.body)?;
+    // Anything but a non-empty string is "required"; a non-empty string failed its length.
+    let Obj(reaction) = body::typed::<bodies::ReactBody>(&v).map_err(|_| match v.get("emoji") {
+        Some(Value::String(s)) if !s.is_empty() => AppError::invalid_body("/emoji"),
+        _ => AppError::BadRequest("emoji is required"),
+    })?;
+    let emoji = String::from(reaction.emoji);
     let message_id = ctx.param(0);
     let added = ctx.svc.react(&ctx.caller, message_id, &emoji).await?;
     Ok(ok_json(

@@ -1,6 +1,7 @@
 //! The HTTP/WebSocket edge: REST under `/messaging` turned into in-process calls on the
 //! service layer, WebSocket upgrades on any path, and the operational endpoints.
 pub mod blocked_ips;
+pub mod bodies;
 pub mod body;
 pub mod connections;
 pub mod conversations;
@@ -62,16 +63,14 @@ impl Ctx {
         self.params.get(i).map(String::as_str).unwrap_or_default()
     }
 
-    /// A query parameter, decoded (`+` is a space); `None` when absent.
-    pub fn query(&self, name: &str) -> Option<String> {
-        self.query.as_deref()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then(|| routes::percent_decode(&v.replace('+', " ")).unwrap_or_default())
-        })
+    /// The query string as its type (`edge::bodies`); `Invalid query parameter` naming the
+    /// first malformed one.
+    pub fn query<T: body::Query>(&self) -> Result<T, AppError> {
+        body::query(self.query.as_deref())
     }
 
-    /// The body as JSON (`Invalid JSON` when empty or malformed).
-    pub fn json(&self) -> Result<serde_json::Value, AppError> {
+    /// The body as its type (`edge::bodies`), with the errors of §9.
+    pub fn body<T: serde::de::DeserializeOwned>(&self) -> Result<T, AppError> {
         body::parse(&self.body)
     }
 }
@@ -107,9 +106,13 @@ fn framework_error(status: u16, message: &str, path: &str) -> Response {
     )
 }
 
-/// The HTTP port's router: every request goes through `dispatch`.
+/// The HTTP port's router: every request goes through `dispatch`, behind CORS (§9).
 pub fn http_router(state: Arc<EdgeState>) -> axum::Router {
-    axum::Router::new().fallback(dispatch).with_state(state)
+    axum::Router::new()
+        .fallback(dispatch)
+        .with_state(state)
+        .layer(cors())
+        .layer(axum::middleware::from_fn(preflight_no_content))
 }
 
 /// The dedicated WebSocket port: any path upgrades; anything else gets 426.
@@ -130,34 +133,33 @@ pub fn socket_router(state: Arc<EdgeState>) -> axum::Router {
         .with_state(state)
 }
 
-fn cors(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    resp
+/// CORS of §9: `Access-Control-Allow-Origin: *` on every response; any `OPTIONS` is a
+/// preflight answered here with the allowed headers and methods, cached for a day.
+fn cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .max_age(std::time::Duration::from_secs(86_400))
+        // The answer does not depend on the request's origin or preflight headers.
+        .vary([])
 }
 
-fn preflight() -> Response {
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
+/// `CorsLayer` answers every `OPTIONS` itself, as a preflight, with `200` and an empty body;
+/// the contract says `204`.
+async fn preflight_no_content(req: Request, next: axum::middleware::Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS;
+    let mut resp = next.run(req).await;
+    if preflight && resp.status() == StatusCode::OK {
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+    }
     resp
 }
 
@@ -194,9 +196,6 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
     if upgrade::is_websocket(req.headers()) {
         return upgrade::upgrade(state.services.hub.clone(), req);
     }
-    if req.method() == Method::OPTIONS {
-        return preflight();
-    }
     let path = req.uri().path().to_string();
     if req.method() == Method::GET
         && let Some(resp) = static_files::serve(&state, &path, req.uri().query())
@@ -206,7 +205,7 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
     let Some(matched) = routes::find(req.method().as_str(), &path) else {
         metrics::counter!("messaging_http_requests_total", "route" => "unmatched", "status" => "404")
             .increment(1);
-        return cors(framework_error(404, "Endpoint not found", &path));
+        return framework_error(404, "Endpoint not found", &path);
     };
     let pattern = matched.route.path;
     let resp = handle(&state, matched, &path, req).await;
@@ -216,7 +215,7 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
         "status" => resp.status().as_str().to_string()
     )
     .increment(1);
-    cors(resp)
+    resp
 }
 
 async fn read_body(body: Body) -> Result<Bytes, AppError> {

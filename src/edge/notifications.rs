@@ -1,18 +1,11 @@
 //! `/messaging/notifications…` (§10.6): JSON in, `service::notifications`, JSON out.
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{Ctx, body, ok_json};
-use crate::error::{AppError, AppResult};
-use crate::service::limits::{MAX_BATCH, MAX_ID};
+use super::body::Obj;
+use super::{Ctx, bodies, ok_json};
+use crate::error::AppResult;
 use crate::service::{self, notifications as ns};
-
-/// Field limits of §9 for notifications.
-const MAX_CONTENT_TYPE: usize = 45;
-const MAX_CONTENT_ID: usize = 255;
-const MAX_LINK: usize = 100;
-/// The notification `message` is limited in UTF-8 bytes, not characters.
-const MAX_MESSAGE_BYTES: usize = 65_535;
 
 pub async fn unread_count(ctx: &Ctx) -> AppResult<Response> {
     let me = service::person(&ctx.caller)?;
@@ -26,44 +19,18 @@ pub async fn my(ctx: &Ctx) -> AppResult<Response> {
 
 pub async fn create(ctx: &Ctx) -> AppResult<Response> {
     let me = service::person(&ctx.caller)?;
-    let v = ctx.json()?;
-    let input = parse_create(&v)?;
+    let input = new_notifications(ctx.body()?);
     Ok(ok_json(&ns::create(&ctx.svc, me, &input).await?))
 }
 
-/// `{"peopleIds":[…],"contentType","contentId","message","link"?}`, checked in that order.
-fn parse_create(v: &Value) -> AppResult<ns::NewNotifications> {
-    let o = body::Obj::new(v, String::new())?;
-    // `null` is the same as absent (§0).
-    let field = |key: &str| v.get(key).filter(|x| !x.is_null());
-    let people = field("peopleIds")
-        .and_then(Value::as_array)
-        .ok_or_else(|| AppError::invalid_body("/peopleIds"))?;
-    if people.len() > MAX_BATCH {
-        return Err(AppError::TooManyItems);
+fn new_notifications(Obj(body): bodies::NotificationsBody) -> ns::NewNotifications {
+    ns::NewNotifications {
+        people_ids: body.people_ids.0.into_iter().map(String::from).collect(),
+        content_type: body.content_type.into(),
+        content_id: body.content_id.into(),
+        message: body.message.into(),
+        link: body.link.map(String::from),
     }
-    let people_ids = people
-        .iter()
-        .enumerate()
-        .map(|(i, p)| match p.as_str() {
-            Some(s) if !s.is_empty() && s.chars().count() <= MAX_ID => Ok(s.to_string()),
-            _ => Err(AppError::invalid_body(format!("/peopleIds/{i}"))),
-        })
-        .collect::<AppResult<Vec<_>>>()?;
-    let content_type = o.req_str("contentType", MAX_CONTENT_TYPE)?;
-    let content_id = o.req_str("contentId", MAX_CONTENT_ID)?;
-    let message = match field("message") {
-        Some(Value::String(s)) if s.len() <= MAX_MESSAGE_BYTES => s.clone(),
-        _ => return Err(AppError::invalid_body("/message")),
-    };
-    let link = o.opt_str("link", MAX_LINK)?;
-    Ok(ns::NewNotifications {
-        people_ids,
-        content_type,
-        content_id,
-        message,
-        link,
-    })
 }
 
 pub async fn mark_read(ctx: &Ctx) -> AppResult<Response> {
@@ -86,7 +53,15 @@ pub async fn delete(ctx: &Ctx) -> AppResult<Response> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::error::AppError;
+    use crate::service::limits::MAX_CONTENT_BYTES;
+
+    fn parse_create(v: &Value) -> AppResult<ns::NewNotifications> {
+        super::super::body::typed(v).map(new_notifications)
+    }
 
     fn field_of(v: Value) -> String {
         match parse_create(&v) {
@@ -102,6 +77,10 @@ mod tests {
         assert_eq!(field_of(json!([])), "");
         assert_eq!(field_of(json!({"contentType": "t"})), "/peopleIds");
         assert_eq!(
+            field_of(json!({"peopleIds": null, "contentType": "t"})),
+            "/peopleIds"
+        );
+        assert_eq!(
             field_of(
                 json!({"peopleIds": ["P1", 5], "contentType": "t", "contentId": "c", "message": "m"})
             ),
@@ -111,7 +90,7 @@ mod tests {
             field_of(json!({"peopleIds": [], "contentId": "c", "message": "m"})),
             "/contentType"
         );
-        let long = "é".repeat(MAX_MESSAGE_BYTES / 2 + 1);
+        let long = "é".repeat(MAX_CONTENT_BYTES / 2 + 1);
         assert_eq!(
             field_of(
                 json!({"peopleIds": [], "contentType": "t", "contentId": "c", "message": long})

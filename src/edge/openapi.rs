@@ -1,128 +1,17 @@
 //! The OpenAPI 3.1 document of the REST edge, generated at first use from the route table
-//! (`routes::ROUTES`: paths, methods, auth, summaries) and from the Rust types the handlers
-//! return (JSON Schema 2020-12 through schemars, which OpenAPI 3.1 uses as is).
+//! (`routes::ROUTES`: paths, methods, auth, summaries), from the request types the handlers
+//! parse (`edge::bodies`: bodies and query strings, with their limits) and from the Rust
+//! types the handlers return (JSON Schema 2020-12 through schemars, which OpenAPI 3.1 uses
+//! as is).
 use std::sync::OnceLock;
 
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
+use super::bodies;
 use super::routes::{Auth, Endpoint, ROUTES};
 use crate::service::model::*;
-
-/// Request bodies as the edge reads them (documentation of the accepted shapes).
-mod req {
-    use schemars::JsonSchema;
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct JoinItem {
-        pub conversation_id: String,
-        pub socket_id: String,
-        pub display_name: Option<String>,
-        /// Ignored: the church of a conversation is its own; alerts and content rooms take the token's.
-        pub church_id: Option<String>,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct SetName {
-        pub socket_id: String,
-        pub name: String,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct MessageItem {
-        /// `POST /messages` only: present means an edit of that message.
-        pub id: Option<String>,
-        pub conversation_id: String,
-        /// At most 65 535 UTF-8 bytes.
-        pub content: String,
-        pub display_name: Option<String>,
-        /// Defaults to `comment`.
-        pub message_type: Option<String>,
-    }
-
-    #[derive(JsonSchema)]
-    #[allow(dead_code)]
-    pub struct Emoji {
-        pub emoji: String,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct Ensure {
-        /// Must be `streamingLive`.
-        pub content_type: String,
-        pub content_id: String,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct ConversationItem {
-        /// Present means an update (Content Edit).
-        pub id: Option<String>,
-        pub content_type: String,
-        pub content_id: String,
-        pub title: Option<String>,
-        pub group_id: Option<String>,
-        pub visibility: Option<String>,
-        pub allow_anonymous_posts: Option<bool>,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct Start {
-        pub group_id: Option<String>,
-        pub content_type: String,
-        pub content_id: String,
-        pub title: Option<String>,
-        pub comment: String,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct PrivateMessageItem {
-        pub to_person_id: String,
-        pub conversation_id: String,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct NotificationCreate {
-        /// At most 100.
-        pub people_ids: Vec<String>,
-        pub content_type: String,
-        pub content_id: String,
-        pub message: String,
-        pub link: Option<String>,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct BlockedIpItem {
-        pub conversation_id: String,
-        pub ip_address: String,
-        pub service_id: Option<String>,
-    }
-
-    #[derive(JsonSchema)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)]
-    pub struct ClearItem {
-        pub service_id: String,
-    }
-}
 
 #[derive(JsonSchema)]
 #[allow(dead_code)]
@@ -153,7 +42,8 @@ struct Doc {
     request: Option<Schema>,
     response: Option<Schema>,
     status: &'static str,
-    query: &'static [(&'static str, &'static str)],
+    /// The query string's type as a schema (an object: one property per parameter).
+    query: Option<Schema>,
 }
 
 fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
@@ -161,7 +51,7 @@ fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
         request: None,
         response: None,
         status: "200",
-        query: &[],
+        query: None,
     };
     macro_rules! set {
         (_, $resp:ty) => {{
@@ -176,18 +66,19 @@ fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
     match ep {
         Health | Ready | Metrics | OpenApi => {}
         ConnectionsList => set!(_, Vec<super::connections::ConnectionJson>),
-        ConnectionsJoin => set!(Vec<req::JoinItem>, Vec<super::connections::ConnectionJson>),
+        ConnectionsJoin => set!(bodies::JoinBody, Vec<super::connections::ConnectionJson>),
         ConnectionsLeave => set!(_, Success),
-        ConnectionsSetName => set!(req::SetName, Vec<super::connections::ConnectionJson>),
+        ConnectionsSetName => set!(bodies::SetNameBody, Vec<super::connections::ConnectionJson>),
         MessagesByConversation => set!(_, Vec<Message>),
         MessagesCatchup => {
             set!(_, Vec<Message>);
-            d.query = &[("since", "RFC 3339 time; only messages sent at or after it")];
+            d.query = Some(bodies::CatchupQuery::json_schema(g));
         }
-        MessagesSend | MessagesPost => set!(Vec<req::MessageItem>, Vec<Message>),
-        MessagesSetCallout => set!(Callout, Callout),
+        MessagesSend => set!(bodies::SendBody, Vec<Message>),
+        MessagesPost => set!(bodies::PostBody, Vec<Message>),
+        MessagesSetCallout => set!(bodies::CalloutBody, Callout),
         MessagesGet => set!(_, Message),
-        MessagesReact => set!(req::Emoji, ReactionResult),
+        MessagesReact => set!(bodies::ReactBody, ReactionResult),
         MessagesDelete => {
             d.response = Some(
                 json!({"type": "object", "properties": {"message": {"type": "string"}}})
@@ -196,26 +87,27 @@ fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
             )
         }
         ConversationsCurrent | ConversationsGet => set!(_, Conversation),
-        ConversationsEnsure => set!(req::Ensure, Conversation),
-        ConversationsSave => set!(Vec<req::ConversationItem>, Vec<Conversation>),
+        ConversationsEnsure => set!(bodies::EnsureBody, Conversation),
+        ConversationsSave => set!(bodies::SaveBody, Vec<Conversation>),
         ConversationsByContent => set!(_, Vec<Conversation>),
         ConversationsMessagesByContent => {
             set!(_, Vec<ConversationWithMessages<MessageWithReactions>>);
-            d.query = &[
-                ("page", "page number, from 1"),
-                ("limit", "messages per page, at most 100"),
-            ];
+            d.query = Some(bodies::PageQuery::json_schema(g));
         }
         ConversationsTimeline => {
             set!(_, Vec<TimelineItem>);
-            d.query = &[("ids", "comma-separated conversation ids, at most 100")];
+            d.query = Some(bodies::TimelineQuery::json_schema(g));
         }
         ConversationsPosts | ConversationsPostsByGroup => {
             set!(_, Vec<ConversationWithMessages<Message>>)
         }
-        ConversationsStart => set!(req::Start, Conversation),
-        ConversationsDelete | BlockedIpsClear => d.status = "204",
-        PrivateMessagesCreate => set!(Vec<req::PrivateMessageItem>, Vec<PrivateMessage>),
+        ConversationsStart => set!(bodies::StartBody, Conversation),
+        ConversationsDelete => d.status = "204",
+        BlockedIpsClear => {
+            d.request = Some(g.subschema_for::<bodies::ClearBody>());
+            d.status = "204";
+        }
+        PrivateMessagesCreate => set!(bodies::PrivateMessagesBody, Vec<PrivateMessage>),
         PrivateMessagesList => set!(_, Vec<PrivateMessageView>),
         PrivateMessagesGet => set!(_, PrivateMessageView),
         PrivateMessagesDelete
@@ -226,14 +118,45 @@ fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
         }
         NotificationsUnreadCount => set!(_, Counts),
         NotificationsMy => set!(_, Vec<Notification>),
-        NotificationsCreate => set!(req::NotificationCreate, Vec<Notification>),
-        BlockedIpsToggle => set!(Vec<req::BlockedIpItem>, Vec<BlockedIp>),
+        NotificationsCreate => set!(bodies::NotificationsBody, Vec<Notification>),
+        BlockedIpsToggle => set!(bodies::BlockedIpsBody, Vec<BlockedIp>),
         BlockedIpsList => set!(_, Vec<String>),
     }
-    if ep == BlockedIpsClear {
-        d.request = Some(g.subschema_for::<Vec<req::ClearItem>>());
-    }
     d
+}
+
+/// One `in: query` parameter per property of a query type's schema; its `description`
+/// moves to the parameter. An array is written `name=a,b,c` (form style, not exploded).
+fn query_parameters(q: &Schema) -> Vec<Value> {
+    let required: Vec<&str> = q
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(props) = q.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    props
+        .iter()
+        .map(|(name, schema)| {
+            let mut schema = schema.clone();
+            let description = schema.as_object_mut().and_then(|s| s.remove("description"));
+            let mut p = json!({
+                "name": name,
+                "in": "query",
+                "required": required.contains(&name.as_str()),
+                "schema": schema,
+            });
+            if let Some(desc) = description {
+                p["description"] = desc;
+            }
+            if p["schema"]["type"] == "array" {
+                p["style"] = json!("form");
+                p["explode"] = json!(false);
+            }
+            p
+        })
+        .collect()
 }
 
 fn error_schema() -> Value {
@@ -255,13 +178,11 @@ fn build() -> Value {
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}))
             .collect();
-        params.extend(
-            d.query
-                .iter()
-                .map(|(name, desc)| json!({"name": name, "in": "query", "required": false, "description": desc, "schema": {"type": "string"}})),
-        );
+        if let Some(q) = &d.query {
+            params.extend(query_parameters(q));
+        }
         let mut responses = Map::new();
         let ok = match (&d.response, r.endpoint) {
             (_, Endpoint::Metrics) => {
@@ -348,12 +269,139 @@ mod tests {
             );
         }
         let text = doc.to_string();
+        assert!(
+            !text.contains("Nullable_"),
+            "a nullable schema was referenced"
+        );
         for name in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
             let name = name.split('"').next().unwrap_or_default();
             assert!(
                 doc["components"]["schemas"][name].is_object(),
                 "dangling $ref {name}"
             );
+        }
+    }
+
+    /// A `$ref` to a component schema, resolved.
+    fn resolve<'a>(doc: &'a Value, s: &'a Value) -> &'a Value {
+        match s["$ref"].as_str() {
+            Some(r) => &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
+            None => s,
+        }
+    }
+
+    fn request<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
+        resolve(
+            doc,
+            &doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"],
+        )
+    }
+
+    #[test]
+    fn limits_and_required_fields_come_from_the_parsing_types() {
+        use crate::service::limits::*;
+        let doc = document();
+        let join = request(doc, "post", "/messaging/connections");
+        assert_eq!(join["type"], "array");
+        assert_eq!(join["maxItems"], MAX_BATCH);
+        let item = resolve(doc, &join["items"]);
+        assert_eq!(item["properties"]["socketId"]["maxLength"], MAX_SOCKET_ID);
+        assert_eq!(item["properties"]["socketId"]["minLength"], 1);
+        assert_eq!(
+            item["properties"]["conversationId"]["maxLength"],
+            MAX_ROOM_ID
+        );
+        assert_eq!(item["required"], json!(["conversationId", "socketId"]));
+        assert_eq!(
+            item["properties"]["displayName"],
+            json!({"type": ["string", "null"], "maxLength": MAX_DISPLAY_NAME})
+        );
+        let set_name = request(doc, "post", "/messaging/connections/setName");
+        assert_eq!(set_name["required"], json!(["socketId", "name"]));
+        assert_eq!(
+            set_name["properties"]["name"]["maxLength"],
+            MAX_DISPLAY_NAME
+        );
+        assert!(set_name["properties"]["name"].get("minLength").is_none());
+        let send = resolve(
+            doc,
+            &request(doc, "post", "/messaging/messages/send")["items"],
+        );
+        assert_eq!(send["required"], json!(["conversationId", "content"]));
+        assert_eq!(
+            send["properties"]["content"]["maxLength"],
+            MAX_CONTENT_BYTES
+        );
+        let post = resolve(doc, &request(doc, "post", "/messaging/messages")["items"]);
+        assert_eq!(post["required"], json!(["content"]));
+        let conv = resolve(
+            doc,
+            &request(doc, "post", "/messaging/conversations")["items"],
+        );
+        assert!(
+            conv["properties"]["allowAnonymousPosts"]["enum"]
+                .as_array()
+                .is_some_and(|e| e.contains(&json!(1)))
+        );
+        let create = request(doc, "post", "/messaging/notifications/create");
+        assert_eq!(create["properties"]["peopleIds"]["maxItems"], MAX_BATCH);
+        assert_eq!(
+            create["properties"]["peopleIds"]["items"]["maxLength"],
+            MAX_ID
+        );
+        let react = request(doc, "post", "/messaging/messages/{messageId}/reactions");
+        assert_eq!(react["properties"]["emoji"]["maxLength"], MAX_EMOJI);
+        // Query strings: one parameter per field, with its limits.
+        let params = |path: &str| doc["paths"][path]["get"]["parameters"].clone();
+        let page = params("/messaging/conversations/messages/{contentType}/{contentId}");
+        let limit = page
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "limit"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(limit["in"], "query");
+        assert_eq!(limit["schema"]["maximum"], MAX_PAGE_SIZE);
+        assert_eq!(limit["schema"]["default"], DEFAULT_PAGE_SIZE);
+        let ids = params("/messaging/conversations/timeline/ids");
+        assert_eq!(ids[0]["name"], "ids");
+        assert_eq!(ids[0]["schema"]["maxItems"], MAX_BATCH);
+        assert_eq!(ids[0]["explode"], false);
+        let since = params("/messaging/messages/catchup/{churchId}/{conversationId}");
+        assert_eq!(since[2]["name"], "since");
+    }
+
+    #[test]
+    fn no_schema_is_declared_twice() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        // schemars names a second type with a taken name `Name2`, `Name3`, …: a request type
+        // must have one name only. (`ConversationWithMessages2` is the same generic response
+        // type over another message type: a different schema.)
+        for name in schemas.keys() {
+            let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            assert!(
+                base == name || schemas[base] != schemas[name],
+                "{name} duplicates {base}"
+            );
+        }
+        let bodies: Vec<&Value> = schemas.values().collect();
+        for (i, a) in bodies.iter().enumerate() {
+            for b in &bodies[i + 1..] {
+                assert_ne!(a, b, "the same schema is declared under two names");
+            }
+        }
+        // The request types are the only declarations of the bodies.
+        for name in [
+            "JoinItem",
+            "SetName",
+            "PostItem",
+            "SendItem",
+            "NewNotifications",
+        ] {
+            assert!(schemas.contains_key(name), "{name}");
         }
     }
 }

@@ -2,23 +2,21 @@
 use axum::response::Response;
 use serde_json::json;
 
-use super::{Ctx, body, ok_json};
+use super::body::{Batch, Obj};
+use super::{Ctx, bodies, ok_json};
 use crate::error::AppResult;
-use crate::service::limits::{MAX_BATCH, MAX_ID};
 use crate::service::{self, private_messages as pms};
 
 pub async fn create(ctx: &Ctx) -> AppResult<Response> {
     let me = service::person(&ctx.caller)?;
-    let v = ctx.json()?;
-    let items = body::array(&v, MAX_BATCH)?;
-    let mut parsed = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let o = body::Obj::new(item, format!("/{i}"))?;
-        parsed.push(pms::NewPrivateMessage {
-            to_person_id: o.req_str("toPersonId", MAX_ID)?,
-            conversation_id: o.req_str("conversationId", MAX_ID)?,
-        });
-    }
+    let Batch(items) = ctx.body::<bodies::PrivateMessagesBody>()?;
+    let parsed: Vec<pms::NewPrivateMessage> = items
+        .into_iter()
+        .map(|Obj(item)| pms::NewPrivateMessage {
+            to_person_id: item.to_person_id.into(),
+            conversation_id: item.conversation_id.into(),
+        })
+        .collect();
     let rows = pms::create(&ctx.svc, me, &parsed).await?;
     Ok(ok_json(&rows))
 }

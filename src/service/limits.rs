@@ -23,3 +23,8 @@ pub const MAX_EMOJI: usize = 16;
 pub const MAX_BATCH: usize = 100;
 /// Request bodies over this many bytes get 413 (§9).
 pub const MAX_BODY: usize = 1 << 20;
+/// `page` of a paged listing (`GET /conversations/messages/…`): 1 to this.
+pub const MAX_PAGE: u64 = 1_000_000;
+/// `limit` of a paged listing: messages per page, at most this; 20 when absent.
+pub const MAX_PAGE_SIZE: u64 = 100;
+pub const DEFAULT_PAGE_SIZE: u64 = 20;

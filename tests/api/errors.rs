@@ -237,3 +237,158 @@ db_test!(
         }
     }
 );
+
+db_test!(
+    typed_bodies_point_at_nested_values_limits_and_flags,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let a = app.ws_with_id().await;
+        let admin = app.token("C1", "ADMIN", &["Content__Edit"]);
+        let invalid = |field: &str| {
+            (
+                400,
+                json!({"error": "Invalid request body", "field": field}),
+            )
+        };
+        let join = |body: Value| {
+            let app = &app;
+            async move { app.post("/messaging/connections", None, &body).await }
+        };
+        // A wrong type deep in a batch names its item and field.
+        assert_eq!(
+            join(json!([{"conversationId": room, "socketId": a.id}, {"conversationId": room, "socketId": a.id, "displayName": 7}])).await,
+            invalid("/1/displayName")
+        );
+        // Over-long values, at the limits of service::limits.
+        assert_eq!(
+            join(json!([{"conversationId": "r".repeat(65), "socketId": a.id}])).await,
+            invalid("/0/conversationId")
+        );
+        assert_eq!(
+            join(json!([{"conversationId": room, "socketId": "s".repeat(46)}])).await,
+            invalid("/0/socketId")
+        );
+        // Type-checked only: ignored, but not of any type.
+        assert_eq!(
+            join(json!([{"conversationId": room, "socketId": a.id, "ipAddress": 1}])).await,
+            invalid("/0/ipAddress")
+        );
+        // An item is an object, not its values in order.
+        assert_eq!(join(json!([[room, a.id]])).await, invalid("/0"));
+        assert!(app.store.room_rows("C1", &room).await.unwrap().is_empty());
+        // Booleans accept 0 and 1, nothing else.
+        let save = |item: Value| {
+            let (app, admin) = (&app, &admin);
+            async move {
+                app.post("/messaging/conversations", Some(admin), &json!([item]))
+                    .await
+            }
+        };
+        let (s, c) =
+            save(json!({"contentType": "sermon", "contentId": "X1", "allowAnonymousPosts": 1}))
+                .await;
+        assert_eq!(
+            (s, &c[0]["allowAnonymousPosts"]),
+            (200, &json!(true)),
+            "{c}"
+        );
+        let (s, c) =
+            save(json!({"contentType": "sermon", "contentId": "X2", "allowAnonymousPosts": 0}))
+                .await;
+        assert_eq!(
+            (s, &c[0]["allowAnonymousPosts"]),
+            (200, &json!(false)),
+            "{c}"
+        );
+        for bad in [json!(2), json!("1"), json!(1.5)] {
+            assert_eq!(
+                save(
+                    json!({"contentType": "sermon", "contentId": "X3", "allowAnonymousPosts": bad})
+                )
+                .await,
+                invalid("/0/allowAnonymousPosts")
+            );
+        }
+        // Required unless `id`: reported like a missing field.
+        assert_eq!(
+            save(json!({"contentId": "X4"})).await,
+            invalid("/0/contentType")
+        );
+        assert_eq!(
+            save(json!({"contentType": "sermon", "contentId": ""})).await,
+            invalid("/0/contentId")
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/messages",
+                Some(&admin),
+                &json!([{"id": "", "content": "x"}])
+            )
+            .await,
+            invalid("/0/conversationId")
+        );
+        // Field names are escaped in the pointer (RFC 6901) only when they need it; a
+        // batch over 100 is refused before its items are looked at.
+        let many: Vec<Value> = (0..101).map(|_| json!(5)).collect();
+        assert_eq!(
+            app.post("/messaging/blockedips", Some(&admin), &json!(many))
+                .await,
+            (400, json!({"error": "Too many items"}))
+        );
+        // Query strings are typed too.
+        let ids = (0..101)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            app.get(
+                &format!("/messaging/conversations/timeline/ids?ids={ids}"),
+                Some(&admin)
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid query parameter", "field": "ids"})
+            )
+        );
+        // CORS on errors, and the preflight's exact headers.
+        let resp = app
+            .client
+            .post(app.url("/messaging/connections"))
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+        let resp = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url("/messaging/anything"))
+            .header("origin", "https://example.org")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "*");
+        assert_eq!(h["access-control-max-age"], "86400");
+        let list = |name: &str| {
+            h[name]
+                .to_str()
+                .unwrap()
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            list("access-control-allow-headers"),
+            ["authorization", "content-type"]
+        );
+        assert_eq!(
+            list("access-control-allow-methods"),
+            ["get", "post", "put", "delete", "options"]
+        );
+    }
+);
