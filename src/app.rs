@@ -245,7 +245,7 @@ impl Application {
         }
         self.ready.store(true, Ordering::Release);
 
-        let background = spawn_background(self.services.clone(), stop.clone());
+        let background = spawn_background(self.services.clone(), self.health.clone(), stop.clone());
         // Rooms other nodes changed: raise attendance for this node's sockets in them.
         let remote_changes = self.room_changes.map(|mut rx| {
             let svc = self.services.clone();
@@ -288,22 +288,44 @@ impl Application {
     }
 }
 
-/// Pings (§2.2), the lease renewal and the sweep (§5.3).
-fn spawn_background(services: Services, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// Pings (§2.2), the lease renewal and the sweep (§5.3), and gRPC health following the
+/// broker's reachability (as `/ready` does).
+fn spawn_background(
+    services: Services,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let ping_every = services.hub.config.ping_interval;
     let sweep_every = services.config.sweep_interval;
     tokio::spawn(async move {
         let mut ping = tokio::time::interval(ping_every);
         let mut sweep = tokio::time::interval(sweep_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        for t in [&mut ping, &mut sweep, &mut check] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         ping.tick().await;
         sweep.tick().await;
+        let mut serving = true;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ping.tick() => services.hub.ping_round(),
                 _ = sweep.tick() => services.sweep_round().await,
+                _ = check.tick() => {
+                    let now = services.unready().is_none();
+                    if now != serving {
+                        serving = now;
+                        let status = if now {
+                            tonic_health::ServingStatus::Serving
+                        } else {
+                            tonic_health::ServingStatus::NotServing
+                        };
+                        for name in ["", "messaging.v1.Delivery", "messaging.v1.Connection"] {
+                            health.set_service_status(name, status).await;
+                        }
+                    }
+                }
             }
         }
     })

@@ -318,6 +318,30 @@ async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestD
         n[0].get("/ready", None).await.0 == 503
     })
     .await;
+    // gRPC health follows.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", n[0].grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = |s: i32| s == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let mut down = false;
+    for _ in 0..50 {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "messaging.v1.Delivery".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if status(r.status) {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(down, "gRPC health still SERVING while the broker is unreachable");
     // Sockets stay open and local delivery goes on.
     assert_eq!(grpc_send_on(&n[0], &room, json!({"during": 1})).await, 1);
     assert_eq!(on_a.next_action("message").await["data"]["during"], 1);
