@@ -33,7 +33,9 @@
 //!
 //! The handler is called on the broker's own tasks for every payload of a subscribed
 //! channel. It must return quickly (hand the payload to a queue): a slow handler holds up
-//! the Redis connection (publishes included) or the NATS subscription.
+//! the Redis connection (publishes included) or the NATS subscription. Redis calls it from
+//! one task for all channels; NATS from one task per channel, so calls for different
+//! channels may run at the same time and their relative order is not kept.
 mod common;
 mod memory;
 mod nats_core;

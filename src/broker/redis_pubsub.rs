@@ -234,7 +234,12 @@ async fn publish_loop(
                 .ignore();
         }
         let mut conn = live.conn;
-        match pipe.query_async::<()>(&mut conn).await {
+        let sent = tokio::select! {
+            // close() does not wait out a response timeout on a dead connection.
+            _ = shutdown.cancelled() => return,
+            r = pipe.query_async::<()>(&mut conn) => r,
+        };
+        match sent {
             Ok(()) => shared.counters.published.increment(n as u64),
             Err(e) => {
                 // Some of the batch may have gone out: at-most-once either way, never resent.
