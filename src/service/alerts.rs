@@ -240,7 +240,7 @@ pub async fn deliver_pm_alerts(svc: &Services, alerts: &[PendingPmAlert]) -> App
             Action::PrivateMessage,
             &data,
         );
-        if n > 0 {
+        if svc.reached_person(&a.church_id, &a.recipient, n).await? {
             reached.push(a.notification_id.clone());
         } else {
             missed.push(a.notification_id.clone());
@@ -249,6 +249,22 @@ pub async fn deliver_pm_alerts(svc: &Services, alerts: &[PendingPmAlert]) -> App
     set_delivery_method(db, reached, Some("socket")).await?;
     set_delivery_method(db, missed, None).await?;
     Ok(())
+}
+
+impl Services {
+    /// Whether a frame just sent to a person's alerts reached a row (§7, `deliveryMethod`):
+    /// `local` of this node's sockets, or, across nodes, any alerts row another node holds
+    /// (that node queues the frame as it arrives through the broker).
+    async fn reached_person(&self, church: &str, person: &str, local: usize) -> AppResult<bool> {
+        if local > 0 || !self.fanout.crosses_nodes() {
+            return Ok(local > 0);
+        }
+        let rows = self
+            .store()
+            .person_rows(church, super::rooms::ALERTS, person)
+            .await?;
+        Ok(rows.iter().any(|r| *r.node_id != *self.node_id))
+    }
 }
 
 /// The notification flow of §7 for rows just committed by `POST /notifications/create`:
@@ -287,8 +303,9 @@ pub async fn deliver_notifications(
             Action::Notification,
             &data,
         );
-        r.delivery_method = (n > 0).then(|| "socket".to_string());
-        if n > 0 {
+        let reached_any = svc.reached_person(&r.church_id, &r.person_id, n).await?;
+        r.delivery_method = reached_any.then(|| "socket".to_string());
+        if reached_any {
             reached.push(r.id.clone());
         }
     }

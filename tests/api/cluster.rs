@@ -325,7 +325,8 @@ async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestD
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = |s: i32| s == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let status =
+        |s: i32| s == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
     let mut down = false;
     for _ in 0..50 {
         let r = health
@@ -341,7 +342,10 @@ async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestD
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(down, "gRPC health still SERVING while the broker is unreachable");
+    assert!(
+        down,
+        "gRPC health still SERVING while the broker is unreachable"
+    );
     // Sockets stay open and local delivery goes on.
     assert_eq!(grpc_send_on(&n[0], &room, json!({"during": 1})).await, 1);
     assert_eq!(on_a.next_action("message").await["data"]["during"], 1);
