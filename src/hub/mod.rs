@@ -32,8 +32,10 @@ use crate::store::Store;
 pub struct HubConfig {
     /// Bytes queued and not yet written after which a socket is evicted (1013).
     pub max_queued_bytes: usize,
-    /// Inbound frames larger than this close the socket with 1009.
+    /// Inbound messages (all fragments together) larger than this close the socket with 1009.
     pub max_inbound_frame: usize,
+    /// How long a server-initiated close waits for the client's close frame.
+    pub close_wait: Duration,
     pub ping_interval: Duration,
     /// Attendance windows: `small` up to `big_room_rows` rows, `big` above.
     pub attendance_window: Duration,
@@ -49,6 +51,7 @@ impl Default for HubConfig {
         Self {
             max_queued_bytes: 1 << 20,
             max_inbound_frame: 4096,
+            close_wait: Duration::from_secs(1),
             ping_interval: Duration::from_secs(30),
             attendance_window: Duration::from_millis(100),
             attendance_window_big: Duration::from_secs(1),
