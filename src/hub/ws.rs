@@ -571,19 +571,46 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes what was queued for the socket before it started closing (its socket-id replies
+/// and pongs come before a 1002, say), as its writer does: the flusher while the socket
+/// takes it, this task once the socket is full.
+async fn write_queued(h: &SocketHandle) {
+    while h.queued_bytes() > 0 {
+        if h.task_writes() {
+            match h.drain_as_task() {
+                Drain::Idle => {}
+                Drain::Full => {
+                    if h.stream.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Drain::Failed => return,
+            }
+        } else {
+            // Listed on its flush queue: the flusher, on this runtime, gets to it.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Takes writing over from the flusher, finishes a partly written frame (if any), then
 /// writes the close frame; bounded in time because the peer may have stopped reading.
-/// Returns whether the close frame went out.
-async fn send_close(h: &SocketHandle, close: Bytes, within: Duration) -> bool {
-    let partial = h.take_over();
-    tokio::time::timeout(within, async {
-        if let Some(front) = partial {
+/// With `queued_first`, frames queued before the close go out first; otherwise (eviction)
+/// they are dropped. Returns whether the close frame went out.
+async fn send_close(h: &SocketHandle, close: Bytes, within: Duration, queued_first: bool) -> bool {
+    let sent = tokio::time::timeout(within, async {
+        if queued_first {
+            write_queued(h).await;
+        }
+        if let Some(front) = h.take_over() {
             write_all(&h.stream, &front).await?;
         }
         write_all(&h.stream, &close).await
     })
-    .await
-    .is_ok_and(|r| r.is_ok())
+    .await;
+    // Out of time: the flusher must not write to this socket any more either.
+    h.take_over();
+    sent.is_ok_and(|r| r.is_ok())
 }
 
 /// Owns one upgraded socket from registration to cleanup. `early` holds any client bytes
@@ -626,7 +653,8 @@ pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes) {
     let handshake = async {
         match close {
             Some(frame) => {
-                if send_close(&h, frame, write_within).await && !client_closed {
+                let queued_first = reason != CloseReason::Evicted;
+                if send_close(&h, frame, write_within, queued_first).await && !client_closed {
                     conn.await_client_close(&h.stream, close_wait).await;
                 }
             }

@@ -9,3 +9,4 @@ mod grpc_api;
 mod nodes;
 mod rooms;
 mod socket;
+mod wire;
