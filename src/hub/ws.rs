@@ -626,6 +626,13 @@ pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes) {
         reader: Reader::new(hub.config.max_inbound_frame),
     };
     let ended = conn.serve(&h).await;
+    // Boxed: the close path's futures (the database cleanup above all) are allocated when
+    // the socket closes instead of sizing every idle socket's task.
+    Box::pin(close(hub, h, conn, ended)).await;
+}
+
+/// The end of a socket: the close handshake (if any) and the cleanup of its rows.
+async fn close(hub: Arc<Hub>, h: Arc<SocketHandle>, mut conn: Conn, ended: End) {
     let (reason, close) = match ended {
         End::Gone | End::Closed(CloseReason::Terminated) => (CloseReason::Terminated, None),
         // The echo of §5.5.1: the client's code, or an empty close for an empty one
