@@ -235,15 +235,10 @@ impl Reader {
                 self.msg = Msg::None;
                 continue;
             }
-            if let Some(why) = self.check(&header, len) {
+            if let Some((code, why)) = self.check(&header, len) {
                 // Left in the buffer: closing mode skips it by its length (or stops at it,
                 // if it was a close).
                 self.peer_closed |= is_close;
-                let code = if why == "message too big" {
-                    close_code::TOO_BIG
-                } else {
-                    close_code::PROTOCOL_ERROR
-                };
                 return Some(self.fail(code, why));
             }
             let mask = header.mask.unwrap_or_default();
@@ -289,30 +284,34 @@ impl Reader {
         }
     }
 
-    /// What is wrong with a complete frame header, if anything. Reserved opcodes were
-    /// refused by the header parser.
-    fn check(&self, h: &FrameHeader, len: u64) -> Option<&'static str> {
+    /// What is wrong with a complete frame header, if anything: the close code and why.
+    /// Reserved opcodes were refused by the header parser.
+    fn check(&self, h: &FrameHeader, len: u64) -> Option<(u16, &'static str)> {
+        let protocol = |why| Some((close_code::PROTOCOL_ERROR, why));
         if h.rsv1 || h.rsv2 || h.rsv3 {
             // No extension is ever negotiated (permessage-deflate is declined).
-            return Some("reserved bits set");
+            return protocol("reserved bits set");
         }
         if h.mask.is_none() {
-            return Some("client frames must be masked");
+            return protocol("client frames must be masked");
         }
         if len >> 63 != 0 {
-            return Some("bad frame length");
+            return protocol("bad frame length");
         }
         match h.opcode {
-            OpCode::Control(_) if !h.is_final => Some("fragmented control frame"),
-            OpCode::Control(_) if len > 125 => Some("control frame too long"),
+            OpCode::Control(_) if !h.is_final => protocol("fragmented control frame"),
+            OpCode::Control(_) if len > 125 => protocol("control frame too long"),
             OpCode::Control(_) => None,
-            OpCode::Data(Data::Continue) if self.msg == Msg::None => Some("nothing to continue"),
+            OpCode::Data(Data::Continue) if self.msg == Msg::None => {
+                protocol("nothing to continue")
+            }
             OpCode::Data(Data::Text | Data::Binary) if self.msg != Msg::None => {
-                Some("new message inside a fragmented one")
+                protocol("new message inside a fragmented one")
             }
             OpCode::Data(_) => {
                 let total = (self.msg_len as u64).saturating_add(len);
-                (total > self.max_message as u64).then_some("message too big")
+                (total > self.max_message as u64)
+                    .then_some((close_code::TOO_BIG, "message too big"))
             }
         }
     }
