@@ -556,10 +556,13 @@ impl Conn {
     }
 }
 
-/// Writes all of `buf`, waiting for the socket to drain as needed.
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+/// Writes all of `buf`, waiting for the socket to drain as needed; gives up when the peer
+/// takes nothing for `stall`.
+async fn write_all(stream: &TcpStream, mut buf: &[u8], stall: Duration) -> std::io::Result<()> {
     while !buf.is_empty() {
-        stream.writable().await?;
+        tokio::time::timeout(stall, stream.writable())
+            .await
+            .map_err(|_| std::io::ErrorKind::TimedOut)??;
         match stream.try_write(buf) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
@@ -592,19 +595,30 @@ async fn write_queued(h: &SocketHandle) {
     }
 }
 
+/// How long a close frame may take to go out: in all, and without the peer taking a byte.
+struct Deadline {
+    within: Duration,
+    stall: Duration,
+}
+
 /// Takes writing over from the flusher, finishes a partly written frame (if any), then
 /// writes the close frame; bounded in time because the peer may have stopped reading.
 /// With `queued_first`, frames queued before the close go out first; otherwise (eviction)
 /// they are dropped. Returns whether the close frame went out.
-async fn send_close(h: &SocketHandle, close: Bytes, within: Duration, queued_first: bool) -> bool {
-    let sent = tokio::time::timeout(within, async {
+async fn send_close(
+    h: &SocketHandle,
+    close: Bytes,
+    deadline: Deadline,
+    queued_first: bool,
+) -> bool {
+    let sent = tokio::time::timeout(deadline.within, async {
         if queued_first {
             write_queued(h).await;
         }
         if let Some(front) = h.take_over() {
-            write_all(&h.stream, &front).await?;
+            write_all(&h.stream, &front, deadline.stall).await?;
         }
-        write_all(&h.stream, &close).await
+        write_all(&h.stream, &close, deadline.stall).await
     })
     .await;
     // Out of time: the flusher must not write to this socket any more either.
@@ -653,14 +667,34 @@ async fn close(hub: Arc<Hub>, h: Arc<SocketHandle>, mut conn: Conn, ended: End) 
     // violation): nothing more to wait for.
     let client_closed = matches!(ended, End::ClientClose(_)) || conn.reader.peer_closed();
     // An evicted peer gets longer to take the close frame: it is slow by definition, and a
-    // clean 1013 tells it why it was dropped.
-    let write_within = Duration::from_secs(if reason == CloseReason::Evicted { 5 } else { 1 });
-    let close_wait = hub.config.close_wait;
+    // clean 1013 tells it why it was dropped. It may read the megabytes in its kernel
+    // buffers ahead of the close slowly (a busy machine, a busy tab): it is given up on
+    // when it stops reading for 5 s, or after 30 s in all.
+    let deadline = if reason == CloseReason::Evicted {
+        Deadline {
+            within: Duration::from_secs(30),
+            stall: Duration::from_secs(5),
+        }
+    } else {
+        Deadline {
+            within: Duration::from_secs(1),
+            stall: Duration::from_secs(1),
+        }
+    };
+    // An evicted peer reads its backlog (up to megabytes in kernel buffers) before it
+    // reaches our close: its answer gets up to 30 s. Dropping the connection earlier, while
+    // the backlog drains, would reset it as soon as the peer sent anything (a pong, its
+    // close), and the reset discards the close frame it has not read yet.
+    let close_wait = if reason == CloseReason::Evicted {
+        hub.config.close_wait.max(Duration::from_secs(30))
+    } else {
+        hub.config.close_wait
+    };
     let handshake = async {
         match close {
             Some(frame) => {
                 let queued_first = reason != CloseReason::Evicted;
-                if send_close(&h, frame, write_within, queued_first).await && !client_closed {
+                if send_close(&h, frame, deadline, queued_first).await && !client_closed {
                     conn.await_client_close(&h.stream, close_wait).await;
                 }
             }
