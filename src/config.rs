@@ -121,6 +121,10 @@ pub struct Settings {
     /// Development mode: `GET /demo/token` mints tokens for the demo page. Never in production.
     #[arg(long, env = "DEV_MODE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", global = true)]
     pub dev: bool,
+    /// Milliseconds a server-initiated WebSocket close waits for the client's close frame
+    /// before dropping the connection.
+    #[arg(long, env = "CLOSE_WAIT_MS", default_value_t = 1000, global = true)]
+    pub close_wait_ms: u64,
     /// Seconds between node lease renewals and sweeps; the lease lasts three intervals, so a
     /// crashed node's rows are gone within four (28 s by default).
     #[arg(
@@ -185,6 +189,7 @@ impl Settings {
                 0 => defaults.max_sockets,
                 n => n,
             },
+            close_wait: Duration::from_millis(self.close_wait_ms),
             ..defaults
         }
     }

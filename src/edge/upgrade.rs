@@ -1,10 +1,17 @@
 //! The WebSocket handshake (RFC 6455 §4.2) on any path; the upgraded connection is handed
 //! to the hub's socket task.
+//!
+//! Header names are case-insensitive (the `http` crate), and so are the `Upgrade` and
+//! `Connection` tokens, which may come in lists (`Connection: keep-alive, Upgrade`, as
+//! Firefox sends). Extensions are declined by not answering them: an offered
+//! `permessage-deflate` is left out of the response, so the client sends plain frames and
+//! any frame with a reserved bit set is a protocol error (1002).
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -21,23 +28,45 @@ pub fn is_websocket(headers: &HeaderMap) -> bool {
     has_token(headers, header::UPGRADE, "websocket")
 }
 
+/// A refused handshake; `Sec-WebSocket-Version` tells the client the version we speak.
+fn refuse(status: StatusCode, why: &'static str) -> Response {
+    let mut resp = (status, why).into_response();
+    resp.headers_mut().insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    resp
+}
+
+/// A `Sec-WebSocket-Key` must be the base64 of 16 bytes (§4.1).
+fn valid_key(key: &HeaderValue) -> bool {
+    base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes().trim_ascii())
+        .is_ok_and(|k| k.len() == 16)
+}
+
 pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
     let headers = req.headers();
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    // §4.4: another version gets 426 and the version we speak, so the client may retry.
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v.as_bytes() == b"13");
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"13");
+    if !version_ok {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported websocket version",
+        );
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| valid_key(k))
+        .cloned();
     let (Some(key), true, true) = (
         key,
-        version_ok,
+        req.method() == Method::GET,
         has_token(headers, header::CONNECTION, "upgrade"),
     ) else {
-        let mut resp = (StatusCode::BAD_REQUEST, "bad websocket handshake").into_response();
-        resp.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return resp;
+        return refuse(StatusCode::BAD_REQUEST, "bad websocket handshake");
     };
     // Refused before the handshake: past the cap, an accepted socket would run the
     // process out of file descriptors and fail everyone's next accept or query.
@@ -67,7 +96,7 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    let accept = ws::accept_key(key.as_bytes());
+    let accept = ws::accept_key(key.as_bytes().trim_ascii());
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = resp.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

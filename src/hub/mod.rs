@@ -33,8 +33,10 @@ use fanout::FlushQueue;
 pub struct HubConfig {
     /// Bytes queued and not yet written after which a socket is evicted (1013).
     pub max_queued_bytes: usize,
-    /// Inbound frames larger than this close the socket with 1009.
+    /// Inbound messages (all fragments together) larger than this close the socket with 1009.
     pub max_inbound_frame: usize,
+    /// How long a server-initiated close waits for the client's close frame.
+    pub close_wait: Duration,
     pub ping_interval: Duration,
     /// Worker threads of the socket runtime; 0 picks half the cores (at least one).
     pub socket_threads: usize,
@@ -47,6 +49,7 @@ impl Default for HubConfig {
         Self {
             max_queued_bytes: 1 << 20,
             max_inbound_frame: 4096,
+            close_wait: Duration::from_secs(1),
             ping_interval: Duration::from_secs(30),
             socket_threads: 0,
             max_sockets: default_max_sockets(),

@@ -12,3 +12,4 @@ mod migrate;
 mod nodes;
 mod rooms;
 mod socket;
+mod wire;

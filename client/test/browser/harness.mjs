@@ -49,7 +49,9 @@ export async function waitUntil(check, { timeoutMs = 15000, intervalMs = 50, wha
  * The messaging binary in dev mode, restartable on the same ports and database file.
  */
 export class MessagingServer {
-  constructor() {
+  /** `env`: extra environment variables for the binary (e.g. a small SOCKET_QUEUE_BYTES). */
+  constructor({ env = {} } = {}) {
+    this.env = env;
     this.dir = mkdtempSync(path.join(tmpdir(), 'messaging-browser-'));
     this.dbPath = path.join(this.dir, 'messaging.db');
     this.logPath = path.join(this.dir, 'server.log');
@@ -81,6 +83,7 @@ export class MessagingServer {
         GRPC_PORT: String(this.grpcPort),
         GRPC_HOST: '127.0.0.1',
         RUST_LOG: process.env.RUST_LOG ?? 'warn',
+        ...this.env,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
