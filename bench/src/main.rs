@@ -478,8 +478,16 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     let (mut att_max, mut att_sum, mut bip_max, mut bip_sum, mut last_rx) =
         (0u32, 0u64, 0u32, 0u64, 0u64);
     let mut closes: std::collections::BTreeMap<String, u64> = Default::default();
-    for sh in &shared {
+    // (received, duplicates, out_of_order) of the sockets held by each node.
+    let mut per_node = vec![(0u64, 0u64, 0u64); ws_addrs.len()];
+    for (i, sh) in shared.iter().enumerate() {
         let st = sh.stats();
+        let n = &mut per_node[i % ws_addrs.len()];
+        (n.0, n.1, n.2) = (
+            n.0 + st.received,
+            n.1 + st.duplicates,
+            n.2 + st.out_of_order,
+        );
         received += st.received;
         dups += st.duplicates;
         ooo += st.out_of_order;
@@ -606,6 +614,7 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
         "deliveries_per_sec_to_last": to_last,
         "drain_seconds": r3(drain_seconds),
         "latency_ms": ms_summary(&latency),
+        "per_node": (ws_addrs.len() > 1).then(|| per_node.iter().map(|(r, d, o)| json!({"received": r, "duplicates": d, "out_of_order": o})).collect::<Vec<_>>()),
         "sockets_ended": closes,
         "join": {
             "display_name": a.join_name,
