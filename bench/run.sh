@@ -25,7 +25,8 @@
 # (seconds one loadgen run may take, default 300), LG_KEEP=1 keeps the temp dir and server log.
 # cluster only: LG_PG_URL (server URL without a database, default
 # postgres://postgres@127.0.0.1:5432), LG_REDIS_URL (redis://127.0.0.1:6379), LG_NATS_URL
-# (nats://127.0.0.1:4222), LG_CLUSTER_NODES (3). Node k listens on LG_*_PORT + 10k.
+# (nats://127.0.0.1:4222), LG_CLUSTER_NODES (3), LG_HTTP_NODES (REST calls go to the first
+# this many nodes; default all). Node k listens on LG_*_PORT + 10k.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -240,10 +241,10 @@ start_target() {
   wait_ready
 }
 
-# "a,b,c": the nodes' addresses for a port base.
+# "a,b,c": the addresses of the first $2 nodes (default all) for a port base.
 node_addrs() {
-  local base=$1 k out=""
-  for k in $(seq 0 $((${#server_pids[@]} - 1))); do
+  local base=$1 k out="" n=${2:-${#server_pids[@]}}
+  for k in $(seq 0 $((n - 1))); do
     out="$out${out:+,}127.0.0.1:$((base + 10 * k))"
   done
   echo "$out"
@@ -270,7 +271,8 @@ run_one() {
   local kind=$target
   [ "$name" != cluster ] || kind="service-$nodes-nodes-$broker"
   [ "$name" != cluster-1 ] || kind="service-1-node-postgres"
-  args+=(--http "$(node_addrs "$http_port")" --ws "$(node_addrs "$ws_port")" --church "$CHURCH"
+  # LG_HTTP_NODES=1 sends every REST call (publishes, joins) to node 0 only.
+  args+=(--http "$(node_addrs "$http_port" "${LG_HTTP_NODES:-${#server_pids[@]}}")" --ws "$(node_addrs "$ws_port")" --church "$CHURCH"
     --scenario "$name" --target-kind "$kind" --server-pid "$pids")
   if [ "$target" = service ]; then
     args+=(--grpc "$(node_addrs "$grpc_port")" --token "$token")
