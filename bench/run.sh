@@ -4,10 +4,16 @@
 #
 #   bench/run.sh SCENARIO [--target service|floor] [--rate R] [--no-build] [-- LOADGEN_ARGS...]
 #   bench/run.sh all      [--target service|floor] ...
+#   bench/run.sh cluster  [--broker redis|nats] [--rate R] [--no-build] [-- LOADGEN_ARGS...]
+#   bench/run.sh cluster-1 [--rate R] ...
 #
 # Scenarios: smoke fanout-1k rooms-100x50 idle-10k join-storm join-storm-anon grpc-fanout-1k
 # (service only). join-storm-anon joins as anonymous live-stream viewers do ("Anonymous ",
 # which the service numbers Anonymous_N).
+# cluster: fanout-1k on 3 nodes of the service (LG_CLUSTER_NODES) sharing one fresh PostgreSQL
+# database and one broker (--broker redis|nats, default redis, or LG_BROKER); sockets are
+# spread evenly over the nodes, publisher p sends to node p mod 3. cluster-1: the same on
+# one node, same kind of database, no broker (the baseline). Neither is part of `all`.
 # The service runs from a copy of target/release/messaging with a fresh SQLite file in a temp
 # dir, a random JWT_SECRET and a minted token; the floor is ../shared/floor. Every listener is
 # bound to 127.0.0.1. Exit status: loadgen's (0 ok, 1 a check failed, 2 setup error); for
@@ -17,6 +23,10 @@
 # LG_FLOOR_HTTP_PORT LG_FLOOR_WS_PORT (floor: 29184 29187), FLOOR_DIR (default
 # ../shared/floor next to the repo), FLOOR_TARGET (default /tmp/floor-target), LG_TIMEOUT
 # (seconds one loadgen run may take, default 300), LG_KEEP=1 keeps the temp dir and server log.
+# cluster only: LG_PG_URL (server URL without a database, default
+# postgres://postgres@127.0.0.1:5432), LG_REDIS_URL (redis://127.0.0.1:6379), LG_NATS_URL
+# (nats://127.0.0.1:4222), LG_CLUSTER_NODES (3), LG_HTTP_NODES (REST calls go to the first
+# this many nodes; default all). Node k listens on LG_*_PORT + 10k.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,13 +44,15 @@ usage() {
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 }
 
-scenario="" target=service rate="" no_build="" extra=()
+scenario="" target=service rate="" no_build="" extra=() broker=${LG_BROKER:-redis}
 while [ $# -gt 0 ]; do
   case "$1" in
     --target) target=${2:?--target needs a value}; shift 2 ;;
     --target=*) target=${1#*=}; shift ;;
     --rate) rate=${2:?--rate needs a value}; shift 2 ;;
     --rate=*) rate=${1#*=}; shift ;;
+    --broker) broker=${2:?--broker needs a value}; shift 2 ;;
+    --broker=*) broker=${1#*=}; shift ;;
     --no-build) no_build=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; extra=("$@"); break ;;
@@ -50,6 +62,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$scenario" ] || { usage; exit 2; }
 case "$target" in service | floor) ;; *) die "--target must be service or floor" ;; esac
+case "$broker" in redis | nats) ;; *) die "--broker must be redis or nats" ;; esac
 
 # The loadgen flags of each scenario.
 scenario_args() {
@@ -61,6 +74,8 @@ scenario_args() {
     join-storm) echo "--sockets 5000 --rooms 1 --duration 0 --join-concurrency 64" ;;
     join-storm-anon) scenario_args join-storm ;; # plus --join-name "Anonymous " in run_one
     grpc-fanout-1k) echo "--sockets 1000 --rooms 1 --publishers 4 --duration 10 --via grpc" ;;
+    cluster | cluster-1) scenario_args fanout-1k ;; # over the nodes' addresses, see run_one
+
     *) return 1 ;;
   esac
 }
@@ -71,6 +86,12 @@ else
   scenario_args "$scenario" >/dev/null || die "unknown scenario '$scenario' (one of: $ALL_SCENARIOS, all)"
   scenarios=$scenario
 fi
+case "$scenario" in
+  cluster | cluster-1)
+    [ "$target" = service ] || die "$scenario runs only against the service"
+    command -v psql >/dev/null || die "$scenario needs psql (PostgreSQL client)"
+    ;;
+esac
 
 # ---- build ----
 if [ -z "$no_build" ]; then
@@ -90,9 +111,15 @@ LOADGEN=$TARGET_DIR/release/loadgen
 # Sockets need file descriptors on both sides: raise the limit as far as allowed.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# Nodes of the service: 1 for the single-process scenarios; node k listens on the ports + 10k.
+nodes=1
+case "$scenario" in cluster) nodes=${LG_CLUSTER_NODES:-3} ;; esac
 if [ "$target" = service ]; then
   http_port=${LG_HTTP_PORT:-19184} ws_port=${LG_WS_PORT:-19187} grpc_port=${LG_GRPC_PORT:-19151}
-  ports="$http_port $ws_port $grpc_port"
+  ports=""
+  for k in $(seq 0 $((nodes - 1))); do
+    ports="$ports $((http_port + 10 * k)) $((ws_port + 10 * k)) $((grpc_port + 10 * k))"
+  done
 else
   http_port=${LG_FLOOR_HTTP_PORT:-29184} ws_port=${LG_FLOOR_WS_PORT:-29187} grpc_port=""
   ports="$http_port $ws_port"
@@ -100,19 +127,28 @@ fi
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-server_pid="" work="" token=""
+server_pid="" server_pids=() work="" token="" pg_db=""
 
 stop_target() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
+  local p
+  for p in "${server_pids[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in "${server_pids[@]}"; do
     for _ in $(seq 1 150); do
-      kill -0 "$server_pid" 2>/dev/null || break
+      kill -0 "$p" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  server_pid="" server_pids=()
+  if [ -n "$pg_db" ]; then
+    psql "${LG_PG_URL:-postgres://postgres@127.0.0.1:5432}/postgres" -qAt \
+      -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 ||
+      log "could not drop database $pg_db"
+    pg_db=""
   fi
-  server_pid=""
   if [ -n "$work" ]; then
     if [ -n "${LG_KEEP:-}" ]; then log "kept $work"; else rm -rf "$work"; fi
   fi
@@ -120,6 +156,62 @@ stop_target() {
 }
 trap stop_target EXIT
 trap 'exit 130' INT TERM
+
+# Waits until every node answers 200 on /ready (the floor: any HTTP answer).
+wait_ready() {
+  local k p code
+  for _ in $(seq 1 300); do
+    local ready=0
+    for k in "${!server_pids[@]}"; do
+      p=${server_pids[$k]}
+      kill -0 "$p" 2>/dev/null || {
+        cat "$work"/*.log >&2
+        die "$target node $k exited during start-up"
+      }
+      code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$((http_port + 10 * k))$ready_path" || true)
+      if [ "$target" = service ] && [ "$code" = 200 ]; then ready=$((ready + 1)); fi
+      if [ "$target" = floor ] && [ "$code" != 000 ]; then ready=$((ready + 1)); fi
+    done
+    [ "$ready" -lt "${#server_pids[@]}" ] || return 0
+    sleep 0.1
+  done
+  die "$target did not become ready on every node (first HTTP port $http_port)"
+}
+
+# cluster and cluster-1: $nodes copies of the service on one fresh PostgreSQL database; with
+# more than one node, a broker (BROKER_URL) with a prefix of this run's own.
+start_cluster() {
+  local secret="loadgen-$$-$RANDOM$RANDOM" pg=${LG_PG_URL:-postgres://postgres@127.0.0.1:5432}
+  pg_db="bench_$$_$RANDOM$RANDOM"
+  psql "$pg/postgres" -qAt -c "CREATE DATABASE $pg_db" >/dev/null || {
+    pg_db=""
+    die "could not create a database at $pg"
+  }
+  local broker_env=()
+  if [ "$nodes" -gt 1 ]; then
+    local url
+    case "$broker" in
+      redis) url=${LG_REDIS_URL:-redis://127.0.0.1:6379} ;;
+      nats) url=${LG_NATS_URL:-nats://127.0.0.1:4222} ;;
+    esac
+    broker_env=(BROKER_URL="$url" BROKER_PREFIX="lg$$r$RANDOM$RANDOM")
+    log "$nodes nodes, database $pg_db, broker $url (${broker_env[1]})"
+  else
+    log "1 node, database $pg_db, no broker"
+  fi
+  local k
+  # Started together on purpose: the nodes serialize their migrations among themselves.
+  for k in $(seq 0 $((nodes - 1))); do
+    env "${broker_env[@]}" JWT_SECRET="$secret" DATABASE_URL="$pg/$pg_db" HOST=127.0.0.1 \
+      GRPC_HOST=127.0.0.1 PORT=$((http_port + 10 * k)) SOCKET_PORT=$((ws_port + 10 * k)) \
+      GRPC_PORT=$((grpc_port + 10 * k)) RUST_LOG=${RUST_LOG:-warn} \
+      "$work/messaging" serve >"$work/node$k.log" 2>&1 &
+    server_pids+=($!)
+  done
+  server_pid=${server_pids[0]}
+  token=$(JWT_SECRET=$secret "$work/messaging" token --church-id "$CHURCH" --person-id loadgen)
+  ready_path=/ready
+}
 
 start_target() {
   for p in $ports; do
@@ -129,6 +221,9 @@ start_target() {
   if [ "$target" = service ]; then
     # Run a copy: a concurrent rebuild must not swap the binary under a running benchmark.
     cp "$TARGET_DIR/release/messaging" "$work/messaging"
+    case "$1" in
+      cluster | cluster-1) start_cluster; wait_ready; return 0 ;;
+    esac
     local secret="loadgen-$$-$RANDOM$RANDOM"
     JWT_SECRET=$secret DATABASE_URL="sqlite://$work/svc.db?mode=rwc" HOST=127.0.0.1 \
       GRPC_HOST=127.0.0.1 PORT=$http_port SOCKET_PORT=$ws_port GRPC_PORT=$grpc_port \
@@ -142,14 +237,17 @@ start_target() {
     token=""
     ready_path=/messaging/ # any HTTP answer will do
   fi
-  for _ in $(seq 1 300); do
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; die "$target exited during start-up"; }
-    code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$http_port$ready_path" || true)
-    if [ "$target" = service ] && [ "$code" = 200 ]; then return 0; fi
-    if [ "$target" = floor ] && [ "$code" != 000 ]; then return 0; fi
-    sleep 0.1
+  server_pids=("$server_pid")
+  wait_ready
+}
+
+# "a,b,c": the addresses of the first $2 nodes (default all) for a port base.
+node_addrs() {
+  local base=$1 k out="" n=${2:-${#server_pids[@]}}
+  for k in $(seq 0 $((n - 1))); do
+    out="$out${out:+,}127.0.0.1:$((base + 10 * k))"
   done
-  die "$target did not become ready on port $http_port"
+  echo "$out"
 }
 
 run_one() {
@@ -158,29 +256,50 @@ run_one() {
     log "skipping $name: the floor has no gRPC"
     return 0
   fi
-  start_target
-  log "$name against the $target (pid $server_pid)"
+  start_target "$name"
+  log "$name against the $target (pid ${server_pids[*]})"
   # shellcheck disable=SC2207
   local args=($(scenario_args "$name"))
   # The name ends in a space, so it cannot travel through scenario_args' word splitting.
   [ "$name" != join-storm-anon ] || args+=(--join-name "Anonymous ")
   [ -z "$rate" ] || args+=(--rate "$rate")
-  args+=(--http "127.0.0.1:$http_port" --ws "127.0.0.1:$ws_port" --church "$CHURCH"
-    --scenario "$name" --target-kind "$target" --server-pid "$server_pid")
+  local pids
+  pids=$(
+    IFS=,
+    echo "${server_pids[*]}"
+  )
+  local kind=$target
+  [ "$name" != cluster ] || kind="service-$nodes-nodes-$broker"
+  [ "$name" != cluster-1 ] || kind="service-1-node-postgres"
+  # LG_HTTP_NODES=1 sends every REST call (publishes, joins) to node 0 only.
+  args+=(--http "$(node_addrs "$http_port" "${LG_HTTP_NODES:-${#server_pids[@]}}")" --ws "$(node_addrs "$ws_port")" --church "$CHURCH"
+    --scenario "$name" --target-kind "$kind" --server-pid "$pids")
   if [ "$target" = service ]; then
-    args+=(--grpc "127.0.0.1:$grpc_port" --token "$token")
+    args+=(--grpc "$(node_addrs "$grpc_port")" --token "$token")
   else
     args+=(--presence-timeout 0) # the floor sends no attendance frames
   fi
   local rc=0
   timeout -k 10 "${LG_TIMEOUT:-300}" "$LOADGEN" "${args[@]}" "${extra[@]}" >"$out" || rc=$?
+  local logs=("$work"/*.log) k died=""
+  for k in "${!server_pids[@]}"; do
+    kill -0 "${server_pids[$k]}" 2>/dev/null || died="$died $k"
+  done
   if [ "$rc" -ge 2 ]; then
-    log "loadgen exited with $rc; last lines of the $target log:"
-    tail -n 20 "$work/server.log" >&2 || true
-  elif ! kill -0 "$server_pid" 2>/dev/null; then
-    log "the $target died during the run; last lines of its log:"
-    tail -n 20 "$work/server.log" >&2 || true
+    log "loadgen exited with $rc; last lines of the $target log(s):"
+    tail -n 20 "${logs[@]}" >&2 || true
+  elif [ -n "$died" ]; then
+    log "the $target died during the run (node(s)$died); last lines of its log(s):"
+    tail -n 20 "${logs[@]}" >&2 || true
     rc=2
+  elif [ "${#server_pids[@]}" -gt 1 ] || [ -n "$pg_db" ]; then
+    # Several nodes: say whether any node logged a warning or an error.
+    local n
+    n=$(cat "${logs[@]}" | grep -c -E 'WARN|ERROR' || true)
+    [ "$n" = 0 ] || {
+      log "the nodes logged $n warning/error lines; the first ones:"
+      grep -h -E 'WARN|ERROR' "${logs[@]}" | head -n 10 >&2
+    }
   fi
   stop_target
   return "$rc"

@@ -33,6 +33,15 @@ use crate::http::Http;
 use crate::publish::{Plan, Room, Sender, Via};
 use crate::ws::{End, Shared, now_ns};
 
+/// Where a join request is sent when the target has several nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum JoinNode {
+    /// The node whose WebSocket port the socket is connected to.
+    Own,
+    /// Join worker w sends to node w mod N, whichever node holds the socket.
+    Any,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
@@ -42,18 +51,21 @@ use crate::ws::{End, Shared, now_ns};
     about = "Load generator for the messaging service: sockets, joins, presence, fan-out throughput, loss, order and latency"
 )]
 struct Args {
-    /// HTTP address of the target (REST under /messaging).
-    #[arg(long, default_value = "127.0.0.1:8084")]
-    http: String,
-    /// WebSocket address of the target.
-    #[arg(long, default_value = "127.0.0.1:8087")]
-    ws: String,
+    /// HTTP address of the target (REST under /messaging). Several nodes of one service:
+    /// a comma-separated list; publisher p uses node p mod N.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8084")]
+    http: Vec<String>,
+    /// WebSocket address of the target. Several nodes: a comma-separated list; socket i
+    /// connects to node i mod N.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8087")]
+    ws: Vec<String>,
     /// Path of the WebSocket upgrade request (any path upgrades).
     #[arg(long, default_value = "/")]
     ws_path: String,
-    /// gRPC address of the target (needed for --via grpc).
-    #[arg(long)]
-    grpc: Option<String>,
+    /// gRPC address of the target (needed for --via grpc). Several nodes: a comma-separated
+    /// list; publisher p uses node p mod N.
+    #[arg(long, value_delimiter = ',')]
+    grpc: Vec<String>,
     /// GRPC_TOKEN of the target, if it requires one.
     #[arg(long)]
     grpc_token: Option<String>,
@@ -81,9 +93,15 @@ struct Args {
     /// Publish over REST (/messaging/messages/send) or gRPC (Delivery/SendConversationMessages).
     #[arg(long, value_enum, default_value_t = Via::Rest)]
     via: Via,
-    /// PID of the server process, for its RSS and CPU figures.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PID of the server process, for its RSS and CPU figures. Several nodes: a
+    /// comma-separated list; RSS and CPU are summed over them (and listed per process).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// With several nodes, which node each join request goes to: the node that holds the
+    /// socket (`own`), or round-robin over the nodes like a load balancer (`any`, so most
+    /// joins are forwarded by the service to the holder).
+    #[arg(long, value_enum, default_value_t = JoinNode::Own)]
+    join_node: JoinNode,
     /// Bytes of each message's content (the `lg|room|seq|t|` header is padded to this).
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -206,7 +224,7 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     if a.duration > 0.0 && a.publishers == 0 {
         bail!("--publishers must be at least 1 when publishing");
     }
-    if a.via == Via::Grpc && a.grpc.is_none() {
+    if a.via == Via::Grpc && a.grpc.is_empty() {
         bail!("--via grpc needs --grpc HOST:PORT");
     }
     if !a
@@ -216,8 +234,30 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     {
         bail!("--church must be [A-Za-z0-9_-]");
     }
-    let http_addr = addr(&a.http)?;
-    let ws_addr = addr(&a.ws)?;
+    let http_addrs = a
+        .http
+        .iter()
+        .map(|s| addr(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ws_addrs =
+        a.ws.iter()
+            .map(|s| addr(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+    // Node k is (http[k], ws[k], grpc[k]); a list of one address serves every node.
+    let nodes = http_addrs.len().max(ws_addrs.len()).max(a.grpc.len());
+    for (flag, n) in [
+        ("--http", http_addrs.len()),
+        ("--ws", ws_addrs.len()),
+        ("--grpc", a.grpc.len()),
+    ] {
+        if n > 1 && n != nodes {
+            bail!("{flag} lists {n} addresses; with {nodes} nodes give 1 or {nodes}");
+        }
+    }
+    if http_addrs.is_empty() || ws_addrs.is_empty() {
+        bail!("--http and --ws need at least one address");
+    }
+    let http_addr = http_addrs[0];
     let timeout = Duration::from_secs_f64(a.request_timeout);
     let nofile =
         procfs::raise_nofile((a.sockets + a.publishers + a.join_concurrency + 1024) as u64);
@@ -227,8 +267,8 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
             a.sockets
         );
     }
-    let pid = a.server_pid;
-    let server_rss = |p: Option<u32>| p.and_then(procfs::rss_bytes);
+    let pid: Option<&[u32]> = (!a.server_pid.is_empty()).then_some(&a.server_pid[..]);
+    let server_rss = |p: Option<&[u32]>| p.and_then(procfs::rss_bytes_sum);
     let rss_before = server_rss(pid);
     let gen_cpu_start = procfs::self_cpu_seconds();
     let load_start = procfs::loadavg_1m();
@@ -248,18 +288,25 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     ));
 
     // ---- sockets ----
-    let target = Arc::new(ws::Target::new(ws_addr, &a.ws_path));
+    let targets: Vec<Arc<ws::Target>> = ws_addrs
+        .iter()
+        .map(|&w| Arc::new(ws::Target::new(w, &a.ws_path)))
+        .collect();
     let shared: Vec<Arc<Shared>> = (0..a.sockets)
         .map(|i| Arc::new(Shared::new((i % a.rooms) as u32)))
         .collect();
     let multi_source = a.sockets > a.sockets_per_source
-        && matches!(ws_addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
+        && ws_addrs
+            .iter()
+            .all(|w| matches!(w.ip(), IpAddr::V4(ip) if ip.is_loopback()));
     let sps = a.sockets_per_source.max(1);
     let sem = Arc::new(tokio::sync::Semaphore::new(a.connect_concurrency.max(1)));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let t_connect = Instant::now();
     for (i, sh) in shared.iter().enumerate() {
-        let (sem, target, tx, sh) = (sem.clone(), target.clone(), tx.clone(), sh.clone());
+        // Socket i connects to node i mod N: the sockets are spread evenly over the nodes.
+        let target = targets[i % targets.len()].clone();
+        let (sem, tx, sh) = (sem.clone(), tx.clone(), sh.clone());
         let source = multi_source.then(|| Ipv4Addr::new(127, 0, 0, 1 + (i / sps).min(253) as u8));
         tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
@@ -309,10 +356,10 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     );
     let room_sizes: Arc<Vec<AtomicU64>> =
         Arc::new((0..a.rooms).map(|_| AtomicU64::new(0)).collect());
-    let srv_cpu_join0 = pid.and_then(procfs::cpu_seconds);
+    let srv_cpu_join0 = pid.and_then(procfs::cpu_seconds_sum);
     let join = run_joins(
         &a,
-        http_addr,
+        &http_addrs,
         timeout,
         &joins,
         &shared,
@@ -332,7 +379,7 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     // ---- presence ----
     let presence = wait_presence(&a, &shared, &room_sizes, join.first_ns, join.last_ns).await;
     let rss_after_join = server_rss(pid);
-    let srv_cpu_join1 = pid.and_then(procfs::cpu_seconds);
+    let srv_cpu_join1 = pid.and_then(procfs::cpu_seconds_sum);
 
     // ---- publish ----
     let rooms: Arc<Vec<Room>> = Arc::new(
@@ -349,6 +396,8 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     let mut pubs = Vec::new();
     let mut publish_seconds = 0.0;
     let (mut srv_cpu, mut gen_cpu) = ([None; 3], [0.0f64; 3]);
+    // Per server process, at publish start and after the drain.
+    let (mut srv_each0, mut srv_each2) = (Vec::new(), Vec::new());
     let (mut pub_start_ns, mut drain_seconds) = (0u64, 0.0);
     let (mut gen_sys0, mut gen_sys2) = (0.0f64, 0.0f64);
     if a.duration > 0.0 {
@@ -361,16 +410,23 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
             grpc_token: a.grpc_token.clone(),
         });
         let mut senders = Vec::with_capacity(a.publishers);
-        for _ in 0..a.publishers {
+        // Publisher p talks to node p mod N.
+        for p in 0..a.publishers {
             senders.push(match a.via {
-                Via::Rest => Sender::connect_rest(http_addr, a.token.as_deref(), timeout).await?,
-                Via::Grpc => {
-                    Sender::connect_grpc(a.grpc.as_deref().unwrap_or_default(), timeout).await?
+                Via::Rest => {
+                    let h = http_addrs[p % http_addrs.len()];
+                    Sender::connect_rest(h, a.token.as_deref(), timeout).await?
                 }
+                Via::Grpc => Sender::connect_grpc(&a.grpc[p % a.grpc.len()], timeout).await?,
             });
         }
         progress(format_args!("publishing for {} s", a.duration));
-        srv_cpu[0] = pid.and_then(procfs::cpu_seconds);
+        srv_each0 = a
+            .server_pid
+            .iter()
+            .map(|&p| procfs::cpu_seconds(p))
+            .collect();
+        srv_cpu[0] = pid.and_then(procfs::cpu_seconds_sum);
         gen_cpu[0] = procfs::self_cpu_seconds();
         gen_sys0 = procfs::self_cpu_user_sys().1;
         pub_start_ns = now_ns();
@@ -385,7 +441,7 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
             pubs.push(h.await?);
         }
         publish_seconds = start.elapsed().as_secs_f64();
-        srv_cpu[1] = pid.and_then(procfs::cpu_seconds);
+        srv_cpu[1] = pid.and_then(procfs::cpu_seconds_sum);
         gen_cpu[1] = procfs::self_cpu_seconds();
         progress(format_args!("publishing done; draining"));
         // ---- drain ----
@@ -404,7 +460,12 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
             }
         }
         drain_seconds = t_drain.elapsed().as_secs_f64();
-        srv_cpu[2] = pid.and_then(procfs::cpu_seconds);
+        srv_cpu[2] = pid.and_then(procfs::cpu_seconds_sum);
+        srv_each2 = a
+            .server_pid
+            .iter()
+            .map(|&p| procfs::cpu_seconds(p))
+            .collect();
         gen_cpu[2] = procfs::self_cpu_seconds();
         gen_sys2 = procfs::self_cpu_user_sys().1;
     }
@@ -417,8 +478,16 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     let (mut att_max, mut att_sum, mut bip_max, mut bip_sum, mut last_rx) =
         (0u32, 0u64, 0u32, 0u64, 0u64);
     let mut closes: std::collections::BTreeMap<String, u64> = Default::default();
-    for sh in &shared {
+    // (received, duplicates, out_of_order) of the sockets held by each node.
+    let mut per_node = vec![(0u64, 0u64, 0u64); ws_addrs.len()];
+    for (i, sh) in shared.iter().enumerate() {
         let st = sh.stats();
+        let n = &mut per_node[i % ws_addrs.len()];
+        (n.0, n.1, n.2) = (
+            n.0 + st.received,
+            n.1 + st.duplicates,
+            n.2 + st.out_of_order,
+        );
         received += st.received;
         dups += st.duplicates;
         ooo += st.out_of_order;
@@ -506,9 +575,11 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
     let report = json!({
         "scenario": a.scenario,
         "target_kind": a.target_kind,
-        "target": format!("http://{http_addr}"),
-        "ws": format!("ws://{ws_addr}{}", a.ws_path),
-        "grpc": a.grpc.as_ref().map(|g| format!("http://{g}")),
+        "nodes": nodes,
+        "target": http_addrs.iter().map(|h| format!("http://{h}")).collect::<Vec<_>>().join(","),
+        "ws": ws_addrs.iter().map(|w| format!("ws://{w}{}", a.ws_path)).collect::<Vec<_>>().join(","),
+        "grpc": (!a.grpc.is_empty()).then(|| a.grpc.iter().map(|g| format!("http://{g}")).collect::<Vec<_>>().join(",")),
+        "join_node": if nodes > 1 { Some(match a.join_node { JoinNode::Own => "own", JoinNode::Any => "any" }) } else { None },
         "sockets": a.sockets,
         "sockets_open": opened,
         "source_addresses": if multi_source { a.sockets.div_ceil(sps) } else { 1 },
@@ -543,6 +614,7 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
         "deliveries_per_sec_to_last": to_last,
         "drain_seconds": r3(drain_seconds),
         "latency_ms": ms_summary(&latency),
+        "per_node": (ws_addrs.len() > 1).then(|| per_node.iter().map(|(r, d, o)| json!({"received": r, "duplicates": d, "out_of_order": o})).collect::<Vec<_>>()),
         "sockets_ended": closes,
         "join": {
             "display_name": a.join_name,
@@ -562,7 +634,10 @@ async fn run(a: Args) -> anyhow::Result<(Value, bool)> {
             "attendance_seen": presence.saw_attendance,
         },
         "server": pid.map(|p| json!({
-            "pid": p,
+            "pid": p[0],
+            "pids": p,
+            // Each process's share of cpu_seconds_publish_drain (one entry per --server-pid).
+            "cpu_seconds_publish_drain_each": srv_each0.iter().zip(&srv_each2).map(|(x, y)| cpu_diff(*x, *y)).collect::<Vec<_>>(),
             "rss_bytes": {
                 "before": rss_before,
                 "after_connect": rss_after_connect,
@@ -658,36 +733,62 @@ struct JoinOutcome {
 }
 
 /// Joins each open socket to its room with its own request, `--join-concurrency` at once.
+/// With several nodes, join worker w talks to node w mod N; with `--join-node own` it takes
+/// only the sockets held by that node, with `any` it takes whichever socket comes next.
 async fn run_joins(
     a: &Args,
-    http_addr: SocketAddr,
+    http_addrs: &[SocketAddr],
     timeout: Duration,
     joins: &Arc<Vec<(usize, String)>>,
     shared: &[Arc<Shared>],
     room_ids: &[String],
     room_sizes: &Arc<Vec<AtomicU64>>,
 ) -> anyhow::Result<JoinOutcome> {
-    let workers = a.join_concurrency.max(1).min(joins.len().max(1));
+    let nodes = http_addrs.len();
+    let own = nodes > 1 && a.join_node == JoinNode::Own;
+    // One queue per node (`own`: socket i is held by node i mod N), or one for all.
+    let queues: Vec<Arc<Vec<(usize, String)>>> = if own {
+        (0..nodes)
+            .map(|k| {
+                Arc::new(
+                    joins
+                        .iter()
+                        .filter(|(i, _)| i % nodes == k)
+                        .cloned()
+                        .collect(),
+                )
+            })
+            .collect()
+    } else {
+        vec![joins.clone()]
+    };
+    let mut workers = a.join_concurrency.max(1).min(joins.len().max(1));
+    if own {
+        workers = workers.max(nodes);
+    }
     let mut conns = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let mut h = Http::new(http_addr, a.token.as_deref(), timeout)?;
+    for w in 0..workers {
+        let mut h = Http::new(http_addrs[w % nodes], a.token.as_deref(), timeout)?;
         h.connect().await?;
-        conns.push(h);
+        conns.push((h, w % queues.len()));
     }
     let church_json = serde_json::to_string(&a.church)?;
     let name_json = serde_json::to_string(&a.join_name)?;
-    let next = Arc::new(AtomicUsize::new(0));
+    let nexts: Vec<Arc<AtomicUsize>> = queues
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
     let last = Arc::new(AtomicU64::new(0));
     let shared: Arc<Vec<Arc<Shared>>> = Arc::new(shared.to_vec());
     let room_ids: Arc<Vec<String>> = Arc::new(room_ids.to_vec());
     let first_ns = now_ns();
     let handles: Vec<_> = conns
         .into_iter()
-        .map(|mut h| {
+        .map(|(mut h, q)| {
             let (next, last, joins, shared, room_ids, room_sizes, church_json, name_json) = (
-                next.clone(),
+                nexts[q].clone(),
                 last.clone(),
-                joins.clone(),
+                queues[q].clone(),
                 shared.clone(),
                 room_ids.clone(),
                 room_sizes.clone(),

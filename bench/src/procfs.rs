@@ -23,6 +23,16 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / tick.max(1) as f64)
 }
 
+/// Σ `VmRSS` over several processes (the nodes of one service); None if any is gone.
+pub fn rss_bytes_sum(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&p| rss_bytes(p)).sum()
+}
+
+/// Σ utime + stime over several processes (the nodes of one service); None if any is gone.
+pub fn cpu_seconds_sum(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| cpu_seconds(p)).sum()
+}
+
 /// The 1-minute load average (/proc/loadavg), to judge how quiet the machine was.
 pub fn loadavg_1m() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -84,5 +94,19 @@ mod tests {
         assert!(super::rss_bytes(pid).unwrap() > 0);
         assert!(super::cpu_seconds(pid).unwrap() >= 0.0);
         assert!(super::self_cpu_seconds() >= 0.0);
+    }
+
+    #[test]
+    fn sums_over_processes() {
+        let pid = std::process::id();
+        let one = super::rss_bytes(pid).unwrap();
+        // RSS may move a little between the reads; both reads see this very process.
+        let two = super::rss_bytes_sum(&[pid, pid]).unwrap();
+        assert!(two.abs_diff(2 * one) <= 1 << 20, "{one} {two}");
+        assert!(super::cpu_seconds_sum(&[pid, pid]).unwrap() >= 0.0);
+        assert_eq!(super::cpu_seconds_sum(&[]), Some(0.0));
+        // A pid that cannot exist (above pid_max) makes the sum unknown.
+        assert_eq!(super::cpu_seconds_sum(&[pid, u32::MAX]), None);
+        assert_eq!(super::rss_bytes_sum(&[pid, u32::MAX]), None);
     }
 }
