@@ -262,6 +262,34 @@ impl SocketHandle {
         front.filter(|_| partial)
     }
 
+    /// Drops this socket's queued frames of one room that the kernel has not taken yet, so
+    /// that once a leave is answered the socket gets nothing more from the room (a frame
+    /// already partly written is finished: the stream must stay well-formed). Frames are
+    /// recognised by their envelope's first two keys, which `encode_frame` writes first, so
+    /// the fan-out path carries no tag per queued frame.
+    pub(crate) fn drop_room_frames(&self, church: &str, room: &str) {
+        let prefix = envelope_prefix(church, room);
+        let of_room = |f: &Bytes| super::ws::server_frame_payload(f).starts_with(&prefix);
+        let mut dropped = 0;
+        let mut drop_from = |q: &mut VecDeque<Bytes>, keep_front: bool| {
+            let mut first = keep_front;
+            q.retain(|f| {
+                let keep = std::mem::take(&mut first) || !of_room(f);
+                if !keep {
+                    dropped += f.len();
+                }
+                keep
+            });
+        };
+        // Writer before outbox, the order `drain` takes them in.
+        let mut w = self.writer.lock();
+        let partial = w.partial;
+        drop_from(&mut w.out, partial);
+        drop_from(&mut self.outbox.lock(), false);
+        drop(w);
+        self.queued.fetch_sub(dropped, Relaxed);
+    }
+
     /// Writes queued frames until none are left or the socket is full. Called with the
     /// writer lock held, by the current owner (`W_LISTED`: the flusher, `W_TASK`: the task).
     fn drain(&self, w: &mut Writer, owner: u8) -> Drain {
@@ -425,6 +453,18 @@ struct Envelope<'a, T: Serialize + ?Sized> {
 }
 
 /// Serializes and frames one envelope. Called once per delivery, never per recipient.
+/// How every frame of one room begins: the envelope's first two keys, as `encode_frame`
+/// writes them.
+fn envelope_prefix(church: &str, room: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40 + church.len() + room.len());
+    p.extend_from_slice(b"{\"churchId\":");
+    let _ = serde_json::to_writer(&mut p, church);
+    p.extend_from_slice(b",\"conversationId\":");
+    let _ = serde_json::to_writer(&mut p, room);
+    p.push(b',');
+    p
+}
+
 pub fn encode_frame<T: Serialize + ?Sized>(
     church_id: &str,
     conversation_id: &str,

@@ -338,15 +338,23 @@ impl Hub {
     pub fn remove_member(&self, socket_id: &str, audience: &Audience) -> bool {
         let mut members = self.members.write();
         let mut emptied = false;
+        let mut left = None;
         if let Some(room) = members.get_mut(audience) {
             if let Some(h) = room.remove(socket_id) {
                 self.local_rows.fetch_sub(1, Relaxed);
                 h.audiences.lock().retain(|a| a != audience);
+                left = Some(h);
             }
             if room.is_empty() {
                 members.remove(audience);
                 emptied = true;
             }
+        }
+        drop(members);
+        // No frame of the room reaches the socket from here on: drop what is still queued
+        // (outside the members lock, which every broadcast takes).
+        if let (Some(h), Audience::Room { church, room }) = (left, audience) {
+            h.drop_room_frames(church, room);
         }
         metrics::gauge!("messaging_rows").set(self.local_rows.load(Relaxed) as f64);
         emptied

@@ -63,6 +63,17 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The payload of a frame this server framed (unmasked, so the header is 2, 4 or 10 bytes).
+pub fn server_frame_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(4 + reason.len());
     header(&mut out, 0x8, 2 + reason.len());

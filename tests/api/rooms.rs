@@ -729,3 +729,62 @@ db_test!(
         }
     }
 );
+
+db_test!(
+    a_leave_drops_the_rooms_frames_still_queued_for_the_socket,
+    |db: TestDb| async move {
+        let mut s = settings(&db);
+        s.socket_queue_bytes = 8 << 20;
+        let app = TestApp::spawn_with(s).await;
+        let left = app.conversation("C1", "streamingLive", true).await;
+        let kept = app.conversation("C1", "streamingLive", true).await;
+        let mut paused = Ws::connect_small_rcvbuf(app.socket).await;
+        paused.get_id().await;
+        for room in [&left, &kept] {
+            app.join_one(room, &paused.id, "paused").await;
+            paused.next_action("blockedIp").await;
+        }
+        // `paused` stops reading: messages of both rooms fill its kernel buffers, then wait
+        // in the server's queue for it.
+        let pad = "p".repeat(4000);
+        let (hub, paused_id) = (app.hub.clone(), paused.id.clone());
+        let queued = || hub.socket(&paused_id).map_or(0, |h| h.queued_bytes());
+        let mut sent = 0u64;
+        while queued() < 256 * 1024 {
+            assert!(
+                sent < 1500,
+                "the paused socket's kernel buffers never filled"
+            );
+            for room in [&left, &kept] {
+                app.grpc_send("C1", room, &json!({"seq": sent, "pad": pad}))
+                    .await;
+            }
+            sent += 1;
+        }
+        let (st, _) = app
+            .delete(
+                &format!("/messaging/connections/C1/{left}/{}", paused.id),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200);
+        // Reading again, up to a probe queued after the leave's reply: the room it left
+        // stops where the kernel had already taken its frames; the other room loses nothing.
+        paused.stream.send(Message::text("getId")).await.unwrap();
+        let frames = paused.until(|f| f["action"] == "socketId").await;
+        let seqs = |room: &str| -> Vec<u64> {
+            frames
+                .iter()
+                .filter(|f| f["action"] == "message" && f["conversationId"] == room)
+                .filter_map(|f| f["data"]["seq"].as_u64())
+                .collect()
+        };
+        assert_eq!(seqs(&kept), (0..sent).collect::<Vec<_>>());
+        let got = seqs(&left);
+        assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>());
+        assert!(
+            (got.len() as u64) < sent,
+            "all {sent} messages of the room it left still reached the socket after the leave"
+        );
+    }
+);
