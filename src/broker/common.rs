@@ -4,8 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use metrics::{Counter, Gauge};
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
 
 /// Payloads waiting for the publishing task. Large enough to absorb a burst while one
 /// pipelined batch is in flight, small enough that a stuck connection cannot hold much
@@ -111,28 +113,86 @@ pub(super) type Outgoing = (Box<str>, Bytes);
 pub(super) struct PublishQueue {
     tx: mpsc::Sender<Outgoing>,
     counters: Counters,
+    /// Payloads queued so far. Held while queueing, so that a payload's number is its place
+    /// in the queue: "every payload up to n is settled" then means exactly those.
+    queued: Mutex<u64>,
+    settled: watch::Receiver<u64>,
+}
+
+/// The publishing task's side: payloads in queue order, and how many of them are settled.
+pub(super) struct PublishDrain {
+    rx: mpsc::Receiver<Outgoing>,
+    settled: watch::Sender<u64>,
 }
 
 impl PublishQueue {
-    pub fn new(counters: Counters) -> (Self, mpsc::Receiver<Outgoing>) {
+    pub fn new(counters: Counters) -> (Self, PublishDrain) {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-        (Self { tx, counters }, rx)
+        let (settled_tx, settled) = watch::channel(0);
+        let queue = Self {
+            tx,
+            counters,
+            queued: Mutex::new(0),
+            settled,
+        };
+        (
+            queue,
+            PublishDrain {
+                rx,
+                settled: settled_tx,
+            },
+        )
     }
 
-    /// Never waits: a payload that cannot be queued, or that would only sit in the queue
-    /// until the broker returns, is dropped and counted.
-    pub fn push(&self, channel: &str, payload: Bytes, connected: bool) {
+    /// Never waits. Returns false, counted, for a payload that cannot be queued or would
+    /// only sit in the queue until the broker returns: the caller still has it and may
+    /// deliver it locally, since it reaches no node through the broker.
+    pub fn push(&self, channel: &str, payload: Bytes, connected: bool) -> bool {
         if !connected {
             self.counters.dropped_disconnected.increment(1);
-            return;
+            return false;
         }
+        let mut queued = self.queued.lock();
         match self.tx.try_send((channel.into(), payload)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.counters.dropped_overflow.increment(1),
+            Ok(()) => {
+                *queued += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.dropped_overflow.increment(1);
+                false
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.counters.dropped_disconnected.increment(1)
+                self.counters.dropped_disconnected.increment(1);
+                false
             }
         }
+    }
+
+    /// Resolves once every payload queued before this call is settled (see
+    /// [`super::Broker::settled`]); `None` when they already are.
+    pub fn settled(&self) -> Option<BoxFuture<'static, ()>> {
+        let target = *self.queued.lock();
+        if *self.settled.borrow() >= target {
+            return None;
+        }
+        let mut settled = self.settled.clone();
+        Some(Box::pin(async move {
+            // Err: the publishing task has ended (closed), nothing more will settle.
+            let _ = settled.wait_for(|n| *n >= target).await;
+        }))
+    }
+}
+
+impl PublishDrain {
+    /// The next payloads in queue order (up to `limit`); 0 once the queue is closed.
+    pub async fn recv_many(&mut self, batch: &mut Vec<Outgoing>, limit: usize) -> usize {
+        self.rx.recv_many(batch, limit).await
+    }
+
+    /// `n` more payloads (the oldest not yet settled) are settled.
+    pub fn settle(&self, n: usize) {
+        self.settled.send_modify(|s| *s += n as u64);
     }
 }
 

@@ -103,10 +103,10 @@ impl MemoryBroker {
 
 #[async_trait::async_trait]
 impl Broker for MemoryBroker {
-    fn publish(&self, channel: &str, payload: Bytes) {
+    fn publish(&self, channel: &str, payload: Bytes) -> bool {
         if !self.node.up.load(Ordering::Acquire) {
             self.counters.dropped_disconnected.increment(1);
-            return;
+            return false;
         }
         let channel: Arc<str> = channel.into();
         for node in self.bus.nodes.read().iter() {
@@ -120,6 +120,12 @@ impl Broker for MemoryBroker {
             }
         }
         self.counters.published.increment(1);
+        true
+    }
+
+    /// Publishing places the payload on every subscriber's queue at once: nothing to wait for.
+    fn settled(&self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        None
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {

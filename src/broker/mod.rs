@@ -5,7 +5,9 @@
 //! - **Publishing never waits on the network.** [`Broker::publish`] puts the payload on a
 //!   bounded in-memory queue and returns; one task per broker drains that queue onto one
 //!   connection, in call order. A payload that finds the queue full, or the broker
-//!   unreachable, is dropped and counted (`messaging_broker_dropped_total{reason}`).
+//!   unreachable, is not taken and counted (`messaging_broker_dropped_total{reason}`).
+//!   Whoever must know that the broker has ordered the payloads (a reply to the publisher)
+//!   waits on [`Broker::settled`] instead.
 //! - **Order.** One queue, one task, one connection: a subscriber receives the payloads one
 //!   node published to one channel in the order the node published them, across any number
 //!   of channels. Payloads of different publishers interleave arbitrarily.
@@ -65,9 +67,21 @@ pub enum BrokerError {
 pub trait Broker: Send + Sync + 'static {
     /// Queues one payload for `channel` and returns at once: never waits on the network.
     /// Payloads published from one node are sent in call order over one connection, so a
-    /// subscriber receives one publisher's payloads to one channel in order. While the broker
-    /// is unreachable, payloads are dropped (at-most-once) and counted in a metric.
-    fn publish(&self, channel: &str, payload: bytes::Bytes);
+    /// subscriber receives one publisher's payloads to one channel in order.
+    ///
+    /// Returns false, and counts it, when the payload was not taken (the broker is
+    /// unreachable, or the queue is full): it reaches no one, the caller may deliver it
+    /// locally. Once taken, a payload the publishing task then finds no connection for is
+    /// given to the handler as if it had come back (it reached no other node, and this one
+    /// gets it once); one whose sending failed midway may or may not have gone out and is
+    /// dropped (at-most-once).
+    fn publish(&self, channel: &str, payload: bytes::Bytes) -> bool;
+    /// Resolves once every payload taken by `publish` before this call is settled: the
+    /// broker has acknowledged it (Redis: the PUBLISH reply; NATS: a round trip on the same
+    /// connection after it), so the broker has already placed it, in its order, on every
+    /// subscriber's stream; or it was handed back or dropped. `None` when there is nothing
+    /// to wait for. A reply sent after this resolves cannot overtake the payloads.
+    fn settled(&self) -> Option<futures::future::BoxFuture<'static, ()>>;
     /// Starts receiving `channel`. Resolves once the broker has confirmed the subscription, so
     /// a payload published by anyone after this returns Ok is delivered to the handler. If the
     /// broker is unreachable it returns Err, but the subscription is remembered and made again

@@ -15,12 +15,13 @@ use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event, ServerAddr};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{CONNECT_TIMEOUT, Counters, Link, Outgoing, PublishQueue, backoff};
+use super::common::{CONNECT_TIMEOUT, Counters, Link, PublishDrain, PublishQueue, backoff};
 use super::{Broker, BrokerError, Handler};
 
 /// The client PINGs this often and drops the connection after two unanswered: a peer that
@@ -92,7 +93,7 @@ impl Probe {
         self.waiters.lock().remove(&token);
         match result {
             Ok(r) => r,
-            Err(_) => Err(unreachable("nats did not confirm the subscription in time")),
+            Err(_) => Err(unreachable("nats did not answer the round trip in time")),
         }
     }
 }
@@ -175,6 +176,8 @@ impl NatsBroker {
         let shutdown = CancellationToken::new();
         let publisher = tokio::spawn(publish_loop(
             client.clone(),
+            probe.clone(),
+            handler.clone(),
             rx,
             counters.clone(),
             shutdown.clone(),
@@ -195,36 +198,66 @@ impl NatsBroker {
     }
 }
 
-/// Hands the queue to the client in order. While the client is disconnected its command
-/// channel is not drained, so payloads are dropped here instead of piling up there.
+/// Most payloads handed to the client before one confirming round trip.
+const BATCH: usize = 512;
+
+/// Hands the queue to the client in order, then settles each batch with one round trip.
+/// While the client is disconnected its command channel is not drained, so payloads are
+/// handed back here instead of piling up there.
+///
+/// `Client::flush` would not do to settle: it resolves once the bytes are written to the
+/// socket, before the server has read them, so a payload another node publishes right
+/// after the reply could still be processed first. The server handles one connection's
+/// messages in order and, while handling a PUB, queues the message to every subscriber
+/// before it reads the next; so once the probe published after a batch comes back, the
+/// whole batch sits in every subscriber's stream ahead of anything published later.
 async fn publish_loop(
     client: Client,
-    mut rx: mpsc::Receiver<Outgoing>,
+    probe: Arc<Probe>,
+    handler: Handler,
+    mut queue: PublishDrain,
     counters: Counters,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(64);
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         let n = tokio::select! {
             _ = shutdown.cancelled() => return,
-            n = rx.recv_many(&mut batch, 64) => n,
+            n = queue.recv_many(&mut batch, BATCH) => n,
         };
         if n == 0 {
             return;
         }
+        let mut sent = 0u64;
         for (channel, payload) in batch.drain(..) {
             if client.connection_state() != State::Connected {
+                // Not sent: this node's sockets get it once, through the handler.
                 counters.dropped_disconnected.increment(1);
+                handler(&channel, payload);
                 continue;
             }
-            match client.publish(subject(&channel), payload).await {
-                Ok(()) => counters.published.increment(1),
+            // A failed publish never reached the client's queue, so it was not sent either.
+            match client.publish(subject(&channel), payload.clone()).await {
+                Ok(()) => sent += 1,
                 Err(e) => {
                     counters.dropped_error.increment(1);
                     tracing::debug!(error = %e, "nats publish failed");
+                    handler(&channel, payload);
                 }
             }
         }
+        if sent > 0 {
+            let confirmed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = probe.confirm(&client) => r,
+            };
+            match confirmed {
+                Ok(()) => counters.published.increment(sent),
+                // Sent but unconfirmed: it may still arrive, or not (at-most-once).
+                Err(e) => tracing::debug!(error = %e, payloads = sent, "nats publish unconfirmed"),
+            }
+        }
+        queue.settle(n);
     }
 }
 
@@ -246,8 +279,12 @@ async fn receive(
 
 #[async_trait::async_trait]
 impl Broker for NatsBroker {
-    fn publish(&self, channel: &str, payload: Bytes) {
-        self.queue.push(channel, payload, self.is_connected());
+    fn publish(&self, channel: &str, payload: Bytes) -> bool {
+        self.queue.push(channel, payload, self.is_connected())
+    }
+
+    fn settled(&self) -> Option<BoxFuture<'static, ()>> {
+        self.queue.settled()
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {

@@ -14,12 +14,13 @@ use ::redis::{
     RedisError, Value,
 };
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{CONNECT_TIMEOUT, Counters, Link, Outgoing, PublishQueue, backoff};
+use super::common::{CONNECT_TIMEOUT, Counters, Link, PublishDrain, PublishQueue, backoff};
 use super::{Broker, BrokerError, Handler};
 
 /// Most PUBLISH commands sent as one pipeline: amortizes the round trip under load while
@@ -205,25 +206,33 @@ async fn watch(live: &Live, shutdown: &CancellationToken) -> String {
     }
 }
 
-/// Drains the queue onto the current connection, in order, a pipeline at a time.
-async fn publish_loop(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    shutdown: CancellationToken,
-) {
+/// Drains the queue onto the current connection, in order, a pipeline at a time, and
+/// settles each batch once Redis has answered it.
+///
+/// Redis runs commands one at a time and, while running a PUBLISH, appends the message to
+/// every subscriber connection's output before it answers the publisher. So once the reply
+/// is here, the payload sits in every subscriber's stream ahead of anything any node
+/// publishes later; and since this connection is also this node's subscriber, the echo of
+/// a payload to a channel it holds has already reached the handler (pushes are read ahead
+/// of the reply that follows them).
+async fn publish_loop(shared: Arc<Shared>, mut queue: PublishDrain, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let n = tokio::select! {
             _ = shutdown.cancelled() => return,
-            n = rx.recv_many(&mut batch, BATCH) => n,
+            n = queue.recv_many(&mut batch, BATCH) => n,
         };
         if n == 0 {
             return;
         }
         let live = shared.current.lock().clone();
         let Some(live) = live else {
+            // None of it went out: hand it back, so this node's sockets get it once.
             shared.counters.dropped_disconnected.increment(n as u64);
-            batch.clear();
+            for (channel, payload) in batch.drain(..) {
+                (shared.handler)(&channel, payload);
+            }
+            queue.settle(n);
             continue;
         };
         let mut pipe = ::redis::pipe();
@@ -242,7 +251,8 @@ async fn publish_loop(
         match sent {
             Ok(()) => shared.counters.published.increment(n as u64),
             Err(e) => {
-                // Some of the batch may have gone out: at-most-once either way, never resent.
+                // Some of the batch may have gone out (and come back): at-most-once either
+                // way, never resent nor handed back.
                 shared.counters.dropped_error.increment(n as u64);
                 if e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout() {
                     live.lost.notify_one();
@@ -251,13 +261,18 @@ async fn publish_loop(
             }
         }
         batch.clear();
+        queue.settle(n);
     }
 }
 
 #[async_trait::async_trait]
 impl Broker for RedisBroker {
-    fn publish(&self, channel: &str, payload: Bytes) {
-        self.queue.push(channel, payload, self.shared.link.is_up());
+    fn publish(&self, channel: &str, payload: Bytes) -> bool {
+        self.queue.push(channel, payload, self.shared.link.is_up())
+    }
+
+    fn settled(&self) -> Option<BoxFuture<'static, ()>> {
+        self.queue.settled()
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {

@@ -21,8 +21,15 @@ pub mod nodes;
 
 pub trait Fanout: Send + Sync + 'static {
     /// Delivers one encoded frame to every socket of `audience`, on every node. Returns the
-    /// number of this node's sockets it was queued for. Never waits.
+    /// number of this node's sockets it is (or will be, from the broker) queued for. Never
+    /// waits.
     fn publish(&self, audience: &Audience, frame: &Bytes) -> usize;
+
+    /// Resolves once every frame published on this node before the call is ordered for
+    /// every node (across nodes: acknowledged by the broker). A call that published awaits
+    /// it before it replies, so that what its caller publishes next, through any node, comes
+    /// after. `None` when there is nothing to wait for, as always on one node.
+    fn settled(&self) -> Option<BoxFuture<'static, ()>>;
 
     /// Delivers to this node's sockets of `audience` only. For presence frames: each node
     /// computes attendance for its own sockets, so that the coalescing bound (one frame per
@@ -93,6 +100,10 @@ impl Fanout for Local {
 
     fn publish_local(&self, audience: &Audience, frame: &Bytes) -> usize {
         self.hub.deliver(audience, frame)
+    }
+
+    fn settled(&self) -> Option<BoxFuture<'static, ()>> {
+        None
     }
 
     fn room_changed(&self, _church: &str, _room: &str, _with_blocked_ip: bool) {}

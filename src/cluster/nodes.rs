@@ -7,10 +7,16 @@
 //!   audience nobody holds costs one broker publish.
 //! - A frame is encoded once, by the publishing node: the encoded WebSocket frame travels
 //!   through the broker and each receiving node queues those same bytes to its sockets.
-//! - The publishing node delivers to its own sockets directly and skips its own publishes
-//!   when the broker echoes them, so each socket gets a frame exactly once.
-//! - Publishes of one node go out in call order on one connection: frames from one
-//!   publisher (through one node) to one room keep their order on every node.
+//! - Order. While the broker is reachable, every node, the publishing one included,
+//!   delivers room and person frames only from its subscription, in the order the broker
+//!   put them on it; and a call that published replies only once the broker has
+//!   acknowledged (`Fanout::settled`), that is once the frame is on every subscriber's
+//!   stream. So a publisher that sends frame n+1 after frame n's reply, through any node,
+//!   has n+1 ordered after n by the broker, and every socket on every node gets them in
+//!   that order, each once (a frame is never delivered both directly and from the echo).
+//!   Frames of one node also go out in call order on one connection.
+//! - While the broker is unreachable, a node delivers its own frames to its own sockets
+//!   directly; they reach no other node (at-most-once), and order holds per node only.
 //! - Presence: a room change is announced on the room's channel; each node holding sockets
 //!   in the room raises its own coalesced attendance (see `service::presence`).
 //! - Delivery across nodes is at-most-once, like delivery itself: while the broker is
@@ -98,8 +104,10 @@ impl Inbox {
             tracing::debug!(%channel, "malformed broker message");
             return;
         };
-        if origin == self.node_id {
-            return; // delivered here when it was published
+        // Attendance is this node's own and already raised; its own frames, though, are
+        // delivered here like everyone's, in the broker's order (see `publish`).
+        if kind == KIND_ROOM_CHANGED && origin == self.node_id {
+            return;
         }
         let Some(audience) = self.subs.lock().get(channel).map(|(a, _)| a.clone()) else {
             return; // unsubscribed meanwhile
@@ -269,10 +277,20 @@ impl Cluster {
 
 impl Fanout for Cluster {
     fn publish(&self, audience: &Audience, frame: &Bytes) -> usize {
-        let n = self.inbox.hub.deliver(audience, frame);
         let m = message(KIND_FRAME, &self.inbox.node_id, frame);
-        self.broker.publish(&channel(&self.prefix, audience), m);
-        n
+        if self.broker.publish(&channel(&self.prefix, audience), m) {
+            // This node's sockets get it from the broker's stream too, so that frames
+            // published through several nodes reach every node in one order.
+            self.inbox.hub.local_count(audience)
+        } else {
+            // The broker did not take it (unreachable): it reaches no other node, and no
+            // echo will come back, so this node's sockets get it now (at-most-once).
+            self.inbox.hub.deliver(audience, frame)
+        }
+    }
+
+    fn settled(&self) -> Option<BoxFuture<'static, ()>> {
+        self.broker.settled()
     }
 
     fn publish_local(&self, audience: &Audience, frame: &Bytes) -> usize {

@@ -208,7 +208,12 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
         return framework_error(404, "Endpoint not found", &path);
     };
     let pattern = matched.route.path;
+    let reads_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let resp = handle(&state, matched, &path, req).await;
+    if !reads_only {
+        // The reply must not overtake the frames this call published (order across nodes).
+        state.services.settle().await;
+    }
     metrics::counter!(
         "messaging_http_requests_total",
         "route" => pattern,

@@ -25,6 +25,9 @@ impl pb::delivery_server::Delivery for DeliveryService {
         let n = self
             .svc
             .deliver_to_room(&r.church_id, &r.conversation_id, &r.action, &r.data)?;
+        // Not before the broker has ordered the frame: the caller's next send, through any
+        // node, must come after it.
+        self.svc.settle().await;
         Ok(reply(n))
     }
 
@@ -40,6 +43,7 @@ impl pb::delivery_server::Delivery for DeliveryService {
             &r.action,
             &r.data,
         )?;
+        self.svc.settle().await;
         Ok(reply(n))
     }
 }

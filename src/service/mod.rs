@@ -130,6 +130,15 @@ impl Services {
         self.fanout.unready()
     }
 
+    /// Waits until the frames this node published so far are ordered for every node (see
+    /// `Fanout::settled`). Calls that publish await it before they reply, so that the next
+    /// call of their caller, to whichever node, cannot overtake them. Free on one node.
+    pub async fn settle(&self) {
+        if let Some(settled) = self.fanout.settled() {
+            settled.await;
+        }
+    }
+
     /// Serializes once, then delivers to every socket of the audience on every node.
     pub fn send<T: Serialize + ?Sized>(
         &self,

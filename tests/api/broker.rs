@@ -154,6 +154,48 @@ async fn many_channels_exactly_once_in_order(url: &str) {
     b.close().await;
 }
 
+broker_test!(settled_publishes_of_two_nodes_arrive_in_that_order);
+async fn settled_publishes_of_two_nodes_arrive_in_that_order(url: &str) {
+    // Two publishers taking turns, each waiting for the other's publish to be settled: every
+    // subscriber, the publishers' own connections included, sees them in turn order.
+    let p = prefix();
+    let (a, mut a_inbox) = node(url).await;
+    let (b, mut b_inbox) = node(url).await;
+    let (c, mut c_inbox) = node(url).await;
+    let room = format!("{p}room");
+    for n in [&a, &b, &c] {
+        n.subscribe(&room).await.expect("subscribe");
+    }
+    const TURNS: u32 = 300;
+    for i in 0..TURNS {
+        let by = if i % 2 == 0 { &a } else { &b };
+        assert!(by.publish(&room, Bytes::from(i.to_string())), "not taken");
+        if let Some(settled) = by.settled() {
+            tokio::time::timeout(WAIT, settled)
+                .await
+                .expect("settled in time");
+        }
+        assert!(by.settled().is_none(), "nothing more to wait for");
+    }
+    for inbox in [&mut a_inbox, &mut b_inbox, &mut c_inbox] {
+        let mut got = Vec::new();
+        while got.len() < TURNS as usize {
+            let (ch, payload) = next(inbox).await;
+            assert_eq!(ch, room);
+            got.push(
+                std::str::from_utf8(&payload)
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got, (0..TURNS).collect::<Vec<_>>());
+    }
+    a.close().await;
+    b.close().await;
+    c.close().await;
+}
+
 broker_test!(unsubscribe_stops_delivery);
 async fn unsubscribe_stops_delivery(url: &str) {
     // Markers go on the same channel as what they vouch for: order is only promised per

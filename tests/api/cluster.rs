@@ -236,6 +236,96 @@ async fn three_nodes_serve_every_call_as_one(db: TestDb, broker: String) {
     );
 }
 
+cluster_test!(one_publisher_round_robin_keeps_its_order_on_every_node);
+/// One publisher sends consecutive frames to one room, each through the next node (REST and
+/// gRPC mixed) and each only after the previous reply, as behind a round-robin load
+/// balancer: every socket on every node gets every frame exactly once, in publish order.
+/// A node that delivered its own publishes to its sockets at once let frame n+1 (through
+/// node B) overtake frame n (through node A, still on its way through the broker).
+async fn one_publisher_round_robin_keeps_its_order_on_every_node(db: TestDb, broker: String) {
+    let n = nodes(&db, &[broker.clone(), broker.clone(), broker]).await;
+    let room = n[0].conversation("C1", "streamingLive", true).await;
+    let mut sockets = Vec::new();
+    for (holder, app) in n.iter().enumerate() {
+        for k in 0..2 {
+            let ws = app.ws_with_id().await;
+            app.join_one(&room, &ws.id, &format!("o{holder}{k}")).await;
+            sockets.push((holder, ws));
+        }
+    }
+    for (_, ws) in &mut sockets {
+        ws.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 6)
+            .await;
+    }
+    // One client per node, kept: a fresh gRPC connection per send would hide the race
+    // behind its own set-up time.
+    let mut grpc = Vec::new();
+    for app in &n {
+        grpc.push(app.delivery().await);
+    }
+    const SENDS: u64 = 240;
+    for seq in 0..=SENDS {
+        let node = (seq % 3) as usize;
+        if seq % 4 == 3 {
+            let (st, body) = n[node]
+                .post(
+                    "/messaging/messages/send",
+                    None,
+                    &json!([{"conversationId": room, "content": format!("order {seq}"), "displayName": "Guest"}]),
+                )
+                .await;
+            assert_eq!(st, 200, "{body}");
+        } else {
+            let data = if seq == SENDS {
+                json!({"end": true})
+            } else {
+                json!({"order": seq})
+            };
+            grpc[node]
+                .send_conversation_messages(pb::SendConversationMessagesRequest {
+                    church_id: "C1".into(),
+                    conversation_id: room.clone(),
+                    action: "message".into(),
+                    data: data.to_string(),
+                })
+                .await
+                .expect("send");
+        }
+    }
+    for (holder, ws) in &mut sockets {
+        let mut got = Vec::new();
+        loop {
+            let f = ws.next_action("message").await;
+            let d = &f["data"];
+            if d["end"] == true {
+                break;
+            }
+            if let Some(seq) = d["order"].as_u64().or_else(|| {
+                d["content"]
+                    .as_str()
+                    .and_then(|c| c.strip_prefix("order "))
+                    .and_then(|s| s.parse().ok())
+            }) {
+                got.push(seq);
+            }
+        }
+        let reordered = got.windows(2).filter(|w| w[0] >= w[1]).count();
+        assert_eq!(
+            got,
+            (0..SENDS).collect::<Vec<_>>(),
+            "socket on node {holder}: {} frames, {reordered} out of order",
+            got.len()
+        );
+        // Nothing comes twice, not even after the end.
+        ws.stream.send(Message::text("getId")).await.unwrap();
+        let after = ws.until(|f| f["action"] == "socketId").await;
+        assert!(
+            !after.iter().any(|f| f["action"] == "message"),
+            "socket on node {holder} got more after the end: {after:?}"
+        );
+    }
+}
+
 cluster_test!(alerts_reach_only_that_persons_sockets_on_any_node);
 async fn alerts_reach_only_that_persons_sockets_on_any_node(db: TestDb, broker: String) {
     let n = nodes(&db, &[broker.clone(), broker.clone(), broker]).await;
