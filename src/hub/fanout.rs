@@ -452,7 +452,6 @@ struct Envelope<'a, T: Serialize + ?Sized> {
     data: &'a T,
 }
 
-/// Serializes and frames one envelope. Called once per delivery, never per recipient.
 /// How every frame of one room begins: the envelope's first two keys, as `encode_frame`
 /// writes them.
 fn envelope_prefix(church: &str, room: &str) -> Vec<u8> {
@@ -465,6 +464,7 @@ fn envelope_prefix(church: &str, room: &str) -> Vec<u8> {
     p
 }
 
+/// Serializes and frames one envelope. Called once per delivery, never per recipient.
 pub fn encode_frame<T: Serialize + ?Sized>(
     church_id: &str,
     conversation_id: &str,
