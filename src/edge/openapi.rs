@@ -594,7 +594,7 @@ mod tests {
         use crate::service::limits::*;
         let doc = document();
         let op = |method: &str, path: &str| doc["paths"][path][method].clone();
-        let mut codes = |method: &str, path: &str| {
+        let codes = |method: &str, path: &str| {
             let mut c: Vec<String> = op(method, path)["responses"]
                 .as_object()
                 .map(|r| r.keys().cloned().collect())
