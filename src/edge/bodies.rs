@@ -316,22 +316,30 @@ impl Query for TimelineQuery {
     const NAMES: &'static [&'static str] = &["ids"];
 }
 
-/// Comma-separated ids, blanks around them dropped: 1 to `MAX_BATCH` ids of 1 to `MAX_ID`
-/// characters. An empty entry (`ids=a,,b`, `ids=,`, `ids=`) is malformed: a client generated
-/// from the document never sends one, and dropping it would hide a client's bug. Without
-/// `ids` the answer is `[]`.
+/// Comma-separated ids: 1 to `MAX_BATCH` entries of 1 to `MAX_ID` characters, as the
+/// document says. An empty entry (`ids=a,,b`, `ids=,`, `ids=`) is malformed: a client
+/// generated from the document never sends one, and dropping it would hide a client's bug.
+/// Blanks around an id are then dropped (`a, b`); an id of blanks only names nothing.
+/// Without `ids` the answer is `[]`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IdList(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for IdList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let ids: Vec<String> = s.split(',').map(|s| s.trim().to_string()).collect();
-        let bad = |i: &String| i.is_empty() || i.chars().count() > MAX_ID;
-        if ids.len() > MAX_BATCH || ids.iter().any(bad) {
+        let entries: Vec<&str> = s.split(',').collect();
+        let bad = |i: &&str| i.is_empty() || i.chars().count() > MAX_ID;
+        if entries.len() > MAX_BATCH || entries.iter().any(bad) {
             return Err(serde::de::Error::custom("too many, empty or too long ids"));
         }
-        Ok(IdList(ids))
+        Ok(IdList(
+            entries
+                .iter()
+                .map(|i| i.trim())
+                .filter(|i| !i.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ))
     }
 }
 
@@ -453,7 +461,12 @@ mod tests {
             Some(vec!["a".to_string(), "b".into(), "c".into()])
         );
         assert_eq!(ids("").map(|t| t.ids.0).ok(), Some(Vec::new()));
-        for raw in ["ids=,,,", "ids=a,,b", "ids=a,", "ids=a,%20", "ids="] {
+        // Found by Schemathesis: a one-character id that is a blank is schema-valid.
+        assert_eq!(
+            ids("ids=a,%20,%0B").map(|t| t.ids.0).ok(),
+            Some(vec!["a".to_string()])
+        );
+        for raw in ["ids=,,,", "ids=a,,b", "ids=a,", "ids="] {
             assert!(
                 matches!(ids(raw), Err(AppError::InvalidQuery { field: "ids" })),
                 "{raw}"
