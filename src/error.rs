@@ -18,6 +18,9 @@ pub enum AppError {
     TooManyItems,
     #[error("Invalid query parameter {field}")]
     InvalidQuery { field: &'static str },
+    /// A path parameter longer than any value of its kind can be.
+    #[error("Invalid path parameter {field}")]
+    InvalidPath { field: &'static str },
     #[error("Unauthorized")]
     Unauthorized,
     #[error("Anonymous posting not allowed")]

@@ -25,6 +25,20 @@ fn given<const MAX: usize>(s: &Option<Text<MAX>>) -> bool {
     s.as_deref().is_some_and(|s| !s.is_empty())
 }
 
+/// The longest value of a path parameter, by its name in the route table (§9 field limits:
+/// ids 64, room ids 64, `contentType` 45, `contentId` 255). A longer one is `400 Invalid path
+/// parameter`: no such object can exist, and letting it through would store an over-long
+/// `contentId` (`/conversations/current/…` creates its conversation).
+pub fn path_param_max(name: &str) -> usize {
+    match name {
+        "roomId" => MAX_ROOM_ID,
+        "socketId" => MAX_SOCKET_ID,
+        "contentType" => MAX_LABEL,
+        "contentId" => MAX_CONTENT_ID,
+        _ => MAX_ID,
+    }
+}
+
 // --- /connections ---------------------------------------------------------------------------
 
 /// `POST /messaging/connections`.
@@ -302,24 +316,30 @@ impl Query for TimelineQuery {
     const NAMES: &'static [&'static str] = &["ids"];
 }
 
-/// Comma-separated ids: blanks around them and empty entries are dropped; at most
-/// `MAX_BATCH` ids of at most `MAX_ID` characters.
+/// Comma-separated ids: 1 to `MAX_BATCH` entries of 1 to `MAX_ID` characters, as the
+/// document says. An empty entry (`ids=a,,b`, `ids=,`, `ids=`) is malformed: a client
+/// generated from the document never sends one, and dropping it would hide a client's bug.
+/// Blanks around an id are then dropped (`a, b`); an id of blanks only names nothing.
+/// Without `ids` the answer is `[]`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IdList(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for IdList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let ids: Vec<String> = s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        if ids.len() > MAX_BATCH || ids.iter().any(|i| i.chars().count() > MAX_ID) {
-            return Err(serde::de::Error::custom("too many or too long ids"));
+        let entries: Vec<&str> = s.split(',').collect();
+        let bad = |i: &&str| i.is_empty() || i.chars().count() > MAX_ID;
+        if entries.len() > MAX_BATCH || entries.iter().any(bad) {
+            return Err(serde::de::Error::custom("too many, empty or too long ids"));
         }
-        Ok(IdList(ids))
+        Ok(IdList(
+            entries
+                .iter()
+                .map(|i| i.trim())
+                .filter(|i| !i.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ))
     }
 }
 
@@ -335,7 +355,8 @@ impl JsonSchema for IdList {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "array",
-            "items": {"type": "string", "maxLength": MAX_ID},
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID},
+            "minItems": 1,
             "maxItems": MAX_BATCH,
         })
     }
@@ -434,10 +455,22 @@ mod tests {
         }
         let since = super::super::body::query::<CatchupQuery>(Some("since="));
         assert_eq!(since.map(|s| s.since).ok(), Some(Since(None)));
-        let ids = super::super::body::query::<TimelineQuery>(Some("ids=a,%20b,,c+"));
+        let ids = |raw: &str| super::super::body::query::<TimelineQuery>(Some(raw));
         assert_eq!(
-            ids.map(|t| t.ids.0).ok(),
+            ids("ids=a,%20b,c+").map(|t| t.ids.0).ok(),
             Some(vec!["a".to_string(), "b".into(), "c".into()])
         );
+        assert_eq!(ids("").map(|t| t.ids.0).ok(), Some(Vec::new()));
+        // Found by Schemathesis: a one-character id that is a blank is schema-valid.
+        assert_eq!(
+            ids("ids=a,%20,%0B").map(|t| t.ids.0).ok(),
+            Some(vec!["a".to_string()])
+        );
+        for raw in ["ids=,,,", "ids=a,,b", "ids=a,", "ids="] {
+            assert!(
+                matches!(ids(raw), Err(AppError::InvalidQuery { field: "ids" })),
+                "{raw}"
+            );
+        }
     }
 }

@@ -20,6 +20,10 @@ pub fn error_response(e: AppError, path: &str) -> Response {
             400,
             json!({"error": "Invalid query parameter", "field": field}),
         ),
+        AppError::InvalidPath { field } => (
+            400,
+            json!({"error": "Invalid path parameter", "field": field}),
+        ),
         AppError::Unauthorized => (401, json!({"error": "Unauthorized"})),
         AppError::AnonymousPostingNotAllowed => {
             (401, json!({"error": "Anonymous posting not allowed"}))

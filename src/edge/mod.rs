@@ -203,9 +203,7 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
         return resp;
     }
     let Some(matched) = routes::find(req.method().as_str(), &path) else {
-        metrics::counter!("messaging_http_requests_total", "route" => "unmatched", "status" => "404")
-            .increment(1);
-        return framework_error(404, "Endpoint not found", &path);
+        return unrouted(req.method().as_str(), &path);
     };
     let pattern = matched.route.path;
     let reads_only = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -220,6 +218,33 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
         "status" => resp.status().as_str().to_string()
     )
     .increment(1);
+    resp
+}
+
+/// A request no route takes: `405` with `Allow` when another method has a route for the path
+/// (§9), else `404`. Preflights never get here: the CORS layer answers every `OPTIONS`.
+fn unrouted(method: &str, path: &str) -> Response {
+    let allowed = routes::allowed_methods(path);
+    // A path this method has a route for got here because a parameter is not valid
+    // percent-encoded UTF-8: no object has such an id.
+    let status = if allowed.is_empty() || allowed.contains(&method) {
+        404
+    } else {
+        405
+    };
+    metrics::counter!(
+        "messaging_http_requests_total",
+        "route" => "unmatched",
+        "status" => status.to_string()
+    )
+    .increment(1);
+    if status == 404 {
+        return framework_error(404, "Endpoint not found", path);
+    }
+    let mut resp = framework_error(405, "Method not allowed", path);
+    if let Ok(allow) = HeaderValue::from_str(&allowed.join(", ")) {
+        resp.headers_mut().insert(header::ALLOW, allow);
+    }
     resp
 }
 
@@ -267,6 +292,10 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
     };
     if !allowed {
         return error_response(AppError::Unauthorized, path);
+    }
+    // Path parameters are input too (check 4 of §9).
+    if let Some(field) = matched.overlong_param() {
+        return error_response(AppError::InvalidPath { field }, path);
     }
     let ctx = Ctx {
         caller,

@@ -159,12 +159,195 @@ fn query_parameters(q: &Schema) -> Vec<Value> {
         .collect()
 }
 
-fn error_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {"error": {}, "field": {"type": "string", "description": "JSON Pointer to the offending value"}},
-        "required": ["error"]
-    })
+/// The error statuses an endpoint can answer besides the ones every `/messaging` operation
+/// shares (§9, §10): 400 when it reads a body, a query or a path parameter, 401 unless it is
+/// open, 413 with a body, 503 whenever it touches the database.
+fn extra_errors(ep: Endpoint) -> &'static [&'static str] {
+    use Endpoint::*;
+    match ep {
+        MessagesSend | MessagesPost => &["403", "404"],
+        PrivateMessagesCreate => &["404", "409"],
+        ConnectionsList
+        | ConnectionsJoin
+        | ConnectionsLeave
+        | MessagesByConversation
+        | MessagesCatchup
+        | MessagesSetCallout
+        | MessagesGet
+        | MessagesReact
+        | MessagesDelete
+        | ConversationsCurrent
+        | ConversationsSave
+        | ConversationsGet
+        | ConversationsDelete
+        | PrivateMessagesGet
+        | PrivateMessagesDelete
+        | NotificationsDelete
+        | BlockedIpsToggle
+        | BlockedIpsList => &["404"],
+        _ => &[],
+    }
+}
+
+/// OpenAPI links: which value of an endpoint's `200` response feeds which parameter of
+/// another endpoint (parameter name, response field), so a stateful client (or fuzzer) can
+/// chain calls. A batch response links from its first item.
+fn links(ep: Endpoint) -> &'static [(Endpoint, &'static [(&'static str, &'static str)])] {
+    use Endpoint::*;
+    const CONVERSATION: &[(Endpoint, &[(&str, &str)])] = &[
+        (ConversationsGet, &[("churchId", "churchId"), ("id", "id")]),
+        (MessagesByConversation, &[("conversationId", "id")]),
+        (
+            MessagesCatchup,
+            &[("churchId", "churchId"), ("conversationId", "id")],
+        ),
+        (
+            BlockedIpsList,
+            &[("churchId", "churchId"), ("conversationId", "id")],
+        ),
+        (
+            ConnectionsList,
+            &[("churchId", "churchId"), ("roomId", "id")],
+        ),
+        (
+            ConversationsByContent,
+            &[
+                ("churchId", "churchId"),
+                ("contentType", "contentType"),
+                ("contentId", "contentId"),
+            ],
+        ),
+        (
+            ConversationsDelete,
+            &[("churchId", "churchId"), ("id", "id")],
+        ),
+    ];
+    const MESSAGE: &[(Endpoint, &[(&str, &str)])] = &[
+        (MessagesGet, &[("churchId", "churchId"), ("id", "id")]),
+        (MessagesReact, &[("messageId", "id")]),
+        (MessagesDelete, &[("id", "id")]),
+        (
+            MessagesByConversation,
+            &[("conversationId", "conversationId")],
+        ),
+    ];
+    match ep {
+        ConversationsCurrent | ConversationsEnsure | ConversationsStart | ConversationsGet
+        | ConversationsSave => CONVERSATION,
+        MessagesSend | MessagesPost | MessagesGet => MESSAGE,
+        PrivateMessagesCreate => &[
+            (PrivateMessagesGet, &[("id", "id")]),
+            (PrivateMessagesDelete, &[("id", "id")]),
+        ],
+        NotificationsCreate => &[
+            (
+                NotificationsDelete,
+                &[("churchId", "churchId"), ("id", "id")],
+            ),
+            (
+                NotificationsMarkRead,
+                &[("churchId", "churchId"), ("personId", "personId")],
+            ),
+        ],
+        ConnectionsJoin | ConnectionsSetName => &[
+            (
+                ConnectionsList,
+                &[("churchId", "churchId"), ("roomId", "conversationId")],
+            ),
+            (
+                ConnectionsLeave,
+                &[
+                    ("churchId", "churchId"),
+                    ("roomId", "conversationId"),
+                    ("socketId", "socketId"),
+                ],
+            ),
+        ],
+        BlockedIpsToggle => &[(
+            BlockedIpsList,
+            &[
+                ("churchId", "churchId"),
+                ("conversationId", "conversationId"),
+            ],
+        )],
+        _ => &[],
+    }
+}
+
+/// The `links` object of an endpoint's `200` response; `batch` when it returns an array.
+fn links_of(ep: Endpoint, batch: bool) -> Map<String, Value> {
+    let base = if batch {
+        "$response.body#/0"
+    } else {
+        "$response.body#"
+    };
+    links(ep)
+        .iter()
+        .map(|(target, params)| {
+            let params: Map<String, Value> = params
+                .iter()
+                .map(|(name, field)| (name.to_string(), json!(format!("{base}/{field}"))))
+                .collect();
+            let id = format!("{target:?}");
+            (id.clone(), json!({"operationId": id, "parameters": params}))
+        })
+        .collect()
+}
+
+/// The two error shapes of §9 and the responses built on them.
+fn error_components() -> (Map<String, Value>, Value) {
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "error": {"type": "string"},
+                "field": {"type": "string", "description": "JSON Pointer to the offending value of the body, or the name of the offending query or path parameter"}
+            },
+            "required": ["error"]
+        }),
+    );
+    schemas.insert(
+        "FrameworkError".into(),
+        json!({
+            "type": "object",
+            "properties": {"error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "timestamp": {"type": "string", "format": "date-time"},
+                    "path": {"type": "string"}
+                },
+                "required": ["message", "status", "timestamp", "path"]
+            }},
+            "required": ["error"]
+        }),
+    );
+    let plain = |desc: &str| json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let responses = json!({
+        "400": plain("Invalid JSON, invalid request body, too many items, or an invalid query or path parameter"),
+        "401": plain("Unauthorized: no valid token, a missing permission, or access denied"),
+        "403": plain("IP address blocked"),
+        "404": {"description": "Unknown id (a named error), or no endpoint for the path (the framework shape)", "content": {"application/json": {"schema": {"anyOf": [
+            {"$ref": "#/components/schemas/Error"},
+            {"$ref": "#/components/schemas/FrameworkError"}
+        ]}}}},
+        "405": {
+            "description": "Known path, other method. Not listed per operation: any method an operation is not documented for gets it.",
+            "headers": {"Allow": {"description": "The methods the path has", "required": true, "schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FrameworkError"}}}
+        },
+        "409": plain("Conversation already has participants"),
+        "413": plain("Payload too large (over 1 MiB)"),
+        "503": {
+            "description": "Database unavailable; nothing was written. Retry after the given seconds.",
+            "headers": {"Retry-After": {"required": true, "schema": {"type": "integer", "minimum": 1}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        }
+    });
+    (schemas, responses)
 }
 
 fn build() -> Value {
@@ -175,11 +358,10 @@ fn build() -> Value {
     for r in ROUTES {
         let d = doc(r.endpoint, &mut g);
         let mut params: Vec<Value> = r
-            .path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}))
+            .param_names()
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": bodies::path_param_max(name)}}))
             .collect();
+        let has_path_params = !params.is_empty();
         if let Some(q) = &d.query {
             params.extend(query_parameters(q));
         }
@@ -188,8 +370,18 @@ fn build() -> Value {
             (_, Endpoint::Metrics) => {
                 json!({"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}})
             }
+            (_, Endpoint::Ready) => {
+                json!({"description": "Ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}})
+            }
             (Some(s), _) => {
-                json!({"description": "OK", "content": {"application/json": {"schema": s}}})
+                let mut ok =
+                    json!({"description": "OK", "content": {"application/json": {"schema": s}}});
+                let batch = s.get("type").and_then(Value::as_str) == Some("array");
+                let links = links_of(r.endpoint, batch);
+                if !links.is_empty() {
+                    ok["links"] = Value::Object(links);
+                }
+                ok
             }
             (None, _) if d.status == "204" => json!({"description": "No content"}),
             (None, _) => {
@@ -197,15 +389,29 @@ fn build() -> Value {
             }
         };
         responses.insert(d.status.to_string(), ok);
-        let err = |desc: &str| json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-        if r.path.starts_with("/messaging/") && r.endpoint != Endpoint::OpenApi {
+        let err = |status: &str| json!({"$ref": format!("#/components/responses/{status}")});
+        if r.endpoint == Endpoint::Ready {
             responses.insert(
-                "400".into(),
-                err("Invalid JSON, invalid request body or query parameter"),
+                "503".into(),
+                json!({"description": "Not ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}),
             );
-            responses.insert("401".into(), err("Unauthorized"));
-            responses.insert("404".into(), err("Unknown id or endpoint"));
-            responses.insert("413".into(), err("Payload too large"));
+        }
+        if r.path.starts_with("/messaging/") && r.endpoint != Endpoint::OpenApi {
+            let mut statuses: Vec<&str> = Vec::new();
+            if d.request.is_some() || d.query.is_some() || has_path_params {
+                statuses.push("400");
+            }
+            if r.auth != Auth::None {
+                statuses.push("401");
+            }
+            statuses.extend(extra_errors(r.endpoint));
+            if d.request.is_some() {
+                statuses.push("413");
+            }
+            statuses.push("503");
+            for status in statuses {
+                responses.insert(status.into(), err(status));
+            }
         }
         let mut op = json!({
             "operationId": format!("{:?}", r.endpoint),
@@ -231,17 +437,30 @@ fn build() -> Value {
         entry[r.method.to_lowercase()] = op;
     }
     let mut schemas = g.take_definitions(true);
-    schemas.insert("Error".into(), error_schema());
+    let (errors, responses) = error_components();
+    schemas.extend(errors);
+    schemas.insert(
+        "Readiness".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "unavailable"]},
+                "reason": {"type": "string"}
+            },
+            "required": ["status"]
+        }),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "messaging",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "REST edge of the real-time delivery service. Literal path segments are case-insensitive and a trailing slash is optional."
+            "description": "REST edge of the real-time delivery service. Literal path segments are case-insensitive and a trailing slash is optional. Bodies are read as JSON whatever their Content-Type. A known path called with a method it has no operation for answers 405 with an Allow header (components/responses/405); an unknown path answers 404 in the framework error shape."
         },
         "paths": paths,
         "components": {
             "schemas": schemas,
+            "responses": responses,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
         }
     })
@@ -368,6 +587,112 @@ mod tests {
         assert_eq!(ids[0]["explode"], false);
         let since = params("/messaging/messages/catchup/{churchId}/{conversationId}");
         assert_eq!(since[2]["name"], "since");
+    }
+
+    #[test]
+    fn statuses_security_links_and_path_limits() {
+        use crate::service::limits::*;
+        let doc = document();
+        let op = |method: &str, path: &str| doc["paths"][path][method].clone();
+        let codes = |method: &str, path: &str| {
+            let mut c: Vec<String> = op(method, path)["responses"]
+                .as_object()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default();
+            c.sort();
+            c
+        };
+        assert_eq!(
+            codes("post", "/messaging/privatemessages"),
+            ["200", "400", "401", "404", "409", "413", "503"]
+        );
+        assert_eq!(
+            codes("post", "/messaging/messages/send"),
+            ["200", "400", "401", "403", "404", "413", "503"]
+        );
+        assert_eq!(
+            codes("get", "/messaging/privatemessages"),
+            ["200", "401", "503"]
+        );
+        assert_eq!(codes("get", "/health"), ["200"]);
+        assert_eq!(codes("get", "/ready"), ["200", "503"]);
+        let unavailable = &doc["components"]["responses"]["503"];
+        assert_eq!(unavailable["headers"]["Retry-After"]["required"], true);
+        assert_eq!(
+            doc["components"]["responses"]["405"]["headers"]["Allow"]["required"],
+            true
+        );
+        // Bearer where a token is needed or accepted.
+        assert_eq!(
+            op("get", "/messaging/privatemessages")["security"],
+            json!([{"bearer": []}])
+        );
+        assert_eq!(
+            op("post", "/messaging/messages/send")["security"],
+            json!([{}, {"bearer": []}])
+        );
+        assert!(op("get", "/health").get("security").is_none());
+        // Path parameters carry the limits the server enforces.
+        let params = op(
+            "delete",
+            "/messaging/connections/{churchId}/{roomId}/{socketId}",
+        )["parameters"]
+            .clone();
+        let max: Vec<&Value> = params
+            .as_array()
+            .map(|p| p.iter().map(|p| &p["schema"]["maxLength"]).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            max,
+            [&json!(MAX_ID), &json!(MAX_ROOM_ID), &json!(MAX_SOCKET_ID)]
+        );
+        // Links: a created conversation's id feeds the operations that take it, and every
+        // link names a real operation and its real parameters.
+        let links = &op("post", "/messaging/conversations/start")["responses"]["200"]["links"];
+        assert_eq!(
+            links["ConversationsGet"]["parameters"],
+            json!({"churchId": "$response.body#/churchId", "id": "$response.body#/id"})
+        );
+        let batch = &op("post", "/messaging/conversations")["responses"]["200"]["links"];
+        assert_eq!(
+            batch["MessagesByConversation"]["parameters"]["conversationId"],
+            "$response.body#/0/id"
+        );
+        let ops: Vec<&Value> = doc["paths"]
+            .as_object()
+            .map(|p| {
+                p.values()
+                    .flat_map(|o| o.as_object().into_iter().flat_map(|o| o.values()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut seen = 0;
+        for o in &ops {
+            let Some(links) = o["responses"]["200"]["links"].as_object() else {
+                continue;
+            };
+            for link in links.values() {
+                let target = ops
+                    .iter()
+                    .find(|t| t["operationId"] == link["operationId"])
+                    .unwrap_or_else(|| panic!("no operation {}", link["operationId"]));
+                for name in link["parameters"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|p| p.keys())
+                {
+                    assert!(
+                        target["parameters"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|p| p["name"] == *name)),
+                        "{} has no parameter {name}",
+                        link["operationId"]
+                    );
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 20, "{seen} links");
     }
 
     #[test]

@@ -123,6 +123,15 @@ pub const ROUTES: &[Route] = routes! {
     "POST" "/messaging/blockedips/clear" => BlockedIpsClear, Perm(ContentEdit), "Clear the blocked IPs of a service";
 };
 
+impl Route {
+    /// The names of the path's `{name}` parameters, in path order.
+    pub fn param_names(&self) -> impl Iterator<Item = &'static str> {
+        self.path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+    }
+}
+
 /// A matched route with its parameters, in path order.
 pub struct Matched {
     pub route: &'static Route,
@@ -138,25 +147,31 @@ fn is_param(seg: &str) -> bool {
     seg.starts_with('{') && seg.ends_with('}')
 }
 
+/// Which of `route`'s segments are parameters, when its pattern matches the segments `segs`.
+fn shape(route: &Route, segs: &[&str]) -> Option<Vec<bool>> {
+    let pattern = segments(route.path);
+    if pattern.len() != segs.len() {
+        return None;
+    }
+    let ok = pattern.iter().zip(segs).all(|(p, s)| {
+        if is_param(p) {
+            !s.is_empty()
+        } else {
+            p.eq_ignore_ascii_case(s)
+        }
+    });
+    ok.then(|| pattern.iter().map(|p| is_param(p)).collect())
+}
+
 /// Finds the route for `method` and a raw (still percent-encoded) `path`.
 pub fn find(method: &str, path: &str) -> Option<Matched> {
     let segs = segments(path);
     let mut best: Option<(Vec<bool>, &'static Route)> = None;
     for route in ROUTES.iter().filter(|r| r.method == method) {
-        let pattern = segments(route.path);
-        if pattern.len() != segs.len() {
-            continue;
-        }
-        let shape: Vec<bool> = pattern.iter().map(|p| is_param(p)).collect();
-        let ok = pattern.iter().zip(&segs).all(|(p, s)| {
-            if is_param(p) {
-                !s.is_empty()
-            } else {
-                p.eq_ignore_ascii_case(s)
-            }
-        });
         // `false` (literal) sorts before `true` (parameter): the most literal match wins.
-        if ok && best.as_ref().is_none_or(|(b, _)| shape < *b) {
+        if let Some(shape) = shape(route, &segs)
+            && best.as_ref().is_none_or(|(b, _)| shape < *b)
+        {
             best = Some((shape, route));
         }
     }
@@ -168,6 +183,31 @@ pub fn find(method: &str, path: &str) -> Option<Matched> {
         .map(|(s, _)| percent_decode(s))
         .collect::<Option<Vec<_>>>()?;
     Some(Matched { route, params })
+}
+
+impl Matched {
+    /// The first parameter longer than its kind allows (`bodies::path_param_max`).
+    pub fn overlong_param(&self) -> Option<&'static str> {
+        self.route
+            .param_names()
+            .zip(&self.params)
+            .find(|(name, value)| value.chars().count() > super::bodies::path_param_max(name))
+            .map(|(name, _)| name)
+    }
+}
+
+/// The methods some route serves at `path` (for `405` and its `Allow` header); empty for an
+/// unknown path. Any route matching counts, so a path another method would route to a
+/// more literal pattern still reports every method that has a route for it.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segs = segments(path);
+    let mut methods: Vec<&'static str> = Vec::new();
+    for route in ROUTES {
+        if shape(route, &segs).is_some() && !methods.contains(&route.method) {
+            methods.push(route.method);
+        }
+    }
+    methods
 }
 
 pub fn percent_decode(s: &str) -> Option<String> {

@@ -26,6 +26,7 @@ impl From<AppError> for Status {
             | AppError::BadRequest(_)
             | AppError::TooManyItems
             | AppError::InvalidQuery { .. }
+            | AppError::InvalidPath { .. }
             | AppError::PayloadTooLarge => Status::invalid_argument(e.to_string()),
         }
     }

@@ -847,12 +847,15 @@ pub fn is_transient(e: &DbErr) -> bool {
     }
 }
 
-/// The database cannot be reached: the pool timed out, or the connection failed at the
-/// I/O level. Retrying later may work; nothing was written.
+/// The database cannot be reached: the pool timed out, the connection failed at the I/O
+/// level, or a new connection got no valid answer (a peer that accepts and closes at once
+/// makes sqlx-postgres read the end of the stream as `unexpected response from SSLRequest`,
+/// a protocol error). Retrying later may work; nothing was written.
 pub fn is_unavailable(e: &DbErr) -> bool {
     use sea_orm::sqlx::Error as X;
     match e {
         DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)) if matches!(**e, X::Protocol(_)) => true,
         _ => matches!(
             sqlx_error(e),
             Some(X::Io(_) | X::PoolTimedOut | X::PoolClosed | X::WorkerCrashed | X::Tls(_))

@@ -7,19 +7,15 @@
 //! it fails rather than pass untested. The outage test cuts a TCP proxy of its own, never
 //! the real server, which other tests use.
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messaging::broker::{self, Broker, BrokerError, Handler};
-use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 
-use crate::helpers::{WAIT, eventually};
+use crate::helpers::{Proxy, WAIT, eventually};
 
 type Inbox = mpsc::UnboundedReceiver<(String, Bytes)>;
 
@@ -308,73 +304,6 @@ async fn an_unreachable_broker_fails_quickly() {
             result.err()
         );
         assert!(started.elapsed() < Duration::from_secs(5), "{scheme}");
-    }
-}
-
-/// A TCP proxy in front of the real server that the test can cut (every proxied connection
-/// closed, new ones closed on accept) and restore.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    state: Arc<Mutex<(bool, Vec<AbortHandle>)>>,
-    accepted: Arc<AtomicUsize>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let state = Arc::new(Mutex::new((true, Vec::new())));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let accept = {
-            let state = state.clone();
-            let accepted = accepted.clone();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    // Checked and recorded under one lock, so a cut never misses a connection.
-                    let mut guard = state.lock();
-                    if !guard.0 {
-                        continue; // dropping `inbound` closes it
-                    }
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    let upstream = upstream.clone();
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut out) = TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                        }
-                    });
-                    guard.1.push(task.abort_handle());
-                }
-            })
-        };
-        Self {
-            addr,
-            state,
-            accepted,
-            accept,
-        }
-    }
-
-    pub fn cut(&self) {
-        let mut guard = self.state.lock();
-        guard.0 = false;
-        for conn in guard.1.drain(..) {
-            conn.abort();
-        }
-    }
-
-    pub fn restore(&self) {
-        self.state.lock().0 = true;
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
     }
 }
 

@@ -10,7 +10,6 @@ use messaging::pb;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::broker::Proxy;
 use crate::helpers::*;
 
 fn broker_url(var: &str) -> String {

@@ -104,29 +104,62 @@ db_test!(
             app.store.room_rows("C1", &room).await.unwrap().is_empty(),
             "nothing half-written"
         );
-        // Unknown routes and methods.
-        for (method, path) in [
-            ("GET", "/messaging/nothing/here"),
-            ("PUT", "/messaging/connections"),
-            ("GET", "/nothing"),
+        // Unknown paths are 404; a known path with another method is 405 with `Allow`
+        // (the methods of every route that matches the path), both in the framework shape.
+        for (method, path, status, allow) in [
+            ("GET", "/messaging/nothing/here", 404, None),
+            ("GET", "/nothing", 404, None),
+            ("POST", "/messaging/connections/C1//S1", 404, None),
+            ("PUT", "/messaging/connections", 405, Some("POST")),
+            ("PATCH", "/Messaging/Connections/C1/R1/", 405, Some("GET")),
+            ("GET", "/messaging/messages/send", 405, Some("POST, DELETE")),
+            ("DELETE", "/messaging/notifications/my", 200, None),
+            (
+                "POST",
+                "/messaging/notifications/my",
+                405,
+                Some("GET, DELETE"),
+            ),
+            ("POST", "/health", 405, Some("GET")),
         ] {
             let req = app.client.request(method.parse().unwrap(), app.url(path));
-            let (s, body) = app.send(req, None).await;
-            assert_eq!(s, 404);
-            let e = body["error"].as_object().unwrap();
+            let resp = app.send_raw(req, Some(&app.token("C1", "P1", &[]))).await;
+            assert_eq!(resp.0, status, "{method} {path}");
+            assert_eq!(resp.1.as_deref(), allow, "{method} {path}");
+            if status == 200 {
+                continue;
+            }
+            let e = resp.2["error"].as_object().unwrap();
             assert_eq!(
                 e.keys().map(String::as_str).collect::<Vec<_>>(),
                 ["message", "status", "timestamp", "path"]
             );
+            let message = if status == 404 {
+                "Endpoint not found"
+            } else {
+                "Method not allowed"
+            };
             assert_eq!(
                 (
                     e["message"].as_str(),
                     e["status"].as_u64(),
                     e["path"].as_str()
                 ),
-                (Some("Endpoint not found"), Some(404), Some(path))
+                (Some(message), Some(u64::from(status)), Some(path))
             );
         }
+        // Path parameters longer than any id of their kind are refused before any lookup.
+        assert_eq!(
+            app.get(
+                &format!("/messaging/connections/C1/{}", "r".repeat(65)),
+                None
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid path parameter", "field": "roomId"})
+            )
+        );
         // The process keeps serving: the same socket can still join.
         app.join_one(&room, &a.id, "fine").await;
     }
@@ -336,22 +369,25 @@ db_test!(
                 .await,
             (400, json!({"error": "Too many items"}))
         );
-        // Query strings are typed too.
-        let ids = (0..101)
+        // Query strings are typed too: more than 100 ids, or an empty one, is malformed.
+        let too_many = (0..101)
             .map(|i| format!("c{i}"))
             .collect::<Vec<_>>()
             .join(",");
-        assert_eq!(
-            app.get(
-                &format!("/messaging/conversations/timeline/ids?ids={ids}"),
-                Some(&admin)
-            )
-            .await,
-            (
-                400,
-                json!({"error": "Invalid query parameter", "field": "ids"})
-            )
-        );
+        for ids in [too_many.as_str(), ",,,", "a,,b", "a,", ""] {
+            assert_eq!(
+                app.get(
+                    &format!("/messaging/conversations/timeline/ids?ids={ids}"),
+                    Some(&admin)
+                )
+                .await,
+                (
+                    400,
+                    json!({"error": "Invalid query parameter", "field": "ids"})
+                ),
+                "{ids}"
+            );
+        }
         // CORS on errors, and the preflight's exact headers.
         let resp = app
             .client

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -12,9 +14,11 @@ use messaging::pb;
 use messaging::store::Store;
 use messaging::store::entities::conversations;
 use messaging::{Application, Listeners, Settings};
+use parking_lot::Mutex;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -267,23 +271,34 @@ impl TestApp {
         self.send(self.client.delete(self.url(path)), token).await
     }
 
-    pub async fn send(
+    pub async fn send(&self, req: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
+        let (status, _, body) = self.send_raw(req, token).await;
+        (status, body)
+    }
+
+    /// Status, `Allow` header and body.
+    pub async fn send_raw(
         &self,
         mut req: reqwest::RequestBuilder,
         token: Option<&str>,
-    ) -> (u16, Value) {
+    ) -> (u16, Option<String>, Value) {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.expect("http request");
         let status = resp.status().as_u16();
+        let allow = resp
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = resp.text().await.expect("body");
         let v = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        (status, v)
+        (status, allow, v)
     }
 
     /// Joins sockets to a room over REST; panics unless 200.
@@ -455,6 +470,73 @@ impl Ws {
                 Err(_) => panic!("no close within {WAIT:?}"),
             }
         }
+    }
+}
+
+/// A TCP proxy in front of a real server (broker or database) that the test can cut (every proxied connection
+/// closed, new ones closed on accept) and restore.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<(bool, Vec<AbortHandle>)>>,
+    pub accepted: Arc<AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state = Arc::new(Mutex::new((true, Vec::new())));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accept = {
+            let state = state.clone();
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    // Checked and recorded under one lock, so a cut never misses a connection.
+                    let mut guard = state.lock();
+                    if !guard.0 {
+                        continue; // dropping `inbound` closes it
+                    }
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut out) = TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                    guard.1.push(task.abort_handle());
+                }
+            })
+        };
+        Self {
+            addr,
+            state,
+            accepted,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        let mut guard = self.state.lock();
+        guard.0 = false;
+        for conn in guard.1.drain(..) {
+            conn.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.state.lock().0 = true;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }
 

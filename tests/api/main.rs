@@ -10,6 +10,7 @@ mod errors;
 mod grpc_api;
 mod migrate;
 mod nodes;
+mod outage;
 mod rooms;
 mod socket;
 mod wire;
