@@ -26,7 +26,9 @@
 # cluster only: LG_PG_URL (server URL without a database, default
 # postgres://postgres@127.0.0.1:5432), LG_REDIS_URL (redis://127.0.0.1:6379), LG_NATS_URL
 # (nats://127.0.0.1:4222), LG_CLUSTER_NODES (3), LG_HTTP_NODES (REST calls go to the first
-# this many nodes; default all). Node k listens on LG_*_PORT + 10k.
+# this many nodes; default all), LG_NODE_WORKERS (request-runtime threads per node, passed
+# as TOKIO_WORKER_THREADS to the nodes only; default: the service's own, one per core).
+# Node k listens on LG_*_PORT + 10k.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -188,14 +190,15 @@ start_cluster() {
     die "could not create a database at $pg"
   }
   local broker_env=()
+  [ -z "${LG_NODE_WORKERS:-}" ] || broker_env+=(TOKIO_WORKER_THREADS="$LG_NODE_WORKERS")
   if [ "$nodes" -gt 1 ]; then
     local url
     case "$broker" in
       redis) url=${LG_REDIS_URL:-redis://127.0.0.1:6379} ;;
       nats) url=${LG_NATS_URL:-nats://127.0.0.1:4222} ;;
     esac
-    broker_env=(BROKER_URL="$url" BROKER_PREFIX="lg$$r$RANDOM$RANDOM")
-    log "$nodes nodes, database $pg_db, broker $url (${broker_env[1]})"
+    broker_env+=(BROKER_URL="$url" BROKER_PREFIX="lg$$r$RANDOM$RANDOM")
+    log "$nodes nodes, database $pg_db, broker $url (${broker_env[-1]})"
   else
     log "1 node, database $pg_db, no broker"
   fi
