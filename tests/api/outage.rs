@@ -117,3 +117,53 @@ async fn outage(backend: Backend) {
     assert_eq!(rows.connections.len(), 1);
     assert_eq!(app.get("/ready", None).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(with_postgres), ignore = "DATABASE_URL_POSTGRES is not set")]
+async fn postgres_refusing_connections_gives_503_within_seconds() {
+    refused(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(with_mysql), ignore = "DATABASE_URL_MYSQL is not set")]
+async fn mysql_refusing_connections_gives_503_within_seconds() {
+    refused(Backend::Mysql).await
+}
+
+/// A database whose port refuses connections (nothing listens any more), as opposed to one
+/// that accepts and drops them: each request still gets its 503 within the 5 s checkout
+/// timeout, not after a wait that holds every caller.
+async fn refused(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let (upstream, via) = split_host(&db.url);
+    let proxy = Proxy::start(upstream.to_string()).await;
+    let app = TestApp::spawn_with(messaging::Settings::for_tests(&via(proxy.addr), SECRET)).await;
+    let room = app.conversation("C1", "streamingLive", true).await;
+    let body = json!([{"conversationId": room, "content": "hello"}]);
+    assert_eq!(
+        app.post("/messaging/messages/send", None, &body).await.0,
+        200
+    );
+
+    let addr = proxy.addr;
+    drop(proxy);
+    eventually("the proxy's port refuses connections", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // The first request may find a pooled connection and fail on it at once; the next ones
+    // need a new connection, which is refused until the checkout times out.
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, body) = app.post("/messaging/messages/send", None, &body).await;
+        assert_eq!(
+            (status, body),
+            (503, json!({"error": "Database unavailable"}))
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "503 took {:?}",
+            started.elapsed()
+        );
+    }
+}
