@@ -72,6 +72,12 @@ pub struct Settings {
     /// cores stay free for requests, so a fan-out wave never starves the next publish.
     #[arg(long, env = "SOCKET_THREADS", default_value_t = 0, global = true)]
     pub socket_threads: usize,
+    /// How many nice steps (0-19) below the process the socket threads run: above 0,
+    /// requests come first when the cores are saturated and the writers catch up with
+    /// larger batches. 0 = equal priority.
+    #[arg(long, env = "SOCKET_NICE", default_value_t = crate::hub::DEFAULT_SOCKET_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
+    pub socket_nice: i32,
     /// Broker for delivery across nodes: `redis://host:port[/db]` or `nats://host:port`.
     /// Unset: one node, in-process delivery. Needs a shared database (PostgreSQL, MariaDB).
     #[arg(long, env = "BROKER_URL", hide_env_values = true, global = true)]
@@ -185,6 +191,7 @@ impl Settings {
             max_queued_bytes: self.socket_queue_bytes,
             ping_interval: Duration::from_secs_f64(self.ping_interval_secs.max(0.01)),
             socket_threads: self.socket_threads,
+            socket_nice: self.socket_nice,
             max_sockets: match self.max_sockets {
                 0 => defaults.max_sockets,
                 n => n,
