@@ -69,7 +69,12 @@ impl RedisBroker {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings)).map_err(bad)?;
+        // Without TCP_NODELAY (the crate's default is off) a publish written while an earlier
+        // one is unacknowledged waits for that ACK: every reply, and so every REST write,
+        // would pay for it.
+        let tcp = ::redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let client =
+            Client::open(info.set_redis_settings(settings).set_tcp_settings(tcp)).map_err(bad)?;
         let counters = Counters::new();
         let shared = Arc::new(Shared {
             client,

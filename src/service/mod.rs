@@ -135,7 +135,11 @@ impl Services {
     /// call of their caller, to whichever node, cannot overtake them. Free on one node.
     pub async fn settle(&self) {
         if let Some(settled) = self.fanout.settled() {
+            let started = std::time::Instant::now();
             settled.await;
+            // What a reply waits for the broker: the price of order across nodes.
+            metrics::histogram!("messaging_broker_settle_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
     }
 
