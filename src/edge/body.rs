@@ -88,17 +88,27 @@ fn pointer(path: &serde_path_to_error::Path) -> String {
 pub trait Query: DeserializeOwned + JsonSchema {
     /// The parameter names, as serde spells them.
     const NAMES: &'static [&'static str];
+    /// The names among them that are comma-separated lists (`style: form, explode: false`).
+    /// They reach serde as arrays of entries.
+    const LISTS: &'static [&'static str] = &[];
 }
 
 /// A raw query string as `T`. Values are percent-decoded with `+` as a space (an invalid
 /// encoding reads as empty); the first occurrence of a name wins; unknown names are ignored.
+/// A list is split on its literal commas *before* decoding: a comma inside an entry is sent
+/// as `%2C` and stays in the entry.
 pub fn query<T: Query>(raw: Option<&str>) -> AppResult<T> {
+    let decode = |v: &str| super::routes::percent_decode(&v.replace('+', " ")).unwrap_or_default();
     let mut map = Map::new();
     for pair in raw.unwrap_or_default().split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if !map.contains_key(k) {
-            let v = super::routes::percent_decode(&v.replace('+', " ")).unwrap_or_default();
-            map.insert(k.to_string(), Value::String(v));
+            let v = if T::LISTS.contains(&k) {
+                Value::Array(v.split(',').map(|e| Value::String(decode(e))).collect())
+            } else {
+                Value::String(decode(v))
+            };
+            map.insert(k.to_string(), v);
         }
     }
     let v = Value::Object(map);

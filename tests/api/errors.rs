@@ -388,6 +388,16 @@ db_test!(
                 "{ids}"
             );
         }
+        // An id's own comma is sent encoded (`%2C`) and is part of the id, not a separator:
+        // schema-valid, so accepted (Schemathesis found the 400 this used to be).
+        assert_eq!(
+            app.get(
+                "/messaging/conversations/timeline/ids?ids=NoSuch%2C,a%2Cb",
+                Some(&admin)
+            )
+            .await,
+            (200, json!([]))
+        );
         // CORS on errors, and the preflight's exact headers.
         let resp = app
             .client
