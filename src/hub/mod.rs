@@ -64,10 +64,11 @@ impl Default for HubConfig {
 /// How many nice steps below the process the socket threads run by default. When the cores
 /// are saturated, what comes first is the request path (parse, authorize, commit, acknowledge
 /// through the broker), which wakes and sleeps several times per request; at equal priority
-/// each wake-up waited behind a writer's time slice, and the next publish with it. Writers at a lower priority still get
-/// every idle cycle, fall behind only while requests need the CPU, and then write more frames
-/// per `writev`. Measured on 2 cores: `fanout-1k` (SQLite) +14 %, one node on PostgreSQL
-/// 3.5x (its publish p50 went from 4.3 ms to 0.7 ms); see BENCHMARKS.md.
+/// each wake-up waited behind a writer's time slice, and the next publish with it. Writers at
+/// a lower priority still get every idle cycle, fall behind only while requests need the
+/// CPU, and then write more frames per `writev`. Measured on 2 cores: `fanout-1k` (SQLite)
+/// +14 %, one node on PostgreSQL 3.5x (its publish p50 went from 4.3 ms to 0.7 ms); see
+/// BENCHMARKS.md.
 pub const DEFAULT_SOCKET_NICE: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority by `nice` steps, as `nice -n` would
