@@ -87,7 +87,8 @@ fn lower_priority(nice: i32) {
             libc::setpriority(libc::PRIO_PROCESS, 0, (current + nice).min(19))
         };
         if rc != 0 {
-            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "socket thread priority not lowered");
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(nice, %error, "socket thread priority not lowered");
         }
     }
 }
