@@ -173,6 +173,15 @@ bindings = {
 with open(out, "w", encoding="utf-8") as f:
     for name, values in ids.items():
         f.write(f"[dictionaries.{name}]\nvalues = {json.dumps(values, ensure_ascii=False)}\n\n")
+    # A body over 1 MiB gets the documented 413 before it is parsed, whatever it holds, so
+    # 413 is a right answer to valid and invalid data alike (the defaults lack it).
+    f.write(
+        "[checks.negative_data_rejection]\n"
+        'expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", '
+        '"422", "428", "429", "5xx"]\n\n'
+        "[checks.positive_data_acceptance]\n"
+        'expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx"]\n\n'
+    )
     f.write("[parameters]\n")
     for key, name in bindings.items():
         f.write(f'"{key}" = {{ dictionary = "{name}", probability = 0.5 }}\n')
