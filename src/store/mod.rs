@@ -141,7 +141,21 @@ impl Store {
     async fn sqlite_writer(url: &str) -> anyhow::Result<std::sync::Arc<SqliteWriter>> {
         use sea_orm::sqlx::Connection;
         let opts = sqlite_tuning(url.parse()?);
-        let conn = sea_orm::sqlx::SqliteConnection::connect_with(&opts).await?;
+        // Turning a fresh file to WAL takes an exclusive lock that busy_timeout does not
+        // wait for: processes opening one new file together get SQLITE_BUSY at once. The
+        // switch is quick and happens once per file, so a short retry settles it.
+        let mut attempt = 0;
+        let conn = loop {
+            match sea_orm::sqlx::SqliteConnection::connect_with(&opts).await {
+                Err(sea_orm::sqlx::Error::Database(e))
+                    if attempt < 50 && e.code().as_deref() == Some("5") =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => break r?,
+            }
+        };
         Ok(std::sync::Arc::new(SqliteWriter {
             opts,
             conn: tokio::sync::Mutex::new(Some(conn)),
