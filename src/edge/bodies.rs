@@ -329,9 +329,11 @@ impl<'de> Deserialize<'de> for IdList {
     /// From the entries of the list (see `Query::LISTS`), already split and decoded.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let entries = Vec::<String>::deserialize(d)?;
-        let bad = |i: &String| i.is_empty() || i.chars().count() > MAX_ID;
+        let bad = |i: &String| i.is_empty() || i.chars().count() > MAX_ID || i.contains('\0');
         if entries.len() > MAX_BATCH || entries.iter().any(bad) {
-            return Err(serde::de::Error::custom("too many, empty or too long ids"));
+            return Err(serde::de::Error::custom(
+                "too many, empty, too long or U+0000-holding ids",
+            ));
         }
         Ok(IdList(
             entries
@@ -356,7 +358,12 @@ impl JsonSchema for IdList {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID},
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ID,
+                "pattern": crate::edge::body::NO_NUL_PATTERN,
+            },
             "minItems": 1,
             "maxItems": MAX_BATCH,
         })

@@ -294,7 +294,7 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
         return error_response(AppError::Unauthorized, path);
     }
     // Path parameters are input too (check 4 of §9).
-    if let Some(field) = matched.overlong_param() {
+    if let Some(field) = matched.invalid_param() {
         return error_response(AppError::InvalidPath { field }, path);
     }
     let ctx = Ctx {

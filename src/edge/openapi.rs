@@ -359,7 +359,7 @@ fn build() -> Value {
         let d = doc(r.endpoint, &mut g);
         let mut params: Vec<Value> = r
             .param_names()
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": bodies::path_param_max(name)}}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": bodies::path_param_max(name), "pattern": super::body::NO_NUL_PATTERN}}))
             .collect();
         let has_path_params = !params.is_empty();
         if let Some(q) = &d.query {
@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(item["required"], json!(["conversationId", "socketId"]));
         assert_eq!(
             item["properties"]["displayName"],
-            json!({"type": ["string", "null"], "maxLength": MAX_DISPLAY_NAME})
+            json!({"type": ["string", "null"], "maxLength": MAX_DISPLAY_NAME, "pattern": "^[^\\u0000]*$"})
         );
         let set_name = request(doc, "post", "/messaging/connections/setName");
         assert_eq!(set_name["required"], json!(["socketId", "name"]));

@@ -186,12 +186,16 @@ pub fn find(method: &str, path: &str) -> Option<Matched> {
 }
 
 impl Matched {
-    /// The first parameter longer than its kind allows (`bodies::path_param_max`).
-    pub fn overlong_param(&self) -> Option<&'static str> {
+    /// The first parameter longer than its kind allows (`bodies::path_param_max`), or
+    /// holding U+0000, which no id holds and PostgreSQL cannot even be asked about (see
+    /// `body::NO_NUL`).
+    pub fn invalid_param(&self) -> Option<&'static str> {
         self.route
             .param_names()
             .zip(&self.params)
-            .find(|(name, value)| value.chars().count() > super::bodies::path_param_max(name))
+            .find(|(name, value)| {
+                value.chars().count() > super::bodies::path_param_max(name) || value.contains('\0')
+            })
             .map(|(name, _)| name)
     }
 }

@@ -438,3 +438,69 @@ db_test!(
         );
     }
 );
+
+// U+0000 cannot be stored in PostgreSQL text: a string holding it got a 500 there (body,
+// path and query alike) and was stored on SQLite and MariaDB. It is refused everywhere,
+// before anything is written, with the field named.
+db_test!(
+    u0000_is_refused_the_same_way_on_every_database,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &["Content__Edit"]);
+        let (s, conv) = app
+        .post(
+            "/messaging/conversations",
+            Some(&admin),
+            &json!([{"contentType": "streamingLive", "contentId": "N1", "visibility": "public", "allowAnonymousPosts": true}]),
+        )
+        .await;
+        assert_eq!(s, 200, "{conv}");
+        let id = conv[0]["id"].as_str().unwrap();
+        let post = json!([{"conversationId": id, "churchId": "C1", "displayName": "x", "content": "a\u{0}b"}]);
+        assert_eq!(
+            app.post("/messaging/messages/send", None, &post).await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/0/content"})
+            )
+        );
+        let mut a = app.ws_with_id().await;
+        let join = json!([{"conversationId": id, "churchId": "C1", "socketId": a.id, "displayName": "n\u{0}"}]);
+        assert_eq!(
+            app.post("/messaging/connections", None, &join).await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/0/displayName"})
+            )
+        );
+        assert_eq!(
+            app.get("/messaging/messages/C1/a%00b", Some(&admin)).await,
+            (
+                400,
+                json!({"error": "Invalid path parameter", "field": "id"})
+            )
+        );
+        assert_eq!(
+            app.get(
+                "/messaging/conversations/timeline/ids?ids=a%00b",
+                Some(&admin)
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid query parameter", "field": "ids"})
+            )
+        );
+        // Nothing was written, and the same socket still joins and gets a post.
+        assert_eq!(
+            app.get(&format!("/messaging/messages/catchup/C1/{id}"), None)
+                .await,
+            (200, json!([]))
+        );
+        app.join_one(id, &a.id, "fine").await;
+        let ok = json!([{"conversationId": id, "churchId": "C1", "displayName": "x", "content": "a\\u0000b as text"}]);
+        assert_eq!(app.post("/messaging/messages/send", None, &ok).await.0, 200);
+        let frame = a.next_action("message").await;
+        assert_eq!(frame["data"]["content"], "a\\u0000b as text");
+    }
+);
