@@ -13,6 +13,11 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Buckets of the request and write latencies: 100 µs to 2.5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 /// The process-wide recorder (installing a second one fails, and tests build many apps).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -25,6 +30,22 @@ pub fn metrics_handle() -> PrometheusHandle {
                         1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
                     ],
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            "messaging_http_request_seconds".into(),
+                        ),
+                        LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            "messaging_message_write_seconds".into(),
+                        ),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .and_then(|b| b.install_recorder());
             match handle {
                 Ok(h) => h,

@@ -207,11 +207,14 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
     };
     let pattern = matched.route.path;
     let reads_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    let started = std::time::Instant::now();
     let resp = handle(&state, matched, &path, req).await;
     if !reads_only {
         // The reply must not overtake the frames this call published (order across nodes).
         state.services.settle().await;
     }
+    metrics::histogram!("messaging_http_request_seconds", "route" => pattern)
+        .record(started.elapsed().as_secs_f64());
     metrics::counter!(
         "messaging_http_requests_total",
         "route" => pattern,
