@@ -1023,3 +1023,87 @@ db_test!(
         assert_eq!(s, 200, "{body}");
     }
 );
+
+// A batch of new messages is one group-commit write (one multi-statement batch on SQLite):
+// every character that JSON or SQL escapes must come back as it was sent, and the stats of
+// each conversation of the batch must count exactly its own rows.
+db_test!(
+    posts_keep_every_character_and_each_conversations_stats,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let a = create_conv(
+            &app,
+            &admin,
+            json!({"contentType": "sermon", "contentId": "T1"}),
+        )
+        .await;
+        let b = create_conv(
+            &app,
+            &admin,
+            json!({"contentType": "sermon", "contentId": "T2"}),
+        )
+        .await;
+        let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+        let tricky = [
+            "back\\slash \\\\ \\u0041 \\n",
+            "quotes \" ' '' \"\" `",
+            "lines\nand\r\ntabs\there \u{1} \u{1f} \u{7f}",
+            "'); DELETE FROM messages; -- $1 ? %s {}",
+            "😀 🙏🏽 é ü 中文 \u{200b} \u{fffd}",
+        ];
+        let batch: Vec<Value> = tricky
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"conversationId": if i == 1 { b } else { a }, "content": c}))
+            .collect();
+        let (s, sent) = app
+            .post("/messaging/messages", Some(&admin), &json!(batch))
+            .await;
+        assert_eq!(s, 200, "{sent}");
+        for (i, want) in tricky.iter().enumerate() {
+            let id = sent[i]["id"].as_str().unwrap();
+            let (s, m) = app
+                .get(&format!("/messaging/messages/C1/{id}"), Some(&admin))
+                .await;
+            assert_eq!(
+                (s, m["content"].as_str()),
+                (200, Some(*want)),
+                "message {i}"
+            );
+            assert_eq!(m["personId"], "ADMIN");
+        }
+        let stats = |c: Value| {
+            (
+                c["postCount"].clone(),
+                c["firstPostId"].clone(),
+                c["lastPostId"].clone(),
+            )
+        };
+        let (_, ca) = app
+            .get(&format!("/messaging/conversations/C1/{a}"), Some(&admin))
+            .await;
+        let (_, cb) = app
+            .get(&format!("/messaging/conversations/C1/{b}"), Some(&admin))
+            .await;
+        assert_eq!(
+            stats(cb),
+            (json!(1), sent[1]["id"].clone(), sent[1]["id"].clone())
+        );
+        let (count, first, last) = stats(ca);
+        assert_eq!(count, json!(4));
+        // Rows of one batch may share a millisecond: first and last are by (timeSent, id).
+        // timeSent is ISO 8601 with milliseconds: its text sorts as its time.
+        let mut ids: Vec<(String, String)> = [0, 2, 3, 4]
+            .iter()
+            .map(|&i| {
+                (
+                    sent[i]["timeSent"].as_str().unwrap().to_string(),
+                    sent[i]["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        ids.sort();
+        assert_eq!((first, last), (json!(ids[0].1), json!(ids[3].1)));
+    }
+);
