@@ -20,7 +20,7 @@ fn checked(action: &str, data: &str) -> AppResult<(Action, Box<RawValue>)> {
 }
 
 fn required(value: &str, field: &str) -> AppResult<()> {
-    if value.is_empty() || value.chars().count() > MAX_ID {
+    if value.is_empty() || value.chars().count() > MAX_ID || value.contains('\0') {
         return Err(AppError::invalid_body(format!("/{field}")));
     }
     Ok(())

@@ -103,11 +103,23 @@ impl Room {
     }
 }
 
+/// A string's shape: present when `required`, at most `max` characters, and no U+0000
+/// (PostgreSQL cannot store it; the REST edge refuses it while parsing, gRPC callers reach
+/// this check).
 fn check_len(value: &str, max: usize, field: String, required: bool) -> AppResult<()> {
-    if (required && value.is_empty()) || value.chars().count() > max {
+    if (required && value.is_empty()) || value.chars().count() > max || value.contains('\0') {
         return Err(AppError::InvalidBody { field });
     }
     Ok(())
+}
+
+/// Ids a gRPC caller names a room or a socket by: U+0000 names nothing, and PostgreSQL
+/// could not even be asked.
+fn no_nul(values: &[(&str, &str)]) -> AppResult<()> {
+    match values.iter().find(|(v, _)| v.contains('\0')) {
+        Some((_, field)) => Err(AppError::invalid_body(format!("/{field}"))),
+        None => Ok(()),
+    }
 }
 
 /// This node's copy of the rows of the sockets it holds, by socket id: what a node whose
@@ -199,6 +211,7 @@ impl Services {
     /// Resolves a room named in a path (`church`, `room`) for reading, listing or leaving:
     /// alerts and content rooms need a token; a conversation must be in `church`.
     async fn room_for_reading(&self, caller: &Caller, church: &str, room: &str) -> AppResult<Room> {
+        no_nul(&[(church, "churchId"), (room, "roomId")])?;
         match RoomId::parse(room) {
             RoomId::Alerts => match caller {
                 Caller::System => Ok(Room::Alerts {
@@ -472,6 +485,7 @@ impl Services {
         room: &str,
         socket: &str,
     ) -> AppResult<bool> {
+        no_nul(&[(socket, "socketId")])?;
         let resolved = self.room_for_reading(caller, church, room).await?;
         let church = resolved.church().to_string();
         let Some(row) = self.store().row(&church, room, socket).await? else {

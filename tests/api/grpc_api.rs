@@ -207,3 +207,88 @@ db_test!(grpc_token_is_enforced_when_set, |db: TestDb| async move {
         0
     );
 });
+
+// U+0000 in any string of a trusted backend's call is refused like on REST
+// (INVALID_ARGUMENT), never an internal error from PostgreSQL, which cannot store it.
+db_test!(
+    u0000_is_an_invalid_argument_on_every_call,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let room = app.conversation("C1", "streamingLive", true).await;
+        let a = app.ws_with_id().await;
+        let mut conn = app.connection().await;
+        let item = |f: &dyn Fn(&mut pb::JoinItem)| {
+            let mut it = pb::JoinItem {
+                church_id: "C1".into(),
+                conversation_id: room.clone(),
+                socket_id: a.id.clone(),
+                display_name: Some("n".into()),
+                person_id: Some("P1".into()),
+                ip_address: Some("10.0.0.1".into()),
+            };
+            f(&mut it);
+            pb::JoinRequest { items: vec![it] }
+        };
+        let joins = [
+            item(&|it| it.church_id = "C\0".into()),
+            item(&|it| it.conversation_id = format!("{room}\0")),
+            item(&|it| it.socket_id = "s\0".into()),
+            item(&|it| it.display_name = Some("n\0".into())),
+            item(&|it| it.person_id = Some("P\0".into())),
+            item(&|it| it.ip_address = Some("10.0.0.1\0".into())),
+        ];
+        for (i, req) in joins.into_iter().enumerate() {
+            let code = conn.join(req).await.map(drop).unwrap_err().code();
+            assert_eq!(code, Code::InvalidArgument, "join {i}");
+        }
+        let rooms = [("C\0", room.as_str()), ("C1", "r\0")];
+        for (church, r) in rooms {
+            let req = || pb::RoomRequest {
+                church_id: church.into(),
+                room_id: r.into(),
+            };
+            assert_eq!(
+                conn.list_room(req()).await.unwrap_err().code(),
+                Code::InvalidArgument
+            );
+            assert_eq!(
+                conn.attendance(req()).await.unwrap_err().code(),
+                Code::InvalidArgument
+            );
+            let leave = pb::LeaveRequest {
+                church_id: church.into(),
+                room_id: r.into(),
+                socket_id: a.id.clone(),
+            };
+            assert_eq!(
+                conn.leave(leave).await.unwrap_err().code(),
+                Code::InvalidArgument
+            );
+        }
+        for (socket, name) in [("s\0", "n"), (a.id.as_str(), "n\0")] {
+            let req = pb::SetNameRequest {
+                socket_id: socket.into(),
+                name: name.into(),
+            };
+            assert_eq!(
+                conn.set_name(req).await.unwrap_err().code(),
+                Code::InvalidArgument
+            );
+        }
+        let mut delivery = app.delivery().await;
+        let send = pb::SendConversationMessagesRequest {
+            church_id: "C1".into(),
+            conversation_id: format!("{room}\0"),
+            action: "message".into(),
+            data: "{}".into(),
+        };
+        let code = delivery
+            .send_conversation_messages(send)
+            .await
+            .unwrap_err()
+            .code();
+        assert_eq!(code, Code::InvalidArgument);
+        // Nothing was written: the socket joins cleanly afterwards.
+        app.join_one(&room, &a.id, "fine").await;
+    }
+);
