@@ -6,7 +6,10 @@
 #
 # Usage: tests/schemathesis.sh [BINARY]   (default target/release/messaging)
 # Env:   SCHEMATHESIS (the CLI, default `schemathesis`), ST_MAX_EXAMPLES (default 10),
-#        ST_SEED (default 14), ST_PORT (default 18184; the socket port is ST_PORT+3).
+#        ST_SEED (default 14), ST_PORT (default 18184; the socket port is ST_PORT+3),
+#        ST_POSTGRES: a PostgreSQL server URL without a database (postgres://user@host:port):
+#        the server then runs on a fresh database created there and dropped afterwards,
+#        instead of a SQLite file (some inputs fail only on PostgreSQL: U+0000 did).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,13 +23,24 @@ seed="${ST_SEED:-14}"
 work="$(mktemp -d)"
 export JWT_SECRET=schemathesis-secret
 pids=()
+pg_db=""
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -z "$pg_db" ] || psql "$ST_POSTGRES/postgres" -qAt -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-DATABASE_URL="sqlite://$work/st.db?mode=rwc" PORT=$port SOCKET_PORT=$socket_port \
+database="sqlite://$work/st.db?mode=rwc"
+if [ -n "${ST_POSTGRES:-}" ]; then
+  pg_db="st_$$_$RANDOM"
+  psql "$ST_POSTGRES/postgres" -qAt -c "CREATE DATABASE $pg_db" >/dev/null
+  database="$ST_POSTGRES/$pg_db"
+fi
+echo "== schemathesis: database ${database%%://*}"
+
+DATABASE_URL="$database" PORT=$port SOCKET_PORT=$socket_port \
   GRPC_PORT=$grpc_port HOST=127.0.0.1 "$bin" serve >"$work/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
