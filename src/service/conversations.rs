@@ -75,6 +75,16 @@ fn new_conversation(
     }
 }
 
+/// The title of a conversation created on demand: `{contentType} #{contentId}`, cut to the
+/// title column's `MAX_TITLE` characters. Both parts may be as long as their own limits
+/// (45 + 255), and PostgreSQL and MariaDB refuse an overlong value (it was a 500 there).
+fn auto_title(content_type: &str, content_id: &str) -> String {
+    format!("{content_type} #{content_id}")
+        .chars()
+        .take(super::limits::MAX_TITLE)
+        .collect()
+}
+
 impl Services {
     /// The newest conversation of the last 24 hours for a content item, created if none.
     /// Creation is serialized per process so concurrent callers share one room.
@@ -107,7 +117,7 @@ impl Services {
             church,
             content_type,
             content_id,
-            Some(format!("{content_type} #{content_id}")),
+            Some(auto_title(content_type, content_id)),
             Some("public".into()),
             allow_anonymous_posts,
             None,

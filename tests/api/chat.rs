@@ -1107,3 +1107,28 @@ db_test!(
         assert_eq!((first, last), (json!(ids[0].1), json!(ids[3].1)));
     }
 );
+
+// `/current` names the room it creates `{contentType} #{contentId}`: with both at their
+// limits (45 + 255 characters) that is longer than a title may be, and PostgreSQL and
+// MariaDB refused the insert (a 500; Schemathesis found it on MariaDB). The title is cut
+// to 255 characters, on a character boundary.
+db_test!(
+    current_rooms_of_the_longest_ids_get_a_title_that_fits,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let member = app.token("C1", "P1", &[]);
+        let content_type = "é".repeat(45);
+        let content_id = "😀".repeat(255);
+        let path = format!("/messaging/conversations/current/C1/{content_type}/{content_id}");
+        let (s, cur) = app.get(&path, Some(&member)).await;
+        assert_eq!(s, 200, "{cur}");
+        let want: String = format!("{content_type} #{content_id}")
+            .chars()
+            .take(255)
+            .collect();
+        assert_eq!(cur["title"], json!(want));
+        assert_eq!(cur["contentId"], json!(content_id));
+        let (_, again) = app.get(&path, Some(&member)).await;
+        assert_eq!(again["id"], cur["id"], "the same room within 24 hours");
+    }
+);
