@@ -7,9 +7,11 @@
 # Usage: tests/schemathesis.sh [BINARY]   (default target/release/messaging)
 # Env:   SCHEMATHESIS (the CLI, default `schemathesis`), ST_MAX_EXAMPLES (default 10),
 #        ST_SEED (default 14), ST_PORT (default 18184; the socket port is ST_PORT+3),
-#        ST_POSTGRES: a PostgreSQL server URL without a database (postgres://user@host:port):
-#        the server then runs on a fresh database created there and dropped afterwards,
-#        instead of a SQLite file (some inputs fail only on PostgreSQL: U+0000 did).
+#        ST_POSTGRES: a PostgreSQL server URL without a database (postgres://user@host:port),
+#        or ST_MYSQL: a MariaDB/MySQL one (mysql://root@host:port, the `mariadb` client's
+#        user and host): the server then runs on a fresh database created there and dropped
+#        afterwards, instead of a SQLite file (some inputs fail only on one database:
+#        U+0000 did on PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +25,18 @@ seed="${ST_SEED:-14}"
 work="$(mktemp -d)"
 export JWT_SECRET=schemathesis-secret
 pids=()
-pg_db=""
+pg_db="" my_db=""
+# The mariadb client, pointed at ST_MYSQL's host, port and user.
+mysql_cli() {
+  local rest=${ST_MYSQL#mysql://} hostport user
+  hostport=${rest#*@} user=${rest%@*}
+  mariadb -u "$user" -h "${hostport%:*}" -P "${hostport##*:}" "$@"
+}
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   [ -z "$pg_db" ] || psql "$ST_POSTGRES/postgres" -qAt -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null || true
+  [ -z "$my_db" ] || mysql_cli -e "DROP DATABASE IF EXISTS $my_db" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -37,6 +46,10 @@ if [ -n "${ST_POSTGRES:-}" ]; then
   pg_db="st_$$_$RANDOM"
   psql "$ST_POSTGRES/postgres" -qAt -c "CREATE DATABASE $pg_db" >/dev/null
   database="$ST_POSTGRES/$pg_db"
+elif [ -n "${ST_MYSQL:-}" ]; then
+  my_db="st_$$_$RANDOM"
+  mysql_cli -e "CREATE DATABASE $my_db"
+  database="$ST_MYSQL/$my_db"
 fi
 echo "== schemathesis: database ${database%%://*}"
 
