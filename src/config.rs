@@ -78,6 +78,11 @@ pub struct Settings {
     #[arg(long, env = "SOCKET_NICE", default_value_t = crate::hub::DEFAULT_SOCKET_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
     pub socket_nice: i32,
+    /// Least milliseconds between two writes to one socket: frames sent to it meanwhile
+    /// leave together, in one `writev`. A socket not written for that long is written at
+    /// once. 0 = write every frame as soon as a socket thread gets to it.
+    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = crate::hub::DEFAULT_FLUSH_INTERVAL.as_millis() as u64, global = true)]
+    pub flush_interval_ms: u64,
     /// Broker for delivery across nodes: `redis://host:port[/db]` or `nats://host:port`.
     /// Unset: one node, in-process delivery. Needs a shared database (PostgreSQL, MariaDB).
     #[arg(long, env = "BROKER_URL", hide_env_values = true, global = true)]
@@ -192,6 +197,7 @@ impl Settings {
             ping_interval: Duration::from_secs_f64(self.ping_interval_secs.max(0.01)),
             socket_threads: self.socket_threads,
             socket_nice: self.socket_nice,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
             max_sockets: match self.max_sockets {
                 0 => defaults.max_sockets,
                 n => n,

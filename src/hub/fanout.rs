@@ -7,7 +7,9 @@
 //!    socket-runtime thread; a broadcast appends to it under one lock and wakes its flusher
 //!    once, instead of waking a task per recipient.
 //! 3. The flusher (`run_flusher`, on the socket runtime) takes the queue and, socket by
-//!    socket, writes everything queued with one non-blocking `writev`.
+//!    socket, writes everything queued with one non-blocking `writev`. A socket written
+//!    less than the flush interval ago waits for its turn, still listed, so that a stream of
+//!    broadcasts costs one `writev` per socket per interval instead of one per frame.
 //! 4. A socket that cannot take it all (its send buffer is full) is handed to its own task
 //!    (`ws.rs`), which waits for it to drain and writes the rest. Until then the flusher
 //!    leaves it alone, so a slow reader never holds up anyone else.
@@ -16,8 +18,8 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use parking_lot::Mutex;
@@ -45,6 +47,41 @@ const RECYCLE_MAX_FRAMES: usize = 8;
 /// Flush-queue entries after which a flusher lets the socket tasks on its thread run.
 const FLUSH_YIELD_EVERY: usize = 256;
 
+/// How often a socket gets frames, as its flusher sees it: sockets that get them faster
+/// than one per flush interval are written at most once per interval.
+#[derive(Default)]
+struct Pace {
+    /// When it was last written, µs since its flusher's epoch (0: never).
+    last_write_us: AtomicU64,
+    /// Moving average of the time between its frames, µs (0: not known yet).
+    gap_us: AtomicU64,
+}
+
+impl Pace {
+    /// Whether a socket listed `now` waits until the returned time.
+    fn wait_until(&self, now: u64, every: u64) -> Option<u64> {
+        let last = self.last_write_us.load(Relaxed);
+        let gap = self.gap_us.load(Relaxed);
+        let due = last.saturating_add(every);
+        (last > 0 && gap > 0 && gap < every && now < due).then_some(due)
+    }
+
+    /// Records a write at `now` that took `frames` frames.
+    fn wrote(&self, now: u64, frames: usize) {
+        let last = self.last_write_us.swap(now.max(1), Relaxed);
+        if last == 0 || frames == 0 {
+            return;
+        }
+        let per_frame = now.saturating_sub(last) / frames as u64;
+        let gap = match self.gap_us.load(Relaxed) {
+            0 => per_frame,
+            // A quarter of the newest: about five writes to tell a stream from a pause.
+            g => g - g / 4 + per_frame / 4,
+        };
+        self.gap_us.store(gap.max(1), Relaxed);
+    }
+}
+
 /// Frames taken from the outbox and not yet fully written. Owned by whoever writes.
 #[derive(Default)]
 struct Writer {
@@ -52,6 +89,8 @@ struct Writer {
     /// The front frame of `out` is partly written: it must be finished before anything
     /// else (a close frame) may follow.
     partial: bool,
+    /// Frames taken from the outbox since the flusher last asked (see `flush`).
+    taken: usize,
 }
 
 /// How a round of writing ended.
@@ -91,6 +130,8 @@ pub struct SocketHandle {
     writer: Mutex<Writer>,
     flush: Arc<FlushQueue>,
     flush_index: usize,
+    /// Its flusher's pacing state (see `run_flusher`; only that flusher touches it).
+    pace: Pace,
     pub(crate) alive: AtomicBool,
     pub(crate) pinged: AtomicBool,
     /// Wakes the socket's task: a close request, or writing handed over to it.
@@ -125,6 +166,7 @@ impl SocketHandle {
             writer: Mutex::default(),
             flush,
             flush_index,
+            pace: Pace::default(),
             alive: AtomicBool::new(true),
             pinged: AtomicBool::new(false),
             wake: Notify::new(),
@@ -214,16 +256,19 @@ impl SocketHandle {
         self.alive.store(true, Relaxed);
     }
 
-    /// Called by the flusher for each socket it finds on its queue.
-    fn flush(&self) {
+    /// Called by the flusher for each socket it finds on its queue. Returns how many frames
+    /// it took from the outbox.
+    fn flush(&self) -> usize {
         if self.wstate.load(Acquire) != W_LISTED {
-            return; // its task took over (full or closing) after it was listed
+            return 0; // its task took over (full or closing) after it was listed
         }
         let mut w = self.writer.lock();
         if self.wstate.load(Acquire) != W_LISTED {
-            return;
+            return 0;
         }
-        match self.drain(&mut w, W_LISTED) {
+        let drained = self.drain(&mut w, W_LISTED);
+        let taken = std::mem::take(&mut w.taken);
+        match drained {
             Drain::Idle => {}
             Drain::Full => {
                 // Nothing else moves a socket out of W_LISTED, and the task that could
@@ -238,6 +283,14 @@ impl SocketHandle {
                 self.request_close(CloseReason::Terminated);
             }
         }
+        taken
+    }
+
+    /// Asks the socket's flusher to look at its queue now: a closing socket that waits for
+    /// its interval (see `run_flusher`) is then written at once.
+    pub(crate) fn hurry_flusher(&self) {
+        self.flush.hurry.store(true, Release);
+        self.flush.wake.notify_one();
     }
 
     /// Whether the socket's task owns writing (the socket was full, or it is closing).
@@ -324,8 +377,11 @@ impl SocketHandle {
                     continue;
                 }
                 frames_taken(w.out.len());
+                w.taken += w.out.len();
             }
-            match write_some(&self.stream, w) {
+            let wrote = write_some(&self.stream, w);
+            self.flush.wrote();
+            match wrote {
                 Ok(Some(n)) => {
                     self.queued.fetch_sub(n, Relaxed);
                 }
@@ -375,14 +431,48 @@ fn write_some(stream: &TcpStream, w: &mut Writer) -> std::io::Result<Option<usiz
 }
 
 /// The sockets with frames to write, for one flusher.
-#[derive(Default)]
 pub(crate) struct FlushQueue {
     list: Mutex<Vec<Arc<SocketHandle>>>,
     wake: Notify,
     closed: AtomicBool,
+    /// A closing socket may be waiting for its interval: look at the waiting ones now.
+    hurry: AtomicBool,
+    writes: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for FlushQueue {
+    fn default() -> Self {
+        Self {
+            list: Mutex::default(),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            hurry: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl FlushQueue {
+    /// Counts one `writev` to a socket of this flusher's.
+    fn wrote(&self) {
+        static WRITES: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        WRITES
+            .get_or_init(|| metrics::counter!("messaging_socket_writes_total"))
+            .increment(1);
+        self.writes.fetch_add(1, Relaxed);
+    }
+
+    /// `writev`s to the sockets of this flusher so far.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Relaxed)
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
     fn push(&self, h: Arc<SocketHandle>) {
         let was_empty = {
             let mut list = self.list.lock();
@@ -416,22 +506,65 @@ impl FlushQueue {
     }
 }
 
-/// One flusher per socket-runtime thread: writes the sockets its queue lists, in order.
-pub(crate) async fn run_flusher(q: Arc<FlushQueue>) {
-    let mut batch = Vec::new();
+/// One flusher per socket-runtime thread: writes the sockets its queue lists.
+///
+/// A socket that gets frames faster than one per `interval` (on a moving average) is
+/// written at most once per `interval`: listed again within `interval` of its last write, it
+/// waits, still listed, so that everything sent to it meanwhile leaves in one `writev` (and
+/// reaches the client in one read). Every other socket is written at once: a quiet room, a
+/// first frame, the first frame after a pause, a room of a few messages a second. Under a
+/// stream of broadcasts into big rooms this turns one system call per frame into one per
+/// interval, and on loopback a `writev` also runs the receiver's TCP processing: together
+/// most of a delivery's CPU (BENCHMARKS.md, session 9).
+pub(crate) async fn run_flusher(q: Arc<FlushQueue>, interval: Duration) {
+    let every = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+    let mut batch: Vec<Arc<SocketHandle>> = Vec::new();
+    // Sockets waiting for their interval to pass, and the earliest time one is due.
+    let mut waiting: Vec<Arc<SocketHandle>> = Vec::new();
+    let mut due = u64::MAX;
     loop {
-        std::mem::swap(&mut *q.list.lock(), &mut batch);
-        if batch.is_empty() {
-            if q.closed.load(Acquire) {
-                return;
+        if q.list.lock().is_empty() {
+            if waiting.is_empty() {
+                if q.closed.load(Acquire) {
+                    return;
+                }
+                // A push after the check above left a permit, so no wake-up is lost.
+                q.wake.notified().await;
+                continue;
             }
-            // A push after the swap above left a permit, so no wake-up is lost.
-            q.wake.notified().await;
-            continue;
+            if !q.closed.load(Acquire) {
+                let at = tokio::time::Instant::from_std(q.epoch + Duration::from_micros(due));
+                tokio::select! {
+                    _ = q.wake.notified() => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
         }
-        for (i, h) in batch.drain(..).enumerate() {
-            h.flush();
-            if i % FLUSH_YIELD_EVERY == FLUSH_YIELD_EVERY - 1 {
+        let now = q.now_us();
+        let closing = q.closed.load(Acquire);
+        // The waiting sockets are looked at only when one is due (or one is closing), so
+        // that a wake-up for a few other sockets does not cost a pass over a big room.
+        if now >= due || closing || q.hurry.swap(false, AcqRel) {
+            std::mem::swap(&mut waiting, &mut batch);
+            due = u64::MAX;
+        }
+        batch.append(&mut q.list.lock());
+        let mut written = 0;
+        for h in batch.drain(..) {
+            // A closing socket's task waits for its queued frames to go out first.
+            if every > 0
+                && !closing
+                && h.is_open()
+                && let Some(at) = h.pace.wait_until(now, every)
+            {
+                due = due.min(at);
+                waiting.push(h);
+                continue;
+            }
+            let frames = h.flush();
+            h.pace.wrote(now, frames);
+            written += 1;
+            if written % FLUSH_YIELD_EVERY == 0 {
                 // Let this thread's socket tasks (reads, pongs) in during a huge room.
                 tokio::task::yield_now().await;
             }
@@ -514,5 +647,50 @@ impl Hub {
         metrics::counter!("messaging_frames_enqueued_total").increment(n as u64);
         metrics::histogram!("messaging_fanout_seconds").record(started.elapsed().as_secs_f64());
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+
+    const EVERY: u64 = 20_000; // 20 ms, in µs
+
+    #[test]
+    fn only_sockets_fed_faster_than_the_interval_wait() {
+        let p = Pace::default();
+        // Never written, then written once: nothing is known about its rate.
+        assert_eq!(p.wait_until(5, EVERY), None);
+        p.wrote(5, 1);
+        assert_eq!(p.wait_until(1_000, EVERY), None);
+        // One frame per 2 ms: it waits for the interval since its last write.
+        p.wrote(2_005, 1);
+        assert_eq!(p.wait_until(3_000, EVERY), Some(22_005));
+        // Paced, a write takes what came meanwhile and the average stays under the interval.
+        p.wrote(22_005, 10);
+        assert_eq!(p.wait_until(23_000, EVERY), Some(42_005));
+        // Not listed for longer than the interval: written at once.
+        assert_eq!(p.wait_until(42_005, EVERY), None);
+    }
+
+    #[test]
+    fn a_pause_or_a_slow_stream_cools_a_socket_down() {
+        let p = Pace::default();
+        p.wrote(1, 1);
+        p.wrote(1_001, 1); // 1 ms: fed fast
+        assert!(p.wait_until(1_500, EVERY).is_some());
+        // Frames every 50 ms from now on (20 a second): after a few writes it is written
+        // at once, however soon after a write its next frame comes.
+        let mut t = 1_001;
+        for _ in 0..8 {
+            t += 50_000;
+            p.wrote(t, 1);
+        }
+        assert_eq!(p.wait_until(t + 1, EVERY), None);
+        // A burst of frames taken in one write after a long pause is no stream either.
+        let p = Pace::default();
+        p.wrote(1, 1);
+        p.wrote(10_000_001, 30);
+        assert_eq!(p.wait_until(10_000_100, EVERY), None);
     }
 }

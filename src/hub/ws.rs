@@ -588,6 +588,7 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8], stall: Duration) -> std::
 /// and pongs come before a 1002, say), as its writer does: the flusher while the socket
 /// takes it, this task once the socket is full.
 async fn write_queued(h: &SocketHandle) {
+    let mut hurried = false;
     while h.queued_bytes() > 0 {
         if h.task_writes() {
             match h.drain_as_task() {
@@ -600,7 +601,11 @@ async fn write_queued(h: &SocketHandle) {
                 Drain::Failed => return,
             }
         } else {
-            // Listed on its flush queue: the flusher, on this runtime, gets to it.
+            // Listed on its flush queue: the flusher, on this runtime, gets to it (at once
+            // once told: it does not pace a closing socket).
+            if !std::mem::replace(&mut hurried, true) {
+                h.hurry_flusher();
+            }
             tokio::task::yield_now().await;
         }
     }

@@ -399,3 +399,118 @@ db_test!(
         .await;
     }
 );
+
+/// `FLUSH_INTERVAL_MS`: a socket that gets frames faster than one per interval, listed
+/// again within the interval, waits with everything sent to it meanwhile, while a socket
+/// not written lately is written at once by the same flusher; shutdown writes whatever
+/// waits, in order, before the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_socket_waits_its_turn_while_others_go_at_once() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut s = settings(&db);
+    // Far longer than the test: once written, a socket is not written again until shutdown.
+    s.flush_interval_ms = 600_000;
+    s.socket_threads = 1; // one flusher for every socket
+    let mut app = TestApp::spawn_with(s).await;
+    let room = app.conversation("C1", "streamingLive", true).await;
+    // A's first frames (its id, twice) are written at once; two frames well within the
+    // interval of each other make it a socket that gets frames faster than one per interval.
+    let mut a = app.ws_with_id().await;
+    a.stream.send(Message::text("getId")).await.expect("send");
+    assert_eq!(a.frame().await["data"], a.id);
+    app.join_one(&room, &a.id, "A").await;
+    let mut d = app.delivery().await;
+    for seq in 0..3 {
+        let sent = d
+            .send_conversation_messages(messaging::pb::SendConversationMessagesRequest {
+                church_id: "C1".into(),
+                conversation_id: room.clone(),
+                action: "message".into(),
+                data: json!({ "seq": seq }).to_string(),
+            })
+            .await
+            .expect("send")
+            .into_inner()
+            .delivered;
+        assert_eq!(sent, 1);
+    }
+    let before = app.hub.socket_writes();
+    // B's first frame goes at once, though A waits in the same flusher. B was listed after
+    // A's frames, so by B's answer the flusher had looked at A and left it waiting.
+    let b = app.ws_with_id().await;
+    assert_eq!(
+        app.hub.socket_writes(),
+        before + 1,
+        "only B's answer was written"
+    );
+    assert!(a.try_text(Duration::from_millis(200)).await.is_none());
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while let Some(t) = a.try_text(WAIT).await {
+            let f: Value = serde_json::from_str(&t).expect("JSON frame");
+            if f["action"] == "message" {
+                seqs.push(f["data"]["seq"].as_u64().expect("seq"));
+            }
+        }
+        seqs
+    });
+    app.shutdown().await;
+    let seqs = reader.await.expect("reader");
+    assert_eq!(
+        seqs,
+        [0, 1, 2],
+        "every waiting frame, in order, before the close"
+    );
+    drop(b);
+}
+
+/// Under a stream of broadcasts, paced sockets get every frame in order, in a few writes
+/// (the interval is much longer than the stream, so at most one write per socket goes out
+/// at once and the rest leave together when the interval is over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_sockets_get_a_burst_in_order_in_few_writes() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut s = settings(&db);
+    s.flush_interval_ms = 300;
+    s.socket_threads = 1;
+    let app = TestApp::spawn_with(s).await;
+    let room = app.conversation("C1", "streamingLive", true).await;
+    let mut sockets = Vec::new();
+    for name in ["A", "B"] {
+        let ws = app.ws_with_id().await;
+        app.join_one(&room, &ws.id, name).await;
+        sockets.push(ws);
+    }
+    // Both joins' attendance frames are out before the burst starts.
+    for ws in &mut sockets {
+        ws.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 2)
+            .await;
+    }
+    let before = app.hub.socket_writes();
+    let mut d = app.delivery().await;
+    const N: u64 = 60;
+    for seq in 0..N {
+        d.send_conversation_messages(messaging::pb::SendConversationMessagesRequest {
+            church_id: "C1".into(),
+            conversation_id: room.clone(),
+            action: "message".into(),
+            data: json!({ "seq": seq }).to_string(),
+        })
+        .await
+        .expect("send");
+    }
+    for ws in &mut sockets {
+        let mut next = 0;
+        while next < N {
+            let f = ws.next_action("message").await;
+            assert_eq!(f["data"]["seq"], next, "in order");
+            next += 1;
+        }
+    }
+    let writes = app.hub.socket_writes() - before;
+    // Unpaced, one sequential send after another, this is about one write per frame. Paced,
+    // once a socket's moving average says it gets a frame faster than one per 300 ms (a few
+    // writes), it is written once per 300 ms: a handful of writes in all unless the sends
+    // themselves took seconds.
+    assert!(writes <= 2 * 10, "{writes} writes for 2 × {N} frames");
+}
