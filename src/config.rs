@@ -78,9 +78,9 @@ pub struct Settings {
     #[arg(long, env = "SOCKET_NICE", default_value_t = crate::hub::DEFAULT_SOCKET_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
     pub socket_nice: i32,
-    /// Least milliseconds between two writes to one socket: frames sent to it meanwhile
-    /// leave together, in one `writev`. A socket not written for that long is written at
-    /// once. 0 = write every frame as soon as a socket thread gets to it.
+    /// For a socket fed faster than one frame per interval (on average): least milliseconds
+    /// between two writes to it, so that frames sent meanwhile leave in one `writev`. Other
+    /// sockets are written at once. 0 = every frame as soon as a socket thread gets to it.
     #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = crate::hub::DEFAULT_FLUSH_INTERVAL.as_millis() as u64, global = true)]
     pub flush_interval_ms: u64,
     /// Broker for delivery across nodes: `redis://host:port[/db]` or `nats://host:port`.

@@ -43,7 +43,8 @@ pub struct HubConfig {
     /// Nice steps the socket-runtime threads run below the process (0 = the same priority
     /// as requests).
     pub socket_nice: i32,
-    /// Least time between two write passes of one flusher (0: write as soon as listed).
+    /// Least time between two writes to a socket fed faster than one frame per interval
+    /// (0: write as soon as listed).
     pub flush_interval: Duration,
     /// Open sockets (and upgrades in progress) past which an upgrade is refused with 503.
     pub max_sockets: usize,
@@ -74,8 +75,12 @@ impl Default for HubConfig {
 /// BENCHMARKS.md.
 pub const DEFAULT_SOCKET_NICE: i32 = 10;
 
-/// Least time between two write passes of a flusher (see `fanout::run_flusher`).
-pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// Least time between two writes to a socket fed faster than one frame per interval (see
+/// `fanout::run_flusher`). 40 writes a second is more than any reader of a chat needs, and
+/// a socket getting up to 30 frames a second (33 ms apart) is never held. Measured on
+/// 2 cores (BENCHMARKS.md, session 9): 3 nodes 0.42x one node unpaced, 0.73x at 20 ms, 0.80x
+/// at 25 ms, 0.77x at 30 ms; frames wait at most the interval.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Lowers the calling thread's scheduling priority by `nice` steps, as `nice -n` would
 /// (Linux: the nice value is per thread). Lowering needs no privilege; a failure leaves the
