@@ -562,7 +562,9 @@ pub(crate) async fn run_flusher(q: Arc<FlushQueue>, interval: Duration) {
                 continue;
             }
             let frames = h.flush();
-            h.pace.wrote(now, frames);
+            if every > 0 {
+                h.pace.wrote(now, frames);
+            }
             written += 1;
             if written % FLUSH_YIELD_EVERY == 0 {
                 // Let this thread's socket tasks (reads, pongs) in during a huge room.
