@@ -7,9 +7,10 @@
 //!    socket-runtime thread; a broadcast appends to it under one lock and wakes its flusher
 //!    once, instead of waking a task per recipient.
 //! 3. The flusher (`run_flusher`, on the socket runtime) takes the queue and, socket by
-//!    socket, writes everything queued with one non-blocking `writev`. A socket written
-//!    less than the flush interval ago waits for its turn, still listed, so that a stream of
-//!    broadcasts costs one `writev` per socket per interval instead of one per frame.
+//!    socket, writes everything queued with one non-blocking `writev`. A socket fed faster
+//!    than one frame per flush interval and written less than an interval ago waits for its
+//!    turn, still listed, so that a stream of broadcasts into a big room costs one `writev`
+//!    per socket per interval instead of one per frame.
 //! 4. A socket that cannot take it all (its send buffer is full) is handed to its own task
 //!    (`ws.rs`), which waits for it to drain and writes the rest. Until then the flusher
 //!    leaves it alone, so a slow reader never holds up anyone else.
@@ -533,10 +534,12 @@ pub(crate) async fn run_flusher(q: Arc<FlushQueue>, interval: Duration) {
                 continue;
             }
             if !q.closed.load(Acquire) {
-                let at = tokio::time::Instant::from_std(q.epoch + Duration::from_micros(due));
-                tokio::select! {
-                    _ = q.wake.notified() => {}
-                    _ = tokio::time::sleep_until(at) => {}
+                match q.epoch.checked_add(Duration::from_micros(due)) {
+                    Some(at) => tokio::select! {
+                        _ = q.wake.notified() => {}
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    },
+                    None => q.wake.notified().await,
                 }
             }
         }
