@@ -332,18 +332,7 @@ impl TestApp {
 
     /// Fans a `message` frame out over gRPC; returns the delivered count.
     pub async fn grpc_send(&self, church: &str, room: &str, data: &Value) -> u32 {
-        self.delivery()
-            .await
-            .send_conversation_messages(pb::SendConversationMessagesRequest {
-                church_id: church.into(),
-                conversation_id: room.into(),
-                action: "message".into(),
-                data: data.to_string(),
-            })
-            .await
-            .expect("send")
-            .into_inner()
-            .delivered
+        grpc_send_on(&mut self.delivery().await, church, room, data).await
     }
 
     pub async fn ws(&self) -> Ws {
@@ -356,6 +345,25 @@ impl TestApp {
         ws.get_id().await;
         ws
     }
+}
+
+/// `TestApp::grpc_send` on a channel the caller keeps (no connect per send).
+pub async fn grpc_send_on(
+    d: &mut pb::delivery_client::DeliveryClient<tonic::transport::Channel>,
+    church: &str,
+    room: &str,
+    data: &Value,
+) -> u32 {
+    d.send_conversation_messages(pb::SendConversationMessagesRequest {
+        church_id: church.into(),
+        conversation_id: room.into(),
+        action: "message".into(),
+        data: data.to_string(),
+    })
+    .await
+    .expect("send")
+    .into_inner()
+    .delivered
 }
 
 impl Drop for TestApp {

@@ -421,18 +421,10 @@ async fn a_paced_socket_waits_its_turn_while_others_go_at_once() {
     app.join_one(&room, &a.id, "A").await;
     let mut d = app.delivery().await;
     for seq in 0..3 {
-        let sent = d
-            .send_conversation_messages(messaging::pb::SendConversationMessagesRequest {
-                church_id: "C1".into(),
-                conversation_id: room.clone(),
-                action: "message".into(),
-                data: json!({ "seq": seq }).to_string(),
-            })
-            .await
-            .expect("send")
-            .into_inner()
-            .delivered;
-        assert_eq!(sent, 1);
+        assert_eq!(
+            grpc_send_on(&mut d, "C1", &room, &json!({ "seq": seq })).await,
+            1
+        );
     }
     let before = app.hub.socket_writes();
     // B's first frame goes at once, though A waits in the same flusher. B was listed after
@@ -490,14 +482,7 @@ async fn paced_sockets_get_a_burst_in_order_in_few_writes() {
     let mut d = app.delivery().await;
     const N: u64 = 60;
     for seq in 0..N {
-        d.send_conversation_messages(messaging::pb::SendConversationMessagesRequest {
-            church_id: "C1".into(),
-            conversation_id: room.clone(),
-            action: "message".into(),
-            data: json!({ "seq": seq }).to_string(),
-        })
-        .await
-        .expect("send");
+        grpc_send_on(&mut d, "C1", &room, &json!({ "seq": seq })).await;
     }
     for ws in &mut sockets {
         let mut next = 0;
