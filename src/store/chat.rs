@@ -2,7 +2,7 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use super::Store;
@@ -76,17 +76,7 @@ impl Store {
         if self.is_sqlite() {
             return self.append_batch_sqlite(rows, &added).await;
         }
-        let txn = self.begin_write().await?;
-        for conv in added.keys() {
-            Self::lock_conversation(&txn, conv).await?;
-        }
-        messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
-            .exec_without_returning(&txn)
-            .await?;
-        for (conv, n) in &added {
-            Self::bump_stats(&txn, conv, *n).await?;
-        }
-        txn.commit().await
+        self.append_batch_text(rows, &added).await
     }
 
     /// SQLite: the transaction of `append_messages` as one multi-statement batch. Each
@@ -113,6 +103,45 @@ impl Store {
         }
         sql.push_str("COMMIT;");
         self.sqlite_batch(sql, values).await.map(drop)
+    }
+
+    /// PostgreSQL and MariaDB: the statements of `append_messages` sent as one text batch
+    /// instead of one round trip each. PostgreSQL runs a simple-protocol query of several
+    /// statements as one implicit transaction (all of them or none, each statement seeing
+    /// the ones before it), so a post is one round trip instead of five. MariaDB has no such
+    /// implicit transaction and stops at a failed statement, so the batch runs inside an
+    /// explicit one that is rolled back on error: three round trips. Neither protocol takes
+    /// parameters with several statements, so values are written as literals
+    /// (`inline_literals`).
+    async fn append_batch_text(
+        &self,
+        rows: &[messages::Model],
+        added: &std::collections::BTreeMap<&str, u64>,
+    ) -> Result<(), DbErr> {
+        let be = self.db.get_database_backend();
+        let lock = conversations::Entity::find()
+            .select_only()
+            .column(conversations::Column::Id)
+            .filter(conversations::Column::Id.is_in(added.keys().copied()))
+            .order_by_asc(conversations::Column::Id)
+            .lock_exclusive()
+            .build(be);
+        let insert =
+            messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
+                .build(be);
+        let stats = added.iter().map(|(conv, n)| stats_statement(be, conv, *n));
+        let mut sql = String::new();
+        for stmt in [lock, insert].into_iter().chain(stats) {
+            inline_literals(&stmt, &mut sql)?;
+            sql.push_str(";\n");
+        }
+        let db = self.post_db.as_ref().unwrap_or(&self.db);
+        if be == DbBackend::Postgres {
+            return db.execute_unprepared(&sql).await.map(drop);
+        }
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&sql).await?;
+        txn.commit().await
     }
 
     /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
@@ -368,4 +397,157 @@ fn stats_statement(backend: DbBackend, conversation: &str, added: u64) -> Statem
         conversation.into(),
     ];
     Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Appends `stmt` to `out` with each placeholder replaced by its value as a literal.
+/// The built SQL itself holds no literals, so every placeholder is one: `$` followed by
+/// digits on PostgreSQL, `?` on MySQL/MariaDB. Strings are written so that no server
+/// setting changes how they read: on PostgreSQL `E'…'` with `\` and `'` escaped (the same
+/// whatever `standard_conforming_strings` says), on MariaDB a hex literal with a character
+/// set (`_utf8mb4 X'…'`, untouched by `NO_BACKSLASH_ESCAPES` or `ANSI_QUOTES`). Only the
+/// value kinds of the statements above are supported; any other is an error, never a guess.
+fn inline_literals(stmt: &Statement, out: &mut String) -> Result<(), DbErr> {
+    use sea_orm::Value;
+    use std::fmt::Write;
+    let postgres = match stmt.db_backend {
+        DbBackend::Postgres => true,
+        DbBackend::MySql => false,
+        other => return Err(DbErr::Custom(format!("no literals for {other:?}"))),
+    };
+    let values = stmt.values.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
+    let mut next = 0;
+    let mut rest = stmt.sql.as_str();
+    while let Some(at) = rest.find(if postgres { '$' } else { '?' }) {
+        out.push_str(&rest[..at]);
+        let mut len = 1;
+        let index = if postgres {
+            let digits = rest[at + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len() - at - 1);
+            len += digits;
+            rest[at + 1..at + len]
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .ok_or_else(|| DbErr::Custom(format!("unexpected '$' in SQL: {}", stmt.sql)))?
+        } else {
+            next += 1;
+            next - 1
+        };
+        let value = values
+            .get(index)
+            .ok_or_else(|| DbErr::Custom(format!("no value for placeholder {}", index + 1)))?;
+        match value {
+            Value::String(None) | Value::BigInt(None) | Value::Int(None) | Value::Bool(None) => {
+                out.push_str("NULL")
+            }
+            Value::String(Some(s)) => {
+                if s.contains('\0') {
+                    return Err(DbErr::Custom("a text value holds U+0000".into()));
+                }
+                if postgres {
+                    out.push_str("E'");
+                    for c in s.chars() {
+                        if c == '\\' || c == '\'' {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                } else {
+                    out.push_str("_utf8mb4 X'");
+                    for b in s.bytes() {
+                        write!(out, "{b:02X}").unwrap_or_default();
+                    }
+                }
+                out.push('\'');
+            }
+            Value::BigInt(Some(n)) if postgres => write!(out, "{n}::int8").unwrap_or_default(),
+            Value::Int(Some(n)) if postgres => write!(out, "{n}::int4").unwrap_or_default(),
+            Value::BigInt(Some(n)) => write!(out, "{n}").unwrap_or_default(),
+            Value::Int(Some(n)) => write!(out, "{n}").unwrap_or_default(),
+            Value::Bool(Some(b)) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
+            other => return Err(DbErr::Custom(format!("cannot inline {other:?}"))),
+        }
+        rest = &rest[at + len..];
+    }
+    if !postgres && next != values.len() {
+        return Err(DbErr::Custom(format!(
+            "{} values for {next} placeholders",
+            values.len()
+        )));
+    }
+    out.push_str(rest);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inline_for(be: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Result<String, DbErr> {
+        let mut out = String::new();
+        inline_literals(&Statement::from_sql_and_values(be, sql, values), &mut out)?;
+        Ok(out)
+    }
+
+    fn inline(sql: &str, values: Vec<sea_orm::Value>) -> Result<String, DbErr> {
+        inline_for(DbBackend::Postgres, sql, values)
+    }
+
+    #[test]
+    fn placeholders_become_escaped_literals() {
+        let values: Vec<sea_orm::Value> = vec![
+            "it's \\ E'x' $2 \u{1a}".into(),
+            None::<String>.into(),
+            7i64.into(),
+            (-3i32).into(),
+            true.into(),
+            "$1".into(),
+            "".into(),
+            "a".into(),
+            "b".into(),
+            "ten".into(),
+        ];
+        assert_eq!(
+            inline(
+                "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                values
+            )
+            .unwrap(),
+            "INSERT INTO t VALUES (E'it\\'s \\\\ E\\'x\\' $2 \u{1a}', NULL, 7::int8, -3::int4, \
+             TRUE, E'$1', E'', E'a', E'b', E'ten')"
+        );
+    }
+
+    #[test]
+    fn mariadb_strings_are_hex_literals() {
+        let values: Vec<sea_orm::Value> =
+            vec!["é'?".into(), "".into(), None::<i64>.into(), 42i64.into()];
+        assert_eq!(
+            inline_for(
+                DbBackend::MySql,
+                "INSERT INTO t VALUES (?, ?, ?, ?)",
+                values
+            )
+            .unwrap(),
+            "INSERT INTO t VALUES (_utf8mb4 X'C3A9273F', _utf8mb4 X'', NULL, 42)"
+        );
+        assert!(inline_for(DbBackend::MySql, "SELECT ?, ?", vec![1i64.into()]).is_err());
+        assert!(inline_for(DbBackend::MySql, "SELECT ?", vec![1i64.into(), 2i64.into()]).is_err());
+        assert!(inline_for(DbBackend::Sqlite, "SELECT 1", vec![]).is_err());
+    }
+
+    #[test]
+    fn a_statement_without_values_is_unchanged() {
+        assert_eq!(inline("SELECT 1", vec![]).unwrap(), "SELECT 1");
+    }
+
+    #[test]
+    fn what_cannot_be_inlined_exactly_is_refused() {
+        assert!(inline("SELECT $1", vec![1.5f64.into()]).is_err());
+        assert!(inline("SELECT $2", vec![1i64.into()]).is_err());
+        assert!(inline("SELECT $0", vec![1i64.into()]).is_err());
+        assert!(inline("SELECT $x", vec![1i64.into()]).is_err());
+        assert!(inline("SELECT $1", vec!["a\0b".into()]).is_err());
+    }
 }

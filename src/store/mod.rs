@@ -23,6 +23,12 @@ pub struct Store {
     /// SQLite (a file): the one connection the batched writes (`sqlite_batch`: message
     /// group commits, joins) run on, outside the pool. See `SqliteWriter`.
     sqlite_writer: Option<std::sync::Arc<SqliteWriter>>,
+    /// PostgreSQL/MariaDB: a pool of one connection for the message group commits
+    /// (`append_messages`). Their writer runs one write at a time, and the main pool hands
+    /// out its idle connections in turn, so each post would otherwise go to a server
+    /// process that had slept through the last dozen; one connection stays warm, and posts
+    /// never queue behind other requests for a checkout.
+    post_db: Option<DatabaseConnection>,
 }
 
 /// A connection of its own for SQLite's hot writes. SQLite has one writer anyway, and:
@@ -129,13 +135,24 @@ impl Store {
                 .map_sqlx_sqlite_opts(sqlite_tuning);
         } else {
             // Ping only connections idle long enough to have been dropped by the server or
-            // a proxy, not every checkout.
-            opts.max_connections(16)
+            // a proxy, not every checkout. 15 here and one for posts (`post_db`): 16 per node.
+            opts.max_connections(15)
                 .min_connections(1)
                 .test_before_acquire_if_idle_for(Duration::from_secs(30));
         }
+        let post_db = if url.starts_with("sqlite:") {
+            None
+        } else {
+            let mut one = opts.clone();
+            one.max_connections(1).min_connections(1);
+            Some(Database::connect(one).await?)
+        };
         let db = Database::connect(opts).await?;
-        Ok(Self { db, sqlite_writer })
+        Ok(Self {
+            db,
+            sqlite_writer,
+            post_db,
+        })
     }
 
     async fn sqlite_writer(url: &str) -> anyhow::Result<std::sync::Arc<SqliteWriter>> {
