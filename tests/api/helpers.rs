@@ -117,11 +117,33 @@ impl Drop for TestDb {
                     .ok()?;
                 rt.block_on(async {
                     let admin = Database::connect(&admin_url).await.ok()?;
-                    let force = if admin_url.starts_with("postgres") {
-                        " WITH (FORCE)"
-                    } else {
-                        ""
-                    };
+                    let postgres = admin_url.starts_with("postgres");
+                    if !postgres {
+                        // What WITH (FORCE) does on PostgreSQL: an app a test did not shut
+                        // down keeps its pools (its socket threads hold the services), and
+                        // MariaDB would count their connections against max_connections
+                        // for the rest of the run.
+                        let ids = admin
+                            .query_all_raw(sea_orm::Statement::from_string(
+                                sea_orm::DbBackend::MySql,
+                                format!(
+                                    "SELECT ID FROM information_schema.PROCESSLIST \
+                                     WHERE DB = '{name}' AND ID <> CONNECTION_ID()"
+                                ),
+                            ))
+                            .await
+                            .ok()?;
+                        for row in ids {
+                            let id = row
+                                .try_get_by_index::<i64>(0)
+                                .ok()
+                                .or_else(|| row.try_get_by_index::<u64>(0).ok().map(|n| n as i64));
+                            if let Some(id) = id {
+                                let _ = admin.execute_unprepared(&format!("KILL {id}")).await;
+                            }
+                        }
+                    }
+                    let force = if postgres { " WITH (FORCE)" } else { "" };
                     admin
                         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}{force}"))
                         .await
