@@ -1024,8 +1024,8 @@ db_test!(
     }
 );
 
-// A batch of new messages is one group-commit write (one multi-statement batch on SQLite and
-// PostgreSQL, the latter with its values written as literals):
+// A batch of new messages is one group-commit write (one multi-statement batch on every
+// database; PostgreSQL and MariaDB get its values written as literals):
 // every character that JSON or SQL escapes must come back as it was sent, and the stats of
 // each conversation of the batch must count exactly its own rows.
 db_test!(
@@ -1052,7 +1052,7 @@ db_test!(
             "lines\nand\r\ntabs\there \u{1} \u{1f} \u{7f}",
             "'); DELETE FROM messages; -- $1 ? %s {}",
             "😀 🙏🏽 é ü 中文 \u{200b} \u{fffd}",
-            // PostgreSQL writes a batch with its values as literals: E'…', $n, dollar quotes.
+            // Text that would break a literal written carelessly: E'…', $n, dollar quotes.
             "E'x' \u{1a} $$ $2 $tag$ \\' \\\\'",
         ];
         let batch: Vec<Value> = tricky
