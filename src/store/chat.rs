@@ -73,30 +73,40 @@ impl Store {
         for m in rows {
             *added.entry(m.conversation_id.as_str()).or_default() += 1;
         }
-        if self.is_sqlite() {
-            return self.append_batch_sqlite(rows, &added).await;
+        let be = self.db.get_database_backend();
+        let mut statements = Vec::with_capacity(added.len() + 2);
+        // SQLite needs no lock: its write transactions are already serialized (IMMEDIATE).
+        if be != DbBackend::Sqlite {
+            statements.push(
+                conversations::Entity::find()
+                    .select_only()
+                    .column(conversations::Column::Id)
+                    .filter(conversations::Column::Id.is_in(added.keys().copied()))
+                    .order_by_asc(conversations::Column::Id)
+                    .lock_exclusive()
+                    .build(be),
+            );
         }
-        self.append_batch_text(rows, &added).await
+        statements.push(
+            messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
+                .build(be),
+        );
+        statements.extend(added.iter().map(|(conv, n)| stats_statement(be, conv, *n)));
+        if be == DbBackend::Sqlite {
+            self.append_batch_sqlite(statements).await
+        } else {
+            self.append_batch_text(be, statements).await
+        }
     }
 
     /// SQLite: the transaction of `append_messages` as one multi-statement batch. Each
     /// statement is a round trip to the connection's worker thread, and while a fan-out
     /// keeps the cores busy every round trip waits for one; sent as separate statements
     /// (begin, inserts, stats, commit), most of a post's latency was spent there.
-    async fn append_batch_sqlite(
-        &self,
-        rows: &[messages::Model],
-        added: &std::collections::BTreeMap<&str, u64>,
-    ) -> Result<(), DbErr> {
-        let insert =
-            messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
-                .build(DbBackend::Sqlite);
+    async fn append_batch_sqlite(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
         let mut sql = String::from("BEGIN IMMEDIATE;");
         let mut values = Vec::new();
-        let stats = added
-            .iter()
-            .map(|(conv, n)| stats_statement(DbBackend::Sqlite, conv, *n));
-        for stmt in std::iter::once(insert).chain(stats) {
+        for stmt in statements {
             sql.push_str(&stmt.sql);
             sql.push(';');
             values.extend(stmt.values.map(|v| v.0).unwrap_or_default());
@@ -115,24 +125,12 @@ impl Store {
     /// (`inline_literals`).
     async fn append_batch_text(
         &self,
-        rows: &[messages::Model],
-        added: &std::collections::BTreeMap<&str, u64>,
+        be: DbBackend,
+        statements: Vec<Statement>,
     ) -> Result<(), DbErr> {
-        let be = self.db.get_database_backend();
-        let lock = conversations::Entity::find()
-            .select_only()
-            .column(conversations::Column::Id)
-            .filter(conversations::Column::Id.is_in(added.keys().copied()))
-            .order_by_asc(conversations::Column::Id)
-            .lock_exclusive()
-            .build(be);
-        let insert =
-            messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
-                .build(be);
-        let stats = added.iter().map(|(conv, n)| stats_statement(be, conv, *n));
         let mut sql = String::new();
-        for stmt in [lock, insert].into_iter().chain(stats) {
-            inline_literals(&stmt, &mut sql)?;
+        for stmt in &statements {
+            inline_literals(stmt, &mut sql)?;
             sql.push_str(";\n");
         }
         let db = self.post_db.as_ref().unwrap_or(&self.db);
