@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::auth::TokenKeys;
 use crate::cluster::nodes::Cluster;
@@ -78,6 +79,21 @@ pub struct Application {
     grpc_router: axum::Router,
     health: tonic_health::server::HealthReporter,
     ready: Arc<AtomicBool>,
+    /// Dropped last, with whatever is left of the application.
+    _hub: HubGuard,
+}
+
+/// Stops the hub when the application goes away, however it goes: a build that fails
+/// after the hub started, the end of `run_until_stopped`, or a drop before or during it
+/// (an aborted task, a runtime that ends). The hub holds the service layer for its socket
+/// events and the service layer holds the hub, so without this an application that never
+/// finished `run_until_stopped` kept its socket threads and database pools for good.
+struct HubGuard(Arc<Hub>);
+
+impl Drop for HubGuard {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
 impl Application {
@@ -112,6 +128,7 @@ impl Application {
         let node_id = crate::ids::new_id();
         let hub = Hub::new(settings.hub_config())
             .map_err(|e| anyhow::anyhow!("cannot start the socket runtime: {e}"))?;
+        let hub_guard = HubGuard(hub.clone());
         let (fanout, cluster, room_changes): (Arc<dyn Fanout>, _, _) = match &settings.broker_url {
             None => (Arc::new(cluster::Local::new(hub.clone())), None, None),
             Some(url) => {
@@ -168,6 +185,7 @@ impl Application {
             grpc_router,
             health,
             ready,
+            _hub: hub_guard,
         })
     }
 
@@ -245,15 +263,20 @@ impl Application {
         }
         self.ready.store(true, Ordering::Release);
 
-        let background = spawn_background(self.services.clone(), self.health.clone(), stop.clone());
+        // Aborted if this future is dropped before the end, like the servers in `tasks`.
+        let background = AbortOnDropHandle::new(spawn_background(
+            self.services.clone(),
+            self.health.clone(),
+            stop.clone(),
+        ));
         // Rooms other nodes changed: raise attendance for this node's sockets in them.
         let remote_changes = self.room_changes.map(|mut rx| {
             let svc = self.services.clone();
-            tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 while let Some((church, room, with_blocked_ip)) = rx.recv().await {
                     svc.raise_attendance(&church, &room, with_blocked_ip);
                 }
-            })
+            }))
         });
 
         shutdown.await;

@@ -119,10 +119,9 @@ impl Drop for TestDb {
                     let admin = Database::connect(&admin_url).await.ok()?;
                     let postgres = admin_url.starts_with("postgres");
                     if !postgres {
-                        // What WITH (FORCE) does on PostgreSQL: an app a test did not shut
-                        // down keeps its pools (its socket threads hold the services), and
-                        // MariaDB would count their connections against max_connections
-                        // for the rest of the run.
+                        // What WITH (FORCE) does on PostgreSQL: the connections of an app
+                        // a test did not shut down are still open here (they close when
+                        // the test's runtime ends, after this drop).
                         let ids = admin
                             .query_all_raw(sea_orm::Statement::from_string(
                                 sea_orm::DbBackend::MySql,

@@ -1073,3 +1073,27 @@ async fn shutdown_closes_1001_with_a_handshake() {
         .await
         .expect("client saw 1001, answered, and the connection ended");
 }
+
+/// An application whose run is dropped midway (an aborted task, a runtime that ends) lets
+/// go of everything: its socket threads end the connections they held, and nothing keeps
+/// the hub (and with it the service layer and its database pools) alive. The hub and the
+/// service layer hold each other, so this used to leak both for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_dropped_while_running_lets_go_of_its_hub() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut app = TestApp::spawn(&db).await;
+    let mut raw = Raw::connect(app.socket).await;
+    raw.run("getId", &[Send(frame(FIN | TEXT, b"getId")), Id])
+        .await;
+    let hub = std::sync::Arc::downgrade(&app.hub);
+    let run = app.stopped.take().expect("the app is running");
+    run.abort();
+    assert!(run.await.expect_err("aborted").is_cancelled());
+    drop(app);
+    raw.eof().await;
+    eventually("nothing holds the hub any more", || {
+        let gone = hub.upgrade().is_none();
+        async move { gone }
+    })
+    .await;
+}
