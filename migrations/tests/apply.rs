@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use migrations::Migrator;
 use migrations::sea_orm_migration::prelude::*;
 use migrations::sea_orm_migration::sea_orm::{
-    ConnectionTrait, Database, DatabaseConnection, DbBackend,
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
 };
 
 /// Every table with its columns and index names, as the service expects them.
@@ -181,6 +181,19 @@ async fn assert_schema(manager: &SchemaManager<'_>, present: bool) {
             let has = manager.has_index(table, index).await.expect("has_index");
             assert!(has, "index {index} on {table} missing");
         }
+    }
+    // PostgreSQL writes posts through a function of its own (m20261130_000004).
+    let db = manager.get_connection();
+    if db.get_database_backend() == DbBackend::Postgres {
+        let sql = "SELECT count(*) AS n FROM pg_proc WHERE proname = 'messaging_append_messages'";
+        let n: i64 = db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .expect("pg_proc")
+            .expect("a row")
+            .try_get("", "n")
+            .expect("n");
+        assert_eq!(n, i64::from(present), "messaging_append_messages present");
     }
 }
 

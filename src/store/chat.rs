@@ -1,8 +1,9 @@
 //! Queries of the chat surfaces: messages, reactions, conversation stats, blocked IPs.
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnAcquireErr, ConnectionTrait, DbBackend, DbErr, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    TransactionTrait,
 };
 
 use super::Store;
@@ -63,20 +64,24 @@ impl Store {
     }
 
     /// New messages and their conversations' stats, in one transaction: either all of
-    /// them are stored or none. Rows are inserted with one statement; conversations are
-    /// locked in id order, so concurrent batches cannot deadlock.
+    /// them are stored or none. Conversations are locked first, in id order (so that
+    /// concurrent batches cannot deadlock, and the stats are read from what every earlier
+    /// writer committed); rows are inserted with one statement.
     pub async fn append_messages(&self, rows: &[messages::Model]) -> Result<(), DbErr> {
         if rows.is_empty() {
             return Ok(());
+        }
+        let be = self.db.get_database_backend();
+        if be == DbBackend::Postgres {
+            return self.append_postgres(rows).await;
         }
         let mut added: std::collections::BTreeMap<&str, u64> = Default::default();
         for m in rows {
             *added.entry(m.conversation_id.as_str()).or_default() += 1;
         }
-        let be = self.db.get_database_backend();
         let mut statements = Vec::with_capacity(added.len() + 2);
         // SQLite needs no lock: its write transactions are already serialized (IMMEDIATE).
-        if be != DbBackend::Sqlite {
+        if be == DbBackend::MySql {
             statements.push(
                 conversations::Entity::find()
                     .select_only()
@@ -95,7 +100,7 @@ impl Store {
         if be == DbBackend::Sqlite {
             self.append_batch_sqlite(statements).await
         } else {
-            self.append_batch_text(be, statements).await
+            self.append_batch_mysql(statements).await
         }
     }
 
@@ -115,28 +120,64 @@ impl Store {
         self.sqlite_batch(sql, values).await.map(drop)
     }
 
-    /// PostgreSQL and MariaDB: the statements of `append_messages` sent as one text batch
-    /// instead of one round trip each. PostgreSQL runs a simple-protocol query of several
-    /// statements as one implicit transaction (all of them or none, each statement seeing
-    /// the ones before it), so a post is one round trip instead of five. MariaDB has no such
-    /// implicit transaction and stops at a failed statement, so the batch runs inside an
-    /// explicit one that is rolled back on error: three round trips. Neither protocol takes
-    /// parameters with several statements, so values are written as literals
-    /// (`inline_literals`).
-    async fn append_batch_text(
-        &self,
-        be: DbBackend,
-        statements: Vec<Statement>,
-    ) -> Result<(), DbErr> {
+    /// PostgreSQL: one call of `messaging_append_messages` (migration
+    /// `m20261130_000004`), which runs the statements of `append_messages` with plans it
+    /// keeps for the session. The call is a prepared statement with one array per column:
+    /// one round trip, and nothing parsed or planned per post. Sent as a multi-statement
+    /// text batch instead, the same statements cost PostgreSQL about 40 % more CPU and a
+    /// post's write took 0.2 ms longer (BENCHMARKS.md, session 11). A single statement is
+    /// its own transaction: all of it is stored or none.
+    async fn append_postgres(&self, rows: &[messages::Model]) -> Result<(), DbErr> {
+        use sea_orm::sqlx;
+        fn text<'a>(
+            rows: &'a [messages::Model],
+            f: fn(&'a messages::Model) -> &'a str,
+        ) -> Vec<&'a str> {
+            rows.iter().map(f).collect()
+        }
+        let db = self.post_db.as_ref().unwrap_or(&self.db);
+        sqlx::query(r#"SELECT "messaging_append_messages"($1, $2, $3, $4, $5, $6, $7, $8, $9)"#)
+            .bind(text(rows, |m| &m.id))
+            .bind(text(rows, |m| &m.church_id))
+            .bind(text(rows, |m| &m.conversation_id))
+            .bind(
+                rows.iter()
+                    .map(|m| m.person_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|m| m.display_name.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|m| m.time_sent).collect::<Vec<_>>())
+            .bind(rows.iter().map(|m| m.time_updated).collect::<Vec<_>>())
+            .bind(text(rows, |m| &m.message_type))
+            .bind(text(rows, |m| &m.content))
+            .execute(db.get_postgres_connection_pool())
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+                sqlx::Error::PoolClosed => {
+                    DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed)
+                }
+                e => DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into())),
+            })
+    }
+
+    /// MySQL/MariaDB: the statements of `append_messages` sent as one text batch instead of
+    /// one round trip each. MariaDB stops at a failed statement and has no implicit
+    /// transaction for a batch, so it runs inside an explicit one that is rolled back on
+    /// error: three round trips instead of five. The protocol takes no parameters with
+    /// several statements, so values are written as literals (`inline_literals`).
+    async fn append_batch_mysql(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
         let mut sql = String::new();
         for stmt in &statements {
             inline_literals(stmt, &mut sql)?;
             sql.push_str(";\n");
         }
         let db = self.post_db.as_ref().unwrap_or(&self.db);
-        if be == DbBackend::Postgres {
-            return db.execute_unprepared(&sql).await.map(drop);
-        }
         let txn = db.begin().await?;
         txn.execute_unprepared(&sql).await?;
         txn.commit().await
@@ -397,44 +438,29 @@ fn stats_statement(backend: DbBackend, conversation: &str, added: u64) -> Statem
     Statement::from_sql_and_values(backend, sql, values)
 }
 
-/// Appends `stmt` to `out` with each placeholder replaced by its value as a literal.
-/// The built SQL itself holds no literals, so every placeholder is one: `$` followed by
-/// digits on PostgreSQL, `?` on MySQL/MariaDB. Strings are written so that no server
-/// setting changes how they read: on PostgreSQL `E'…'` with `\` and `'` escaped (the same
-/// whatever `standard_conforming_strings` says), on MariaDB a hex literal with a character
-/// set (`_utf8mb4 X'…'`, untouched by `NO_BACKSLASH_ESCAPES` or `ANSI_QUOTES`). Only the
-/// value kinds of the statements above are supported; any other is an error, never a guess.
+/// Appends `stmt` to `out` with each placeholder (`?`) replaced by its value as a literal,
+/// for MySQL/MariaDB. The built SQL itself holds no literals, so every `?` is a
+/// placeholder. Strings become hex literals with a character set (`_utf8mb4 X'…'`), which
+/// neither `NO_BACKSLASH_ESCAPES` nor `ANSI_QUOTES` changes. Only the value kinds of the
+/// statements above are supported; any other is an error, never a guess.
 fn inline_literals(stmt: &Statement, out: &mut String) -> Result<(), DbErr> {
     use sea_orm::Value;
     use std::fmt::Write;
-    let postgres = match stmt.db_backend {
-        DbBackend::Postgres => true,
-        DbBackend::MySql => false,
-        other => return Err(DbErr::Custom(format!("no literals for {other:?}"))),
-    };
+    if stmt.db_backend != DbBackend::MySql {
+        return Err(DbErr::Custom(format!(
+            "no literals for {:?}",
+            stmt.db_backend
+        )));
+    }
     let values = stmt.values.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
     let mut next = 0;
     let mut rest = stmt.sql.as_str();
-    while let Some(at) = rest.find(if postgres { '$' } else { '?' }) {
+    while let Some(at) = rest.find('?') {
         out.push_str(&rest[..at]);
-        let mut len = 1;
-        let index = if postgres {
-            let digits = rest[at + 1..]
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len() - at - 1);
-            len += digits;
-            rest[at + 1..at + len]
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| n.checked_sub(1))
-                .ok_or_else(|| DbErr::Custom(format!("unexpected '$' in SQL: {}", stmt.sql)))?
-        } else {
-            next += 1;
-            next - 1
-        };
         let value = values
-            .get(index)
-            .ok_or_else(|| DbErr::Custom(format!("no value for placeholder {}", index + 1)))?;
+            .get(next)
+            .ok_or_else(|| DbErr::Custom(format!("no value for placeholder {}", next + 1)))?;
+        next += 1;
         match value {
             Value::String(None) | Value::BigInt(None) | Value::Int(None) | Value::Bool(None) => {
                 out.push_str("NULL")
@@ -443,32 +469,20 @@ fn inline_literals(stmt: &Statement, out: &mut String) -> Result<(), DbErr> {
                 if s.contains('\0') {
                     return Err(DbErr::Custom("a text value holds U+0000".into()));
                 }
-                if postgres {
-                    out.push_str("E'");
-                    for c in s.chars() {
-                        if c == '\\' || c == '\'' {
-                            out.push('\\');
-                        }
-                        out.push(c);
-                    }
-                } else {
-                    out.push_str("_utf8mb4 X'");
-                    for b in s.bytes() {
-                        write!(out, "{b:02X}").unwrap_or_default();
-                    }
+                out.push_str("_utf8mb4 X'");
+                for b in s.bytes() {
+                    write!(out, "{b:02X}").unwrap_or_default();
                 }
                 out.push('\'');
             }
-            Value::BigInt(Some(n)) if postgres => write!(out, "{n}::int8").unwrap_or_default(),
-            Value::Int(Some(n)) if postgres => write!(out, "{n}::int4").unwrap_or_default(),
             Value::BigInt(Some(n)) => write!(out, "{n}").unwrap_or_default(),
             Value::Int(Some(n)) => write!(out, "{n}").unwrap_or_default(),
             Value::Bool(Some(b)) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
             other => return Err(DbErr::Custom(format!("cannot inline {other:?}"))),
         }
-        rest = &rest[at + len..];
+        rest = &rest[at + 1..];
     }
-    if !postgres && next != values.len() {
+    if next != values.len() {
         return Err(DbErr::Custom(format!(
             "{} values for {next} placeholders",
             values.len()
@@ -489,50 +503,26 @@ mod tests {
     }
 
     fn inline(sql: &str, values: Vec<sea_orm::Value>) -> Result<String, DbErr> {
-        inline_for(DbBackend::Postgres, sql, values)
+        inline_for(DbBackend::MySql, sql, values)
     }
 
     #[test]
-    fn placeholders_become_escaped_literals() {
+    fn placeholders_become_hex_literals() {
         let values: Vec<sea_orm::Value> = vec![
-            "it's \\ E'x' $2 \u{1a}".into(),
-            None::<String>.into(),
-            7i64.into(),
+            "é'?".into(),
+            "".into(),
+            None::<i64>.into(),
+            42i64.into(),
             (-3i32).into(),
             true.into(),
-            "$1".into(),
-            "".into(),
-            "a".into(),
-            "b".into(),
-            "ten".into(),
+            None::<String>.into(),
+            "\\ E'x' $1 \u{1a}".into(),
         ];
         assert_eq!(
-            inline(
-                "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                values
-            )
-            .unwrap(),
-            "INSERT INTO t VALUES (E'it\\'s \\\\ E\\'x\\' $2 \u{1a}', NULL, 7::int8, -3::int4, \
-             TRUE, E'$1', E'', E'a', E'b', E'ten')"
+            inline("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values).unwrap(),
+            "INSERT INTO t VALUES (_utf8mb4 X'C3A9273F', _utf8mb4 X'', NULL, 42, -3, TRUE, \
+             NULL, _utf8mb4 X'5C2045277827202431201A')"
         );
-    }
-
-    #[test]
-    fn mariadb_strings_are_hex_literals() {
-        let values: Vec<sea_orm::Value> =
-            vec!["é'?".into(), "".into(), None::<i64>.into(), 42i64.into()];
-        assert_eq!(
-            inline_for(
-                DbBackend::MySql,
-                "INSERT INTO t VALUES (?, ?, ?, ?)",
-                values
-            )
-            .unwrap(),
-            "INSERT INTO t VALUES (_utf8mb4 X'C3A9273F', _utf8mb4 X'', NULL, 42)"
-        );
-        assert!(inline_for(DbBackend::MySql, "SELECT ?, ?", vec![1i64.into()]).is_err());
-        assert!(inline_for(DbBackend::MySql, "SELECT ?", vec![1i64.into(), 2i64.into()]).is_err());
-        assert!(inline_for(DbBackend::Sqlite, "SELECT 1", vec![]).is_err());
     }
 
     #[test]
@@ -542,10 +532,11 @@ mod tests {
 
     #[test]
     fn what_cannot_be_inlined_exactly_is_refused() {
-        assert!(inline("SELECT $1", vec![1.5f64.into()]).is_err());
-        assert!(inline("SELECT $2", vec![1i64.into()]).is_err());
-        assert!(inline("SELECT $0", vec![1i64.into()]).is_err());
-        assert!(inline("SELECT $x", vec![1i64.into()]).is_err());
-        assert!(inline("SELECT $1", vec!["a\0b".into()]).is_err());
+        assert!(inline("SELECT ?, ?", vec![1i64.into()]).is_err());
+        assert!(inline("SELECT ?", vec![1i64.into(), 2i64.into()]).is_err());
+        assert!(inline("SELECT ?", vec![1.5f64.into()]).is_err());
+        assert!(inline("SELECT ?", vec!["a\0b".into()]).is_err());
+        assert!(inline_for(DbBackend::Postgres, "SELECT $1", vec![1i64.into()]).is_err());
+        assert!(inline_for(DbBackend::Sqlite, "SELECT 1", vec![]).is_err());
     }
 }

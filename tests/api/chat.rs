@@ -1024,8 +1024,129 @@ db_test!(
     }
 );
 
-// A batch of new messages is one group-commit write (one multi-statement batch on every
-// database; PostgreSQL and MariaDB get its values written as literals):
+// Two nodes writing into one conversation at once: no post is lost from the count, and the
+// last post is the newest message.
+db_test!(
+    concurrent_writers_of_one_conversation_keep_its_stats,
+    |db: TestDb| async move {
+        use messaging::store::entities::messages::Model;
+        let app = TestApp::spawn(&db).await;
+        let id = app.conversation("C1", "sermon", false).await;
+        let other = messaging::store::Store::connect(&app.db_url)
+            .await
+            .expect("a second node's store");
+        let row = |mid: String, t: i64| Model {
+            id: mid.clone(),
+            church_id: "C1".into(),
+            conversation_id: id.clone(),
+            person_id: None,
+            display_name: Some("x".into()),
+            time_sent: t,
+            time_updated: None,
+            message_type: "comment".into(),
+            content: mid,
+        };
+        // One writer's messages get newer, the other's older: the newest of all is B0.
+        let a = async {
+            for i in 0..40 {
+                let m = row(format!("A{i}"), 1_000 + i);
+                app.store.append_messages(&[m]).await.expect("node A write");
+            }
+        };
+        let b = async {
+            for i in 0..40 {
+                let m = row(format!("B{i}"), 2_000 - i);
+                other.append_messages(&[m]).await.expect("node B write");
+            }
+        };
+        tokio::join!(a, b);
+        let c = app.store.conversation(&id).await.unwrap().unwrap();
+        assert_eq!((c.post_count, c.last_post_id.as_deref()), (80, Some("B0")));
+        assert!(c.first_post_id.is_some());
+        assert_eq!(app.store.messages_of(&id, None).await.unwrap().len(), 80);
+    }
+);
+
+/// PostgreSQL: a write that waited for another one to commit reads the stats from what
+/// that one committed. Here the other write holds the conversation with a newer message
+/// while this one, with an older message, waits for it; the last post must be the newer
+/// one. A write whose statements took their snapshot before the wait would set its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(with_postgres), ignore = "DATABASE_URL_POSTGRES is not set")]
+async fn a_write_that_waited_for_another_sees_its_messages_postgres() {
+    use messaging::store::entities::messages::Model;
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+    let db = TestDb::create(Backend::Postgres).await;
+    let app = TestApp::spawn(&db).await;
+    let id = app.conversation("C1", "sermon", false).await;
+    let row = |mid: &str, t: i64| Model {
+        id: mid.into(),
+        church_id: "C1".into(),
+        conversation_id: id.clone(),
+        person_id: None,
+        display_name: None,
+        time_sent: t,
+        time_updated: None,
+        message_type: "comment".into(),
+        content: mid.into(),
+    };
+    app.store
+        .append_messages(&[row("OLD", 1)])
+        .await
+        .expect("first post");
+    let other = sea_orm::Database::connect(app.db_url.as_str())
+        .await
+        .expect("another connection");
+    let pg = |sql: String| Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+    // The other node's write, held open: the conversation locked, a newer message in.
+    let held = other.begin().await.expect("begin");
+    held.execute_raw(pg(format!(
+        r#"SELECT 1 FROM "conversations" WHERE "id" = '{id}' FOR UPDATE"#
+    )))
+    .await
+    .expect("lock");
+    held.execute_raw(pg(format!(
+        r#"INSERT INTO "messages" ("id", "churchId", "conversationId", "timeSent", "messageType", "content")
+           VALUES ('NEWEST', 'C1', '{id}', 100, 'comment', 'n')"#
+    )))
+    .await
+    .expect("insert");
+    held.execute_raw(pg(format!(
+        r#"UPDATE "conversations" SET "postCount" = "postCount" + 1, "lastPostId" = 'NEWEST' WHERE "id" = '{id}'"#
+    )))
+    .await
+    .expect("stats");
+    let store = app.store.clone();
+    let waiting_row = row("OLDER", 50);
+    let waiting = tokio::spawn(async move { store.append_messages(&[waiting_row]).await });
+    eventually("the write waits for the lock", || {
+        let other = &other;
+        async move {
+            let sql = "SELECT count(*) AS n FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            let r = other.query_one_raw(pg(sql.into())).await.expect("activity");
+            r.and_then(|r| r.try_get::<i64>("", "n").ok()).unwrap_or(0) > 0
+        }
+    })
+    .await;
+    held.commit().await.expect("commit");
+    waiting
+        .await
+        .expect("join")
+        .expect("the waiting write succeeds");
+    let c = app.store.conversation(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            c.post_count,
+            c.first_post_id.as_deref(),
+            c.last_post_id.as_deref()
+        ),
+        (3, Some("OLD"), Some("NEWEST"))
+    );
+}
+
+// A batch of new messages is one group-commit write (a function call with array parameters
+// on PostgreSQL, a multi-statement batch elsewhere, with literal values on MariaDB):
 // every character that JSON or SQL escapes must come back as it was sent, and the stats of
 // each conversation of the batch must count exactly its own rows.
 db_test!(
