@@ -124,9 +124,9 @@ impl Store {
     /// `m20261130_000004`), which runs the statements of `append_messages` with plans it
     /// keeps for the session. The call is a prepared statement with one array per column:
     /// one round trip, and nothing parsed or planned per post. Sent as a multi-statement
-    /// text batch instead, the same statements cost PostgreSQL about 40 % more CPU and a
-    /// post's write took 0.2 ms longer (BENCHMARKS.md, session 11). A single statement is
-    /// its own transaction: all of it is stored or none.
+    /// text batch instead, the same statements cost PostgreSQL 0.53 ms of CPU per post
+    /// instead of 0.41, and a post took 0.17 ms longer (BENCHMARKS.md, session 11). A
+    /// single statement is its own transaction: all of it is stored or none.
     async fn append_postgres(&self, rows: &[messages::Model]) -> Result<(), DbErr> {
         use sea_orm::sqlx;
         fn text<'a>(
