@@ -13,7 +13,8 @@
 # cluster: fanout-1k on 3 nodes of the service (LG_CLUSTER_NODES) sharing one fresh PostgreSQL
 # database and one broker (--broker redis|nats, default redis, or LG_BROKER); sockets are
 # spread evenly over the nodes, publisher p sends to node p mod 3. cluster-1: the same on
-# one node, same kind of database, no broker (the baseline). Neither is part of `all`.
+# one node, same kind of database, no broker (the baseline). LG_CLUSTER_NODES=1 with cluster
+# is one node with the broker: what the broker alone costs. Neither is part of `all`.
 # The service runs from a copy of target/release/messaging with a fresh SQLite file in a temp
 # dir, a random JWT_SECRET and a minted token; the floor is ../shared/floor. Every listener is
 # bound to 127.0.0.1. Exit status: loadgen's (0 ok, 1 a check failed, 2 setup error); for
@@ -23,8 +24,9 @@
 # LG_FLOOR_HTTP_PORT LG_FLOOR_WS_PORT (floor: 29184 29187), FLOOR_DIR (default
 # ../shared/floor next to the repo), FLOOR_TARGET (default /tmp/floor-target), LG_TIMEOUT
 # (seconds one loadgen run may take, default 300), LG_KEEP=1 keeps the temp dir and server log.
-# cluster only: LG_PG_URL (server URL without a database, default
-# postgres://postgres@127.0.0.1:5432), LG_REDIS_URL (redis://127.0.0.1:6379), LG_NATS_URL
+# cluster only: LG_DB (postgres, the default, or mysql for MariaDB/MySQL), LG_PG_URL and
+# LG_MYSQL_URL (server URL without a database, default postgres://postgres@127.0.0.1:5432 and
+# mysql://root@127.0.0.1:3306), LG_REDIS_URL (redis://127.0.0.1:6379), LG_NATS_URL
 # (nats://127.0.0.1:4222), LG_CLUSTER_NODES (3), LG_HTTP_NODES (REST calls go to the first
 # this many nodes; default all), LG_NODE_WORKERS (request-runtime threads per node, passed
 # as TOKIO_WORKER_THREADS to the nodes only; default: the service's own, one per core).
@@ -91,7 +93,11 @@ fi
 case "$scenario" in
   cluster | cluster-1)
     [ "$target" = service ] || die "$scenario runs only against the service"
-    command -v psql >/dev/null || die "$scenario needs psql (PostgreSQL client)"
+    case "${LG_DB:-postgres}" in
+      postgres) command -v psql >/dev/null || die "$scenario needs psql (PostgreSQL client)" ;;
+      mysql) command -v mysql >/dev/null || die "$scenario with LG_DB=mysql needs the mysql client" ;;
+      *) die "LG_DB must be postgres or mysql" ;;
+    esac
     ;;
 esac
 
@@ -146,8 +152,7 @@ stop_target() {
   done
   server_pid="" server_pids=()
   if [ -n "$pg_db" ]; then
-    psql "${LG_PG_URL:-postgres://postgres@127.0.0.1:5432}/postgres" -qAt \
-      -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 ||
+    db_admin "DROP DATABASE IF EXISTS $pg_db" >/dev/null 2>&1 ||
       log "could not drop database $pg_db"
     pg_db=""
   fi
@@ -180,25 +185,57 @@ wait_ready() {
   die "$target did not become ready on every node (first HTTP port $http_port)"
 }
 
-# cluster and cluster-1: $nodes copies of the service on one fresh PostgreSQL database; with
-# more than one node, a broker (BROKER_URL) with a prefix of this run's own.
+# The cluster scenarios' database server (LG_DB): its URL without a database.
+db_server() {
+  case "${LG_DB:-postgres}" in
+    mysql) echo "${LG_MYSQL_URL:-mysql://root@127.0.0.1:3306}" ;;
+    *) echo "${LG_PG_URL:-postgres://postgres@127.0.0.1:5432}" ;;
+  esac
+}
+# One administrative statement on that server (CREATE/DROP DATABASE).
+db_admin() {
+  local url
+  url=$(db_server)
+  case "${LG_DB:-postgres}" in
+    mysql)
+      # mysql://user[:password]@host[:port]
+      local rest=${url#*://} user pass="" hostport host port=3306
+      user=${rest%%@*} hostport=${rest#*@}
+      case "$user" in *:*) pass=${user#*:} user=${user%%:*} ;; esac
+      host=${hostport%%[:/]*}
+      case "$hostport" in *:*) port=${hostport#*:} port=${port%%/*} ;; esac
+      MYSQL_PWD=$pass mysql -h "$host" -P "$port" -u "$user" -e "$1"
+      ;;
+    *)
+      # WITH (FORCE): a node that did not stop in time must not keep the database.
+      local sql=$1
+      case "$sql" in DROP*) sql="$sql WITH (FORCE)" ;; esac
+      psql "$url/postgres" -qAt -c "$sql"
+      ;;
+  esac
+}
+
+# cluster and cluster-1: $nodes copies of the service on one fresh database (PostgreSQL, or
+# MariaDB with LG_DB=mysql); for cluster (any number of nodes), a broker (BROKER_URL) with a
+# prefix of this run's own.
 start_cluster() {
-  local secret="loadgen-$$-$RANDOM$RANDOM" pg=${LG_PG_URL:-postgres://postgres@127.0.0.1:5432}
+  local secret="loadgen-$$-$RANDOM$RANDOM" pg
+  pg=$(db_server)
   pg_db="bench_$$_$RANDOM$RANDOM"
-  psql "$pg/postgres" -qAt -c "CREATE DATABASE $pg_db" >/dev/null || {
+  db_admin "CREATE DATABASE $pg_db" >/dev/null || {
     pg_db=""
     die "could not create a database at $pg"
   }
   local broker_env=()
   [ -z "${LG_NODE_WORKERS:-}" ] || broker_env+=(TOKIO_WORKER_THREADS="$LG_NODE_WORKERS")
-  if [ "$nodes" -gt 1 ]; then
+  if [ "$1" = cluster ]; then
     local url
     case "$broker" in
       redis) url=${LG_REDIS_URL:-redis://127.0.0.1:6379} ;;
       nats) url=${LG_NATS_URL:-nats://127.0.0.1:4222} ;;
     esac
     broker_env+=(BROKER_URL="$url" BROKER_PREFIX="lg$$r$RANDOM$RANDOM")
-    log "$nodes nodes, database $pg_db, broker $url (${broker_env[-1]})"
+    log "$nodes node(s), database $pg_db, broker $url (${broker_env[-1]})"
   else
     log "1 node, database $pg_db, no broker"
   fi
@@ -225,7 +262,7 @@ start_target() {
     # Run a copy: a concurrent rebuild must not swap the binary under a running benchmark.
     cp "$TARGET_DIR/release/messaging" "$work/messaging"
     case "$1" in
-      cluster | cluster-1) start_cluster; wait_ready; return 0 ;;
+      cluster | cluster-1) start_cluster "$1"; wait_ready; return 0 ;;
     esac
     local secret="loadgen-$$-$RANDOM$RANDOM"
     JWT_SECRET=$secret DATABASE_URL="sqlite://$work/svc.db?mode=rwc" HOST=127.0.0.1 \
@@ -272,8 +309,8 @@ run_one() {
     echo "${server_pids[*]}"
   )
   local kind=$target
-  [ "$name" != cluster ] || kind="service-$nodes-nodes-$broker"
-  [ "$name" != cluster-1 ] || kind="service-1-node-postgres"
+  [ "$name" != cluster ] || kind="service-$nodes-nodes-$broker${LG_DB:+-$LG_DB}"
+  [ "$name" != cluster-1 ] || kind="service-1-node-${LG_DB:-postgres}"
   # LG_HTTP_NODES=1 sends every REST call (publishes, joins) to node 0 only.
   args+=(--http "$(node_addrs "$http_port" "${LG_HTTP_NODES:-${#server_pids[@]}}")" --ws "$(node_addrs "$ws_port")" --church "$CHURCH"
     --scenario "$name" --target-kind "$kind" --server-pid "$pids")

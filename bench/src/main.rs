@@ -9,6 +9,7 @@ mod http;
 mod parse;
 mod procfs;
 mod publish;
+mod server_metrics;
 mod ws;
 
 /// Client stubs generated from ../proto/messaging.proto.
@@ -427,6 +428,9 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
     let (mut srv_each0, mut srv_each2) = (Vec::new(), Vec::new());
     let (mut pub_start_ns, mut drain_seconds) = (0u64, 0.0);
     let (mut gen_sys0, mut gen_sys2) = (0.0f64, 0.0f64);
+    // The nodes' own timings (request, database write, broker acknowledgement) over the
+    // same window: where a publish's time went on the server side.
+    let mut server_timings = Value::Null;
     if a.duration > 0.0 {
         let plan = Arc::new(Plan {
             church: a.church.clone(),
@@ -458,6 +462,7 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
             senders.push(connect.await??);
         }
         progress(format_args!("publishing for {} s", a.duration));
+        let timings0 = server_metrics::scrape(&http_addrs, timeout).await;
         srv_each0 = a
             .server_pid
             .iter()
@@ -507,6 +512,10 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
             .collect();
         gen_cpu[2] = procfs::self_cpu_seconds();
         gen_sys2 = procfs::self_cpu_user_sys().1;
+        if let (Some(t0), Some(t2)) = (timings0, server_metrics::scrape(&http_addrs, timeout).await)
+        {
+            server_timings = server_metrics::window(&t0, &t2);
+        }
     }
     let rss_after_run = server_rss(pid);
 
@@ -690,6 +699,9 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
             "cpu_seconds_publish_drain": srv_pub_drain,
             "cpu_us_per_delivery": us_per(srv_pub_drain),
         })),
+        // Summed over the --http nodes, publish start to the end of the drain: per series
+        // (histograms in seconds), how many and their mean in ms.
+        "server_timings": server_timings,
         "generator": {
             "cpu_seconds_total": r3(procfs::self_cpu_seconds() - gen_cpu_start),
             "cpu_seconds_publish": r3(gen_cpu[1] - gen_cpu[0]),
