@@ -12,6 +12,7 @@ mod m20261127_000001_initial;
 mod m20261127_000002_messages_by_conversation;
 mod m20261127_000003_connections_anonymous_number;
 mod m20261130_000004_append_messages_function;
+mod m20261130_000005_append_messages_procedure;
 
 /// Applies every migration of the messaging schema, in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_messages_by_conversation::Migration),
             Box::new(m20261127_000003_connections_anonymous_number::Migration),
             Box::new(m20261130_000004_append_messages_function::Migration),
+            Box::new(m20261130_000005_append_messages_procedure::Migration),
         ]
     }
 }

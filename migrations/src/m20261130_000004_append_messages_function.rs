@@ -10,8 +10,9 @@
 //! for the lock, as the separate statements did.
 //!
 //! The column list is this migration's own: a later migration that changes the columns
-//! of `messages` must replace the function too. SQLite and MySQL/MariaDB write posts as
-//! before (`store::chat`), and this migration does nothing there.
+//! of `messages` must replace the function too. MySQL/MariaDB get a procedure of their own
+//! (`m20261130_000005`); SQLite writes posts as before (`store::chat`). This migration does
+//! nothing on either.
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 

@@ -182,19 +182,28 @@ async fn assert_schema(manager: &SchemaManager<'_>, present: bool) {
             assert!(has, "index {index} on {table} missing");
         }
     }
-    // PostgreSQL writes posts through a function of its own (m20261130_000004).
+    // PostgreSQL writes posts through a function of its own (m20261130_000004), MySQL and
+    // MariaDB through a procedure (m20261130_000005).
     let db = manager.get_connection();
-    if db.get_database_backend() == DbBackend::Postgres {
-        let sql = "SELECT count(*) AS n FROM pg_proc WHERE proname = 'messaging_append_messages'";
-        let n: i64 = db
-            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-            .await
-            .expect("pg_proc")
-            .expect("a row")
-            .try_get("", "n")
-            .expect("n");
-        assert_eq!(n, i64::from(present), "messaging_append_messages present");
-    }
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT count(*) AS n FROM pg_proc WHERE proname = 'messaging_append_messages'"
+        }
+        DbBackend::MySql => {
+            "SELECT count(*) AS n FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = \
+             DATABASE() AND ROUTINE_TYPE = 'PROCEDURE' AND ROUTINE_NAME = 'messaging_append_messages'"
+        }
+        _ => return,
+    };
+    let n: i64 = db
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await
+        .expect("routines")
+        .expect("a row")
+        .try_get("", "n")
+        .expect("n");
+    assert_eq!(n, i64::from(present), "messaging_append_messages present");
 }
 
 async fn add_reaction(db: &DatabaseConnection, id: &str, emoji: &str) -> Result<(), DbErr> {

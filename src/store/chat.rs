@@ -3,7 +3,6 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnAcquireErr, ConnectionTrait, DbBackend, DbErr, EntityTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
-    TransactionTrait,
 };
 
 use super::Store;
@@ -66,42 +65,31 @@ impl Store {
     /// New messages and their conversations' stats, in one transaction: either all of
     /// them are stored or none. Conversations are locked first, in id order (so that
     /// concurrent batches cannot deadlock, and the stats are read from what every earlier
-    /// writer committed); rows are inserted with one statement.
+    /// writer committed); rows are inserted with one statement. One round trip on every
+    /// database: a function call on PostgreSQL, a procedure call on MySQL/MariaDB, a batch
+    /// on SQLite.
     pub async fn append_messages(&self, rows: &[messages::Model]) -> Result<(), DbErr> {
         if rows.is_empty() {
             return Ok(());
         }
         let be = self.db.get_database_backend();
-        if be == DbBackend::Postgres {
-            return self.append_postgres(rows).await;
-        }
         let mut added: std::collections::BTreeMap<&str, u64> = Default::default();
         for m in rows {
             *added.entry(m.conversation_id.as_str()).or_default() += 1;
         }
-        let mut statements = Vec::with_capacity(added.len() + 2);
-        // SQLite needs no lock: its write transactions are already serialized (IMMEDIATE).
-        if be == DbBackend::MySql {
-            statements.push(
-                conversations::Entity::find()
-                    .select_only()
-                    .column(conversations::Column::Id)
-                    .filter(conversations::Column::Id.is_in(added.keys().copied()))
-                    .order_by_asc(conversations::Column::Id)
-                    .lock_exclusive()
-                    .build(be),
-            );
+        match be {
+            DbBackend::Postgres => return self.append_postgres(rows).await,
+            DbBackend::MySql => return self.append_mysql(rows, &added).await,
+            _ => {}
         }
+        // SQLite needs no lock: its write transactions are already serialized (IMMEDIATE).
+        let mut statements = Vec::with_capacity(added.len() + 1);
         statements.push(
             messages::Entity::insert_many(rows.iter().map(|m| m.clone().into_active_model()))
                 .build(be),
         );
         statements.extend(added.iter().map(|(conv, n)| stats_statement(be, conv, *n)));
-        if be == DbBackend::Sqlite {
-            self.append_batch_sqlite(statements).await
-        } else {
-            self.append_batch_mysql(statements).await
-        }
+        self.append_batch_sqlite(statements).await
     }
 
     /// SQLite: the transaction of `append_messages` as one multi-statement batch. Each
@@ -166,21 +154,45 @@ impl Store {
             })
     }
 
-    /// MySQL/MariaDB: the statements of `append_messages` sent as one text batch instead of
-    /// one round trip each. MariaDB stops at a failed statement and has no implicit
-    /// transaction for a batch, so it runs inside an explicit one that is rolled back on
-    /// error: three round trips instead of five. The protocol takes no parameters with
-    /// several statements, so values are written as literals (`inline_literals`).
-    async fn append_batch_mysql(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
-        let mut sql = String::new();
-        for stmt in &statements {
-            inline_literals(stmt, &mut sql)?;
-            sql.push_str(";\n");
-        }
+    /// MySQL/MariaDB: one prepared call of `messaging_append_messages` (migration
+    /// `m20261130_000005`) with the rows and the conversations (in lock order, with how many
+    /// rows each gets) as two JSON arrays. The procedure runs the statements of
+    /// `append_messages` in a transaction of its own: one round trip instead of the three of
+    /// an explicit transaction around a text batch, and no value is written into SQL text.
+    async fn append_mysql(
+        &self,
+        rows: &[messages::Model],
+        added: &std::collections::BTreeMap<&str, u64>,
+    ) -> Result<(), DbErr> {
+        let json = |e: serde_json::Error| DbErr::Custom(format!("rows as JSON: {e}"));
+        let rows_json = serde_json::to_string(
+            &rows
+                .iter()
+                .map(|m| {
+                    (
+                        &m.id,
+                        &m.church_id,
+                        &m.conversation_id,
+                        &m.person_id,
+                        &m.display_name,
+                        m.time_sent,
+                        m.time_updated,
+                        &m.message_type,
+                        &m.content,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(json)?;
+        let convs_json = serde_json::to_string(&added.iter().collect::<Vec<_>>()).map_err(json)?;
         let db = self.post_db.as_ref().unwrap_or(&self.db);
-        let txn = db.begin().await?;
-        txn.execute_unprepared(&sql).await?;
-        txn.commit().await
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::MySql,
+            "CALL `messaging_append_messages`(?, ?)",
+            [rows_json.into(), convs_json.into()],
+        ))
+        .await
+        .map(drop)
     }
 
     /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
@@ -436,107 +448,4 @@ fn stats_statement(backend: DbBackend, conversation: &str, added: u64) -> Statem
         conversation.into(),
     ];
     Statement::from_sql_and_values(backend, sql, values)
-}
-
-/// Appends `stmt` to `out` with each placeholder (`?`) replaced by its value as a literal,
-/// for MySQL/MariaDB. The built SQL itself holds no literals, so every `?` is a
-/// placeholder. Strings become hex literals with a character set (`_utf8mb4 X'…'`), which
-/// neither `NO_BACKSLASH_ESCAPES` nor `ANSI_QUOTES` changes. Only the value kinds of the
-/// statements above are supported; any other is an error, never a guess.
-fn inline_literals(stmt: &Statement, out: &mut String) -> Result<(), DbErr> {
-    use sea_orm::Value;
-    use std::fmt::Write;
-    if stmt.db_backend != DbBackend::MySql {
-        return Err(DbErr::Custom(format!(
-            "no literals for {:?}",
-            stmt.db_backend
-        )));
-    }
-    let values = stmt.values.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
-    let mut next = 0;
-    let mut rest = stmt.sql.as_str();
-    while let Some(at) = rest.find('?') {
-        out.push_str(&rest[..at]);
-        let value = values
-            .get(next)
-            .ok_or_else(|| DbErr::Custom(format!("no value for placeholder {}", next + 1)))?;
-        next += 1;
-        match value {
-            Value::String(None) | Value::BigInt(None) | Value::Int(None) | Value::Bool(None) => {
-                out.push_str("NULL")
-            }
-            Value::String(Some(s)) => {
-                if s.contains('\0') {
-                    return Err(DbErr::Custom("a text value holds U+0000".into()));
-                }
-                out.push_str("_utf8mb4 X'");
-                for b in s.bytes() {
-                    write!(out, "{b:02X}").unwrap_or_default();
-                }
-                out.push('\'');
-            }
-            Value::BigInt(Some(n)) => write!(out, "{n}").unwrap_or_default(),
-            Value::Int(Some(n)) => write!(out, "{n}").unwrap_or_default(),
-            Value::Bool(Some(b)) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
-            other => return Err(DbErr::Custom(format!("cannot inline {other:?}"))),
-        }
-        rest = &rest[at + 1..];
-    }
-    if next != values.len() {
-        return Err(DbErr::Custom(format!(
-            "{} values for {next} placeholders",
-            values.len()
-        )));
-    }
-    out.push_str(rest);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inline_for(be: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Result<String, DbErr> {
-        let mut out = String::new();
-        inline_literals(&Statement::from_sql_and_values(be, sql, values), &mut out)?;
-        Ok(out)
-    }
-
-    fn inline(sql: &str, values: Vec<sea_orm::Value>) -> Result<String, DbErr> {
-        inline_for(DbBackend::MySql, sql, values)
-    }
-
-    #[test]
-    fn placeholders_become_hex_literals() {
-        let values: Vec<sea_orm::Value> = vec![
-            "é'?".into(),
-            "".into(),
-            None::<i64>.into(),
-            42i64.into(),
-            (-3i32).into(),
-            true.into(),
-            None::<String>.into(),
-            "\\ E'x' $1 \u{1a}".into(),
-        ];
-        assert_eq!(
-            inline("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values).unwrap(),
-            "INSERT INTO t VALUES (_utf8mb4 X'C3A9273F', _utf8mb4 X'', NULL, 42, -3, TRUE, \
-             NULL, _utf8mb4 X'5C2045277827202431201A')"
-        );
-    }
-
-    #[test]
-    fn a_statement_without_values_is_unchanged() {
-        assert_eq!(inline("SELECT 1", vec![]).unwrap(), "SELECT 1");
-    }
-
-    #[test]
-    fn what_cannot_be_inlined_exactly_is_refused() {
-        assert!(inline("SELECT ?, ?", vec![1i64.into()]).is_err());
-        assert!(inline("SELECT ?", vec![1i64.into(), 2i64.into()]).is_err());
-        assert!(inline("SELECT ?", vec![1.5f64.into()]).is_err());
-        assert!(inline("SELECT ?", vec!["a\0b".into()]).is_err());
-        assert!(inline_for(DbBackend::Postgres, "SELECT $1", vec![1i64.into()]).is_err());
-        assert!(inline_for(DbBackend::Sqlite, "SELECT 1", vec![]).is_err());
-    }
 }
