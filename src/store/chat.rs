@@ -73,14 +73,16 @@ impl Store {
             return Ok(());
         }
         let be = self.db.get_database_backend();
+        if be == DbBackend::Postgres {
+            // The function counts the rows of each conversation itself.
+            return self.append_postgres(rows).await;
+        }
         let mut added: std::collections::BTreeMap<&str, u64> = Default::default();
         for m in rows {
             *added.entry(m.conversation_id.as_str()).or_default() += 1;
         }
-        match be {
-            DbBackend::Postgres => return self.append_postgres(rows).await,
-            DbBackend::MySql => return self.append_mysql(rows, &added).await,
-            _ => {}
+        if be == DbBackend::MySql {
+            return self.append_mysql(rows, &added).await;
         }
         // SQLite needs no lock: its write transactions are already serialized (IMMEDIATE).
         let mut statements = Vec::with_capacity(added.len() + 1);
