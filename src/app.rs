@@ -139,6 +139,7 @@ impl Application {
                     &node_id,
                     store.clone(),
                     settings.grpc_token.clone(),
+                    settings.broker_hold(),
                 )
                 .await?;
                 let c = Arc::new(c);

@@ -95,6 +95,13 @@ pub struct Settings {
         global = true
     )]
     pub broker_prefix: String,
+    /// How long a node keeps a frame of another node's post in its room's order, waiting
+    /// for that post's write to commit, before it gives up on it (ms). Only a publisher
+    /// that died or lost the broker mid-write lets it run out (it renews it every quarter
+    /// of this while its write runs), so this bounds how long such a failure can hold up
+    /// the room's live frames. Set it alike on every node.
+    #[arg(long, env = "BROKER_HOLD_MS", default_value_t = 2000, global = true)]
+    pub broker_hold_ms: u64,
     /// Most open sockets (and upgrades in progress); past it an upgrade gets 503 before the
     /// handshake. 0: the process's file-descriptor limit less 1024 for everything else.
     #[arg(long, env = "MAX_SOCKETS", default_value_t = 0, global = true)]
@@ -215,6 +222,11 @@ impl Settings {
             roster_cap: self.roster_cap,
             sweep_interval: self.sweep_interval(),
         }
+    }
+
+    /// `broker_hold_ms`, at least 100 ms.
+    pub fn broker_hold(&self) -> Duration {
+        Duration::from_millis(self.broker_hold_ms.max(100))
     }
 
     pub fn sweep_interval(&self) -> Duration {

@@ -113,10 +113,17 @@ pub(super) type Outgoing = (Box<str>, Bytes);
 pub(super) struct PublishQueue {
     tx: mpsc::Sender<Outgoing>,
     counters: Counters,
-    /// Payloads queued so far. Held while queueing, so that a payload's number is its place
-    /// in the queue: "every payload up to n is settled" then means exactly those.
-    queued: Mutex<u64>,
+    /// Payloads queued so far, and the number of the last one a caller may wait for. Held
+    /// while queueing, so that a payload's number is its place in the queue: "every payload
+    /// up to n is settled" then means exactly those.
+    queued: Mutex<Queued>,
     settled: watch::Receiver<u64>,
+}
+
+#[derive(Default)]
+struct Queued {
+    all: u64,
+    awaited: u64,
 }
 
 /// The publishing task's side: payloads in queue order, and how many of them are settled.
@@ -132,7 +139,7 @@ impl PublishQueue {
         let queue = Self {
             tx,
             counters,
-            queued: Mutex::new(0),
+            queued: Mutex::default(),
             settled,
         };
         (
@@ -147,7 +154,10 @@ impl PublishQueue {
     /// Never waits. Returns false, counted, for a payload that cannot be queued or would
     /// only sit in the queue until the broker returns: the caller still has it and may
     /// deliver it locally, since it reaches no node through the broker.
-    pub fn push(&self, channel: &str, payload: Bytes, connected: bool) -> bool {
+    ///
+    /// `awaited`: whether [`Self::settled`] covers it (see [`super::Broker::publish`] and
+    /// [`super::Broker::publish_unawaited`]).
+    pub fn push(&self, channel: &str, payload: Bytes, connected: bool, awaited: bool) -> bool {
         if !connected {
             self.counters.dropped_disconnected.increment(1);
             return false;
@@ -155,7 +165,10 @@ impl PublishQueue {
         let mut queued = self.queued.lock();
         match self.tx.try_send((channel.into(), payload)) {
             Ok(()) => {
-                *queued += 1;
+                queued.all += 1;
+                if awaited {
+                    queued.awaited = queued.all;
+                }
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -169,10 +182,10 @@ impl PublishQueue {
         }
     }
 
-    /// Resolves once every payload queued before this call is settled (see
+    /// Resolves once every awaited payload queued before this call is settled (see
     /// [`super::Broker::settled`]); `None` when they already are.
     pub fn settled(&self) -> Option<BoxFuture<'static, ()>> {
-        let target = *self.queued.lock();
+        let target = self.queued.lock().awaited;
         if *self.settled.borrow() >= target {
             return None;
         }
@@ -199,6 +212,35 @@ impl PublishDrain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settled_covers_awaited_payloads_only() {
+        use futures::FutureExt;
+        let (queue, drain) = PublishQueue::new(Counters::new());
+        let payload = || Bytes::from_static(b"x");
+        assert!(queue.push("c", payload(), true, true));
+        assert!(queue.push("c", payload(), true, false));
+        let first = queue.settled().expect("the awaited payload is pending");
+        drain.settle(1);
+        assert!(first.now_or_never().is_some(), "settled by the first alone");
+        assert!(
+            queue.settled().is_none(),
+            "nobody waits for the unawaited one"
+        );
+        // An awaited payload behind the unawaited one waits for both, in queue order.
+        assert!(queue.push("c", payload(), true, true));
+        let mut third = queue.settled().expect("pending");
+        drain.settle(1);
+        assert!(
+            (&mut third).now_or_never().is_none(),
+            "only the second is settled"
+        );
+        drain.settle(1);
+        assert!(third.now_or_never().is_some());
+        // Not taken while disconnected: nothing to wait for.
+        assert!(!queue.push("c", payload(), false, true));
+        assert!(queue.settled().is_none());
+    }
 
     #[test]
     fn backoff_is_capped_at_one_second() {

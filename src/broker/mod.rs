@@ -76,11 +76,18 @@ pub trait Broker: Send + Sync + 'static {
     /// gets it once); one whose sending failed midway may or may not have gone out and is
     /// dropped (at-most-once).
     fn publish(&self, channel: &str, payload: bytes::Bytes) -> bool;
-    /// Resolves once every payload taken by `publish` before this call is settled: the
-    /// broker has acknowledged it (Redis: the PUBLISH reply; NATS: a round trip on the same
-    /// connection after it), so the broker has already placed it, in its order, on every
-    /// subscriber's stream; or it was handed back or dropped. `None` when there is nothing
-    /// to wait for. A reply sent after this resolves cannot overtake the payloads.
+    /// Like `publish`, in the same order, but [`Broker::settled`] does not wait for it: for
+    /// payloads nobody's reply depends on (the release of a held frame, see
+    /// `cluster::nodes`). A later `settled` still covers it if an awaited payload follows.
+    fn publish_unawaited(&self, channel: &str, payload: bytes::Bytes) -> bool {
+        self.publish(channel, payload)
+    }
+    /// Resolves once every payload taken by `publish` (not `publish_unawaited`) before this
+    /// call is settled: the broker has acknowledged it (Redis: the PUBLISH reply; NATS: a
+    /// round trip on the same connection after it), so the broker has already placed it, in
+    /// its order, on every subscriber's stream; or it was handed back or dropped. `None` when
+    /// there is nothing to wait for. A reply sent after this resolves cannot overtake the
+    /// payloads.
     fn settled(&self) -> Option<futures::future::BoxFuture<'static, ()>>;
     /// Starts receiving `channel`. Resolves once the broker has confirmed the subscription, so
     /// a payload published by anyone after this returns Ok is delivered to the handler. If the

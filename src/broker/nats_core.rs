@@ -280,7 +280,12 @@ async fn receive(
 #[async_trait::async_trait]
 impl Broker for NatsBroker {
     fn publish(&self, channel: &str, payload: Bytes) -> bool {
-        self.queue.push(channel, payload, self.is_connected())
+        self.queue.push(channel, payload, self.is_connected(), true)
+    }
+
+    fn publish_unawaited(&self, channel: &str, payload: Bytes) -> bool {
+        self.queue
+            .push(channel, payload, self.is_connected(), false)
     }
 
     fn settled(&self) -> Option<BoxFuture<'static, ()>> {

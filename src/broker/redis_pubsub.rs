@@ -273,7 +273,13 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: PublishDrain, shutdown: Ca
 #[async_trait::async_trait]
 impl Broker for RedisBroker {
     fn publish(&self, channel: &str, payload: Bytes) -> bool {
-        self.queue.push(channel, payload, self.shared.link.is_up())
+        self.queue
+            .push(channel, payload, self.shared.link.is_up(), true)
+    }
+
+    fn publish_unawaited(&self, channel: &str, payload: Bytes) -> bool {
+        self.queue
+            .push(channel, payload, self.shared.link.is_up(), false)
     }
 
     fn settled(&self) -> Option<BoxFuture<'static, ()>> {

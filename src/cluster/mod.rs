@@ -17,13 +17,50 @@ use crate::hub::{Audience, Hub};
 use crate::store::NewRow;
 use crate::store::entities::connections;
 
+mod held;
 pub mod nodes;
+
+/// A frame published ahead of the write it announces (see [`Fanout::publish_held`]).
+/// Dropping it unreleased withdraws it: it is delivered nowhere.
+pub trait HeldFrame: Send + Sync {
+    /// The write committed: the frame is delivered, in its place, on every node.
+    fn release(self: Box<Self>);
+    /// The write is still running: every node keeps the frame for another hold time (see
+    /// `Settings::broker_hold`). Call it every [`Fanout::extend_every`].
+    fn extend(&self);
+}
+
+/// A held frame that never left this node: delivered to its sockets on release.
+pub struct HeldHere {
+    hub: Arc<Hub>,
+    audience: Audience,
+    frame: Bytes,
+}
+
+impl HeldFrame for HeldHere {
+    fn release(self: Box<Self>) {
+        self.hub.deliver(&self.audience, &self.frame);
+    }
+
+    fn extend(&self) {}
+}
 
 pub trait Fanout: Send + Sync + 'static {
     /// Delivers one encoded frame to every socket of `audience`, on every node. Returns the
     /// number of this node's sockets it is (or will be, from the broker) queued for. Never
     /// waits.
     fn publish(&self, audience: &Audience, frame: &Bytes) -> usize;
+
+    /// Publishes a frame of a write that has not committed yet. Every node puts it in the
+    /// audience's order now, but delivers it, and whatever follows it there, only once it is
+    /// released; withdrawn (dropped), it reaches no one. [`Fanout::settled`] covers it, so
+    /// the broker's acknowledgement runs while the database writes, not after; the release
+    /// itself is not waited for. Never waits.
+    fn publish_held(&self, audience: &Audience, frame: Bytes) -> Box<dyn HeldFrame>;
+
+    /// How often a write still running must extend its held frames; `None` when they need
+    /// no extending (one node: nobody else holds them).
+    fn extend_every(&self) -> Option<std::time::Duration>;
 
     /// Resolves once every frame published on this node before the call is ordered for
     /// every node (across nodes: acknowledged by the broker). A call that published awaits
@@ -100,6 +137,18 @@ impl Fanout for Local {
 
     fn publish_local(&self, audience: &Audience, frame: &Bytes) -> usize {
         self.hub.deliver(audience, frame)
+    }
+
+    fn publish_held(&self, audience: &Audience, frame: Bytes) -> Box<dyn HeldFrame> {
+        Box::new(HeldHere {
+            hub: self.hub.clone(),
+            audience: audience.clone(),
+            frame,
+        })
+    }
+
+    fn extend_every(&self) -> Option<std::time::Duration> {
+        None
     }
 
     fn settled(&self) -> Option<BoxFuture<'static, ()>> {

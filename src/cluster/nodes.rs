@@ -15,6 +15,15 @@
 //!   has n+1 ordered after n by the broker, and every socket on every node gets them in
 //!   that order, each once (a frame is never delivered both directly and from the echo).
 //!   Frames of one node also go out in call order on one connection.
+//! - Held frames. A post's frames are published before its write commits, held: the
+//!   broker's acknowledgement then runs while the database writes, so a post waits for the
+//!   longer of the two instead of their sum. Each node keeps a held frame in its place in
+//!   the channel's order (`held`) and delivers it, and whatever the broker put behind it,
+//!   when the publisher's release comes; the release needs no acknowledgement, since it
+//!   only unblocks what is already ordered. A failed write withdraws its frames; a held
+//!   frame whose release never comes (the publisher died, or lost the broker) is dropped
+//!   after the hold time (`BROKER_HOLD_MS`), which the publisher extends while its write
+//!   runs.
 //! - While the broker is unreachable, a node delivers its own frames to its own sockets
 //!   directly; they reach no other node (at-most-once), and order holds per node only.
 //! - Presence: a room change is announced on the room's channel; each node holding sockets
@@ -25,12 +34,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::Fanout;
+use super::held::Orders;
+use super::{Fanout, HeldFrame, HeldHere};
 use crate::broker::{self, Broker};
 use crate::error::{AppError, AppResult};
 use crate::hub::{Audience, Hub};
@@ -40,6 +53,15 @@ use crate::store::{NewRow, Store};
 
 const KIND_FRAME: u8 = 1;
 const KIND_ROOM_CHANGED: u8 = 2;
+/// A held frame: its number (u64, big-endian), then the frame.
+const KIND_HELD: u8 = 3;
+/// The release, withdrawal or extension of a held frame: its number.
+const KIND_RELEASE: u8 = 4;
+const KIND_WITHDRAW: u8 = 5;
+const KIND_EXTEND: u8 = 6;
+
+/// How often each node looks for held frames past their deadline, at most.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// A room's rows changed on another node: `(church, room, with_blocked_ip)`.
 pub type RoomChange = (String, String, bool);
@@ -89,12 +111,24 @@ fn parse(m: &Bytes) -> Option<(u8, &str, Bytes)> {
     Some((kind, origin, m.slice(2 + len..)))
 }
 
+/// A held frame's number, and what follows it in the message body.
+fn split_id(mut body: Bytes) -> Option<(u64, Bytes)> {
+    (body.len() >= 8).then(|| (body.get_u64(), body))
+}
+
 /// What the broker's handler needs: shared by the handler and `Cluster`.
 struct Inbox {
     hub: Arc<Hub>,
     node_id: String,
     /// Subscribed channels and whose they are; `true` once the broker confirmed.
     subs: Mutex<HashMap<String, (Audience, bool)>>,
+    /// The channels holding frames. Every delivery of a room or person frame happens under
+    /// this lock, so that the receiving task, the sweeper and a local release cannot
+    /// interleave one channel's frames.
+    orders: Mutex<Orders>,
+    /// How long a held frame waits for its release (or next extension).
+    hold: Duration,
+    expired: metrics::Counter,
     room_changes: mpsc::UnboundedSender<RoomChange>,
 }
 
@@ -112,9 +146,24 @@ impl Inbox {
         let Some(audience) = self.subs.lock().get(channel).map(|(a, _)| a.clone()) else {
             return; // unsubscribed meanwhile
         };
+        let deliver = &mut |a: &Audience, f: &Bytes| {
+            self.hub.deliver(a, f);
+        };
         match (kind, &audience) {
-            (KIND_FRAME, _) => {
-                self.hub.deliver(&audience, &body);
+            (KIND_FRAME, _) => self.orders.lock().frame(channel, &audience, body, deliver),
+            (KIND_HELD, _) => {
+                if let Some((id, frame)) = split_id(body) {
+                    let deadline = Instant::now() + self.hold;
+                    let key = (origin, id);
+                    self.orders
+                        .lock()
+                        .hold(channel, &audience, key, frame, deadline);
+                }
+            }
+            (KIND_RELEASE | KIND_WITHDRAW | KIND_EXTEND, _) => {
+                if let Some((id, _)) = split_id(body) {
+                    self.resolve(channel, kind, (origin, id));
+                }
             }
             (KIND_ROOM_CHANGED, Audience::Room { church, room }) => {
                 let with_blocked_ip = body.first() == Some(&1);
@@ -123,6 +172,75 @@ impl Inbox {
                     .send((church.clone(), room.clone(), with_blocked_ip));
             }
             _ => {}
+        }
+    }
+
+    /// Applies a release, withdrawal or extension to this node's order of `channel`.
+    fn resolve(&self, channel: &str, kind: u8, key: (&str, u64)) {
+        let deliver = &mut |a: &Audience, f: &Bytes| {
+            self.hub.deliver(a, f);
+        };
+        let mut orders = self.orders.lock();
+        match kind {
+            KIND_RELEASE => orders.release(channel, key, deliver),
+            KIND_WITHDRAW => orders.withdraw(channel, key, deliver),
+            _ => orders.extend(channel, key, Instant::now() + self.hold),
+        }
+    }
+
+    /// Drops held frames past their deadline.
+    fn sweep(&self) {
+        let mut orders = self.orders.lock();
+        if orders.is_empty() {
+            return;
+        }
+        let dropped = orders.expire(Instant::now(), &mut |a, f| {
+            self.hub.deliver(a, f);
+        });
+        drop(orders);
+        if dropped > 0 {
+            self.expired.increment(dropped as u64);
+            tracing::debug!(dropped, "held frames expired without their release");
+        }
+    }
+}
+
+/// A held frame that went to the broker (see `Fanout::publish_held`).
+struct BrokerHeld {
+    inbox: Arc<Inbox>,
+    broker: Arc<dyn Broker>,
+    channel: String,
+    id: u64,
+    released: bool,
+}
+
+impl BrokerHeld {
+    /// Tells every node, this one included. If the broker does not take it (unreachable),
+    /// the frame can only be here (handed back by the broker): it is applied here at once.
+    fn signal(&self, kind: u8) {
+        let m = message(kind, &self.inbox.node_id, &self.id.to_be_bytes());
+        if !self.broker.publish_unawaited(&self.channel, m) {
+            self.inbox
+                .resolve(&self.channel, kind, (&self.inbox.node_id, self.id));
+        }
+    }
+}
+
+impl HeldFrame for BrokerHeld {
+    fn release(mut self: Box<Self>) {
+        self.released = true;
+        self.signal(KIND_RELEASE);
+    }
+
+    fn extend(&self) {
+        self.signal(KIND_EXTEND);
+    }
+}
+
+impl Drop for BrokerHeld {
+    fn drop(&mut self) {
+        if !self.released {
+            self.signal(KIND_WITHDRAW);
         }
     }
 }
@@ -138,6 +256,9 @@ pub struct Cluster {
     store: Store,
     grpc_token: Option<String>,
     peers: Mutex<HashMap<String, tonic::transport::Channel>>,
+    /// This node's number for its next held frame.
+    next_held: AtomicU64,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Cluster {
@@ -150,12 +271,16 @@ impl Cluster {
         node_id: &str,
         store: Store,
         grpc_token: Option<String>,
+        hold: Duration,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<RoomChange>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let inbox = Arc::new(Inbox {
             hub,
             node_id: node_id.to_string(),
             subs: Mutex::default(),
+            orders: Mutex::default(),
+            hold,
+            expired: metrics::counter!("messaging_broker_held_expired_total"),
             room_changes: tx,
         });
         let handler_inbox = Arc::downgrade(&inbox);
@@ -167,6 +292,18 @@ impl Cluster {
         let broker = broker::connect(url, handler)
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach the broker: {e}"))?;
+        let swept = Arc::downgrade(&inbox);
+        let sweeper = tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY.min(hold / 4));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match swept.upgrade() {
+                    Some(inbox) => inbox.sweep(),
+                    None => return,
+                }
+            }
+        });
         Ok((
             Self {
                 inbox,
@@ -176,12 +313,15 @@ impl Cluster {
                 store,
                 grpc_token,
                 peers: Mutex::default(),
+                next_held: AtomicU64::new(0),
+                sweeper,
             },
             rx,
         ))
     }
 
     pub async fn close(&self) {
+        self.sweeper.abort();
         self.broker.close().await;
     }
 
@@ -224,6 +364,7 @@ impl Cluster {
         }
         let channel = channel(&self.prefix, audience);
         if self.inbox.subs.lock().remove(&channel).is_some() {
+            self.inbox.orders.lock().forget(&channel);
             self.broker.unsubscribe(&channel).await;
         }
     }
@@ -287,6 +428,36 @@ impl Fanout for Cluster {
             // echo will come back, so this node's sockets get it now (at-most-once).
             self.inbox.hub.deliver(audience, frame)
         }
+    }
+
+    fn publish_held(&self, audience: &Audience, frame: Bytes) -> Box<dyn HeldFrame> {
+        let id = self.next_held.fetch_add(1, Ordering::Relaxed);
+        let channel = channel(&self.prefix, audience);
+        let mut body = BytesMut::with_capacity(8 + frame.len());
+        body.put_u64(id);
+        body.put_slice(&frame);
+        let m = message(KIND_HELD, &self.inbox.node_id, &body);
+        if self.broker.publish(&channel, m) {
+            Box::new(BrokerHeld {
+                inbox: self.inbox.clone(),
+                broker: self.broker.clone(),
+                channel,
+                id,
+                released: false,
+            })
+        } else {
+            // Not taken (unreachable): it reaches no other node, so this node's sockets get
+            // it on release, as `publish` does.
+            Box::new(HeldHere {
+                hub: self.inbox.hub.clone(),
+                audience: audience.clone(),
+                frame,
+            })
+        }
+    }
+
+    fn extend_every(&self) -> Option<Duration> {
+        Some(self.inbox.hold / 4)
     }
 
     fn settled(&self) -> Option<BoxFuture<'static, ()>> {

@@ -1,7 +1,10 @@
 //! Messages (§10.3): send, post and edit, delete, reactions, callout, reads and catch-up.
 //!
 //! Every write follows §9: the batch is validated, resolved and authorized whole, written in
-//! one transaction, and its frames are enqueued after the commit and before the response.
+//! one transaction, and its frames are delivered after the commit and before the response.
+//! New messages outside private conversations publish their frames held before the write
+//! and release them after the commit (`Fanout::publish_held`): across nodes, the broker
+//! orders them while the database writes.
 use std::collections::BTreeSet;
 
 use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
@@ -11,8 +14,9 @@ use super::model::{Callout, Message};
 use super::{ConvAccess, Services, alerts, member, person, writer};
 use crate::auth::access::ContentType;
 use crate::auth::{Caller, Permission};
+use crate::cluster::HeldFrame;
 use crate::error::{AppError, AppResult};
-use crate::hub::Action;
+use crate::hub::{Action, Audience};
 use crate::store::Store;
 use crate::store::entities::{conversations, messages};
 
@@ -59,16 +63,42 @@ pub fn content_room(conv: &conversations::Model) -> Option<String> {
     }
 }
 
+/// Hands `conversationActivity` for the content room of `conv`, if it has one, to `send`.
+fn activity<R>(
+    conv: &conversations::Model,
+    kind: &str,
+    send: impl FnOnce(&str, &ActivityData) -> R,
+) -> Option<R> {
+    let room = content_room(conv)?;
+    let data = ActivityData {
+        content_type: conv.content_type.as_deref().unwrap_or_default(),
+        content_id: conv.content_id.as_deref().unwrap_or_default(),
+        conversation_id: &conv.id,
+        kind,
+    };
+    Some(send(&room, &data))
+}
+
 /// Sends `conversationActivity` to the content room of `conv`, if it has one.
 pub fn send_activity(svc: &Services, conv: &conversations::Model, kind: &str) {
-    if let Some(room) = content_room(conv) {
-        let data = ActivityData {
-            content_type: conv.content_type.as_deref().unwrap_or_default(),
-            content_id: conv.content_id.as_deref().unwrap_or_default(),
-            conversation_id: &conv.id,
-            kind,
-        };
-        svc.send_to_room(&conv.church_id, &room, Action::ConversationActivity, &data);
+    activity(conv, kind, |room, data| {
+        svc.send_to_room(&conv.church_id, room, Action::ConversationActivity, data)
+    });
+}
+
+/// A job's frames, published held before its write, and its response.
+pub(super) struct Held {
+    frames: Vec<Box<dyn HeldFrame>>,
+    messages: Vec<Message>,
+}
+
+impl Held {
+    /// The write committed: every frame goes out, in publish order.
+    fn release(self) -> Vec<Message> {
+        for f in self.frames {
+            f.release();
+        }
+        self.messages
     }
 }
 
@@ -257,7 +287,8 @@ impl Services {
 
     /// One group commit: every job's rows in one transaction, then each job's frames in
     /// commit order. If the shared transaction fails, each job is retried on its own so
-    /// that one bad job cannot fail the others.
+    /// that one bad job cannot fail the others. Frames that need nothing from the write
+    /// are published held before it (see `hold`) and released (or withdrawn) after it.
     pub(super) async fn write_jobs(&self, jobs: Vec<writer::Job>) {
         let mut all_rows = Vec::new();
         let mut all_convs = ConvMap::new();
@@ -265,33 +296,110 @@ impl Services {
             all_rows.extend(j.rows.iter().cloned());
             all_convs.extend(j.convs.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
+        let held: Vec<Option<Held>> = jobs.iter().map(|j| self.hold(&j.rows, &j.convs)).collect();
         let started = std::time::Instant::now();
-        let result = self.write_messages(all_rows, &all_convs).await;
+        let result = self
+            .extending(&held, self.write_messages(all_rows, &all_convs))
+            .await;
         // The database's share of a post's latency: one group commit, retries included.
         metrics::histogram!("messaging_message_write_seconds")
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(written) => {
                 let mut written = written.into_iter();
-                for j in jobs {
+                for (j, h) in jobs.into_iter().zip(held) {
                     let mine: Vec<Written> = written.by_ref().take(j.rows.len()).collect();
-                    let _ = j.reply.send(Ok(self.announce(mine).await));
+                    let _ = j.reply.send(Ok(self.release(h, mine).await));
                 }
             }
             Err(_) if jobs.len() > 1 => {
-                for j in jobs {
-                    let result = match self.write_messages(j.rows, &j.convs).await {
-                        Ok(w) => Ok(self.announce(w).await),
-                        Err(e) => Err(e),
+                let mut held: Vec<Option<Held>> = held;
+                for (k, j) in jobs.into_iter().enumerate() {
+                    let result = self
+                        .extending(&held[k..], self.write_messages(j.rows, &j.convs))
+                        .await;
+                    let h = held[k].take();
+                    let result = match result {
+                        Ok(w) => Ok(self.release(h, w).await),
+                        Err(e) => Err(e), // `h` is dropped: withdrawn
                     };
                     let _ = j.reply.send(result);
                 }
             }
             Err(e) => {
+                drop(held);
                 if let Some(j) = jobs.into_iter().next() {
                     let _ = j.reply.send(Err(e));
                 }
             }
+        }
+    }
+
+    /// Publishes the frames of new messages held, before their write, when they need
+    /// nothing from it: messages outside private conversations (a private message's alert
+    /// depends on the write). Their order is `announce`'s.
+    fn hold(&self, rows: &[(messages::Model, bool)], convs: &ConvMap) -> Option<Held> {
+        let plain = rows.iter().all(|(m, created)| {
+            *created
+                && ContentType::of(&convs[&m.conversation_id].conv) != ContentType::PrivateMessage
+        });
+        if !plain {
+            return None;
+        }
+        let mut held = Held {
+            frames: Vec::with_capacity(2 * rows.len()),
+            messages: Vec::with_capacity(rows.len()),
+        };
+        for (m, _) in rows {
+            let conv = &convs[&m.conversation_id].conv;
+            let msg = Message::from(m.clone());
+            let room = Audience::room(&conv.church_id, &conv.id);
+            held.frames
+                .push(self.send_held(&room, &conv.id, Action::Message, &msg));
+            if let Some(f) = activity(conv, "message", |room, data| {
+                let audience = Audience::room(&conv.church_id, room);
+                self.send_held(&audience, room, Action::ConversationActivity, data)
+            }) {
+                held.frames.push(f);
+            }
+            held.messages.push(msg);
+        }
+        Some(held)
+    }
+
+    /// Runs a write, extending the held frames while it runs (`Fanout::extend_every`), so
+    /// that no node gives up on them while the database is slow.
+    async fn extending<T>(
+        &self,
+        held: &[Option<Held>],
+        write: impl std::future::Future<Output = T>,
+    ) -> T {
+        let Some(period) = self.fanout.extend_every() else {
+            return write.await;
+        };
+        if held.iter().all(Option::is_none) {
+            return write.await;
+        }
+        tokio::pin!(write);
+        let first = tokio::time::Instant::now() + period;
+        let mut every = tokio::time::interval_at(first, period);
+        loop {
+            tokio::select! {
+                done = &mut write => return done,
+                _ = every.tick() => {
+                    for f in held.iter().flatten().flat_map(|h| &h.frames) {
+                        f.extend();
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the commit: releases what was held, or sends the frames now.
+    async fn release(&self, held: Option<Held>, written: Vec<Written>) -> Vec<Message> {
+        match held {
+            Some(h) => h.release(),
+            None => self.announce(written).await,
         }
     }
 

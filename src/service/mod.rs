@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::auth::{Caller, Claims, access};
-use crate::cluster::Fanout;
+use crate::cluster::{Fanout, HeldFrame};
 use crate::error::{AppError, AppResult};
 use crate::hub::{Action, Audience, Hub, encode_frame};
 use crate::store::Store;
@@ -156,6 +156,22 @@ impl Services {
         };
         let frame = encode_frame(church, conversation_id, action, data);
         self.fanout.publish(audience, &frame)
+    }
+
+    /// Like [`Services::send`], for a write that has not committed yet: the frame is
+    /// ordered now and delivered on release (see `Fanout::publish_held`).
+    pub fn send_held<T: Serialize + ?Sized>(
+        &self,
+        audience: &Audience,
+        conversation_id: &str,
+        action: Action,
+        data: &T,
+    ) -> Box<dyn HeldFrame> {
+        let church = match audience {
+            Audience::Room { church, .. } | Audience::Person { church, .. } => church,
+        };
+        let frame = encode_frame(church, conversation_id, action, data);
+        self.fanout.publish_held(audience, frame)
     }
 
     /// A frame to a room (`conversationId` of the envelope = the room).

@@ -18,15 +18,51 @@ fn broker_url(var: &str) -> String {
 
 /// `count` nodes on `db`, each with the broker at `broker` and one channel prefix.
 async fn nodes(db: &TestDb, broker: &[String]) -> Vec<TestApp> {
+    nodes_holding(db, broker, None).await
+}
+
+/// `nodes`, with a hold time for held frames (`BROKER_HOLD_MS`) other than the default.
+async fn nodes_holding(db: &TestDb, broker: &[String], hold_ms: Option<u64>) -> Vec<TestApp> {
     let prefix = format!("test-{}", messaging::ids::new_id());
     let mut out = Vec::new();
     for url in broker {
         let mut s = settings(db);
         s.broker_url = Some(url.clone());
         s.broker_prefix = prefix.clone();
+        if let Some(ms) = hold_ms {
+            s.broker_hold_ms = ms;
+        }
         out.push(TestApp::spawn_with(s).await);
     }
     out
+}
+
+/// One socket on each node, joined to `room` through another node; returns once each has
+/// seen attendance for all of them.
+async fn one_socket_per_node(n: &[TestApp], room: &str) -> Vec<Ws> {
+    let mut sockets = Vec::new();
+    for holder in 0..n.len() {
+        let ws = n[holder].ws_with_id().await;
+        n[(holder + 1) % n.len()]
+            .join_one(room, &ws.id, &format!("s{holder}"))
+            .await;
+        sockets.push(ws);
+    }
+    for ws in &mut sockets {
+        ws.until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == n.len())
+            .await;
+    }
+    sockets
+}
+
+/// The `message` frames' contents a socket gets until (and with) the one saying `last`.
+async fn contents_until(ws: &mut Ws, last: &str) -> Vec<String> {
+    ws.until(|f| f["action"] == "message" && f["data"]["content"] == last)
+        .await
+        .iter()
+        .filter(|f| f["action"] == "message")
+        .filter_map(|f| f["data"]["content"].as_str().map(str::to_string))
+        .collect()
 }
 
 macro_rules! cluster_test {
@@ -618,5 +654,115 @@ async fn a_broker_with_sqlite_refuses_to_start() {
     assert!(
         err.contains("BROKER_URL needs a database that every node shares"),
         "{err}"
+    );
+}
+
+cluster_test!(a_failed_post_reaches_no_socket_and_holds_up_nothing);
+/// A post's frames are published held before its write; when the write fails they are
+/// withdrawn on every node. The hold time is far longer than the test's waits, so a frame
+/// left held would stop the room's next frames from arriving at all.
+async fn a_failed_post_reaches_no_socket_and_holds_up_nothing(db: TestDb, broker: String) {
+    use sea_orm::ConnectionTrait;
+    let n = nodes_holding(
+        &db,
+        &[broker.clone(), broker.clone(), broker],
+        Some(600_000),
+    )
+    .await;
+    let room = n[0].conversation("C1", "streamingLive", true).await;
+    let mut sockets = one_socket_per_node(&n, &room).await;
+    // The database refuses one content, after the service has accepted the post.
+    let conn = sea_orm::Database::connect(n[0].db_url.as_str())
+        .await
+        .expect("connect");
+    let trigger = if n[0].db_url.starts_with("postgres") {
+        vec![
+            "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.content = 'refused' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+             RETURN NEW; END $$",
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION test_refuse()",
+        ]
+    } else {
+        vec![
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages FOR EACH ROW BEGIN \
+             IF NEW.content = 'refused' THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
+        ]
+    };
+    for sql in trigger {
+        conn.execute_unprepared(sql).await.expect("trigger");
+    }
+    let post = |k: usize, content: &str| {
+        let body = json!([{"conversationId": room, "content": content, "displayName": "Guest"}]);
+        let app = &n[k];
+        async move { app.post("/messaging/messages/send", None, &body).await }
+    };
+    let (st, body) = post(0, "before").await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = post(1, "refused").await;
+    assert_eq!(st, 500, "{body}");
+    let (st, body) = post(2, "after").await;
+    assert_eq!(st, 200, "{body}");
+    for (holder, ws) in sockets.iter_mut().enumerate() {
+        assert_eq!(
+            contents_until(ws, "after").await,
+            ["before", "after"],
+            "socket on node {holder}"
+        );
+    }
+    // Nothing was stored either.
+    let rows = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT content FROM messages ORDER BY content".to_string(),
+        ))
+        .await
+        .expect("select");
+    let stored: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).expect("content"))
+        .collect();
+    assert_eq!(stored, ["after", "before"]);
+}
+
+cluster_test!(a_held_frame_never_released_expires_and_the_room_goes_on);
+/// A node that dies between publishing a post's frames and its commit never releases nor
+/// withdraws them: every node drops them after the hold time, then delivers what waited.
+async fn a_held_frame_never_released_expires_and_the_room_goes_on(db: TestDb, broker: String) {
+    use messaging::hub::{Action, Audience};
+    const HOLD_MS: u64 = 300;
+    let n = nodes_holding(
+        &db,
+        &[broker.clone(), broker.clone(), broker],
+        Some(HOLD_MS),
+    )
+    .await;
+    let room = n[0].conversation("C1", "streamingLive", true).await;
+    let mut sockets = one_socket_per_node(&n, &room).await;
+    let held = n[0].svc.send_held(
+        &Audience::room("C1", &room),
+        &room,
+        Action::Message,
+        &json!({"content": "orphan"}),
+    );
+    // As if node 0 died now: no release, no withdrawal.
+    std::mem::forget(held);
+    n[0].svc.settle().await;
+    let sent = std::time::Instant::now();
+    n[1].grpc_send("C1", &room, &json!({"content": "next"}))
+        .await;
+    for (holder, ws) in sockets.iter_mut().enumerate() {
+        assert_eq!(
+            contents_until(ws, "next").await,
+            ["next"],
+            "socket on node {holder}"
+        );
+    }
+    // "next" waited behind the held frame until that one expired.
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(HOLD_MS * 2 / 3),
+        "delivered after {waited:?}: the orphan frame was not held"
     );
 }
