@@ -106,8 +106,9 @@ impl Link {
     }
 }
 
-/// A payload on its way to the publishing task.
-pub(super) type Outgoing = (Box<str>, Bytes);
+/// A payload on its way to the publishing task: channel, payload, and whether a caller may
+/// wait for it (see [`PublishQueue::push`]).
+pub(super) type Outgoing = (Box<str>, Bytes, bool);
 
 /// The caller's side of the publish queue.
 pub(super) struct PublishQueue {
@@ -163,7 +164,7 @@ impl PublishQueue {
             return false;
         }
         let mut queued = self.queued.lock();
-        match self.tx.try_send((channel.into(), payload)) {
+        match self.tx.try_send((channel.into(), payload, awaited)) {
             Ok(()) => {
                 queued.all += 1;
                 if awaited {

@@ -228,8 +228,8 @@ async fn publish_loop(
         if n == 0 {
             return;
         }
-        let mut sent = 0u64;
-        for (channel, payload) in batch.drain(..) {
+        let (mut sent, mut awaited_sent) = (0u64, 0u64);
+        for (channel, payload, awaited) in batch.drain(..) {
             if client.connection_state() != State::Connected {
                 // Not sent: this node's sockets get it once, through the handler.
                 counters.dropped_disconnected.increment(1);
@@ -238,7 +238,10 @@ async fn publish_loop(
             }
             // A failed publish never reached the client's queue, so it was not sent either.
             match client.publish(subject(&channel), payload.clone()).await {
-                Ok(()) => sent += 1,
+                Ok(()) => {
+                    sent += 1;
+                    awaited_sent += u64::from(awaited);
+                }
                 Err(e) => {
                     counters.dropped_error.increment(1);
                     tracing::debug!(error = %e, "nats publish failed");
@@ -246,7 +249,9 @@ async fn publish_loop(
                 }
             }
         }
-        if sent > 0 {
+        // A batch of unawaited payloads only needs no round trip: nobody waits for them, and
+        // the next awaited payload's confirmation covers them too (same connection, in order).
+        if awaited_sent > 0 {
             let confirmed = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = probe.confirm(&client) => r,
@@ -256,6 +261,8 @@ async fn publish_loop(
                 // Sent but unconfirmed: it may still arrive, or not (at-most-once).
                 Err(e) => tracing::debug!(error = %e, payloads = sent, "nats publish unconfirmed"),
             }
+        } else {
+            counters.published.increment(sent);
         }
         queue.settle(n);
     }

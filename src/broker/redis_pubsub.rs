@@ -234,14 +234,14 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: PublishDrain, shutdown: Ca
         let Some(live) = live else {
             // None of it went out: hand it back, so this node's sockets get it once.
             shared.counters.dropped_disconnected.increment(n as u64);
-            for (channel, payload) in batch.drain(..) {
+            for (channel, payload, _) in batch.drain(..) {
                 (shared.handler)(&channel, payload);
             }
             queue.settle(n);
             continue;
         };
         let mut pipe = ::redis::pipe();
-        for (channel, payload) in &batch {
+        for (channel, payload, _) in &batch {
             pipe.cmd("PUBLISH")
                 .arg(&**channel)
                 .arg(&payload[..])
