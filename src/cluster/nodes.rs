@@ -273,6 +273,8 @@ impl Cluster {
         grpc_token: Option<String>,
         hold: Duration,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<RoomChange>)> {
+        // The sweeper and the extensions run at fractions of it: never zero.
+        let hold = hold.max(Duration::from_millis(100));
         let (tx, rx) = mpsc::unbounded_channel();
         let inbox = Arc::new(Inbox {
             hub,

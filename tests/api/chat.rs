@@ -866,6 +866,47 @@ db_test!(callout_and_reads, |db: TestDb| async move {
     );
 });
 
+db_test!(
+    a_post_the_database_refuses_sends_no_frame,
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S9", "visibility": "public", "allowAnonymousPosts": true})).await;
+        let id = conv["id"].as_str().unwrap();
+        let mut a = app.ws_with_id().await;
+        app.join_one(id, &a.id, "a").await;
+        // Refused inside the write, after the post was accepted and its frames prepared.
+        refuse_content(&app.db_url, "refused").await;
+        for (content, status) in [("before", 200), ("refused", 500), ("after", 200)] {
+            let body = json!([{"conversationId": id, "content": content, "displayName": "Guest"}]);
+            let (s, body) = app.post("/messaging/messages/send", None, &body).await;
+            assert_eq!(s, status, "{content}: {body}");
+        }
+        let seen: Vec<Value> = a
+            .until(|f| f["action"] == "message" && f["data"]["content"] == "after")
+            .await
+            .into_iter()
+            .filter(|f| f["action"] == "message")
+            .map(|f| f["data"]["content"].clone())
+            .collect();
+        assert_eq!(seen, [json!("before"), json!("after")]);
+        let (_, msgs) = app
+            .get(
+                &format!("/messaging/messages/conversation/{id}"),
+                Some(&admin),
+            )
+            .await;
+        let mut stored: Vec<&str> = msgs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        stored.sort();
+        assert_eq!(stored, ["after", "before"]);
+    }
+);
+
 db_test!(batches_are_atomic, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let admin = app.token("C1", "ADMIN", &[CE]);

@@ -671,28 +671,7 @@ async fn a_failed_post_reaches_no_socket_and_holds_up_nothing(db: TestDb, broker
     .await;
     let room = n[0].conversation("C1", "streamingLive", true).await;
     let mut sockets = one_socket_per_node(&n, &room).await;
-    // The database refuses one content, after the service has accepted the post.
-    let conn = sea_orm::Database::connect(n[0].db_url.as_str())
-        .await
-        .expect("connect");
-    let trigger = if n[0].db_url.starts_with("postgres") {
-        vec![
-            "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-             IF NEW.content = 'refused' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
-             RETURN NEW; END $$",
-            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages \
-             FOR EACH ROW EXECUTE FUNCTION test_refuse()",
-        ]
-    } else {
-        vec![
-            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages FOR EACH ROW BEGIN \
-             IF NEW.content = 'refused' THEN \
-             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
-        ]
-    };
-    for sql in trigger {
-        conn.execute_unprepared(sql).await.expect("trigger");
-    }
+    refuse_content(&n[0].db_url, "refused").await;
     let post = |k: usize, content: &str| {
         let body = json!([{"conversationId": room, "content": content, "displayName": "Guest"}]);
         let app = &n[k];
@@ -712,6 +691,9 @@ async fn a_failed_post_reaches_no_socket_and_holds_up_nothing(db: TestDb, broker
         );
     }
     // Nothing was stored either.
+    let conn = sea_orm::Database::connect(n[0].db_url.as_str())
+        .await
+        .expect("connect");
     let rows = conn
         .query_all_raw(sea_orm::Statement::from_string(
             conn.get_database_backend(),

@@ -615,3 +615,41 @@ macro_rules! db_test {
         }
     };
 }
+
+/// Makes the database at `db_url` refuse to insert a message whose content is `content`
+/// (a trigger), so that a post fails inside its write, after the service accepted it.
+pub async fn refuse_content(db_url: &str, content: &str) {
+    use sea_orm::ConnectionTrait;
+    assert!(
+        content.chars().all(|c| c.is_ascii_alphanumeric()),
+        "plain word"
+    );
+    let conn = Database::connect(db_url).await.expect("connect");
+    let sql = if db_url.starts_with("postgres") {
+        vec![
+            format!(
+                "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.content = '{content}' THEN RAISE EXCEPTION 'refused by the test'; \
+                 END IF; RETURN NEW; END $$"
+            ),
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION test_refuse()"
+                .to_string(),
+        ]
+    } else if db_url.starts_with("mysql") {
+        vec![format!(
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages FOR EACH ROW BEGIN \
+             IF NEW.content = '{content}' THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END"
+        )]
+    } else {
+        vec![format!(
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages \
+             WHEN NEW.content = '{content}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )]
+    };
+    for statement in sql {
+        conn.execute_unprepared(&statement).await.expect("trigger");
+    }
+    conn.close().await.expect("close");
+}
