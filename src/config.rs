@@ -99,7 +99,9 @@ pub struct Settings {
     /// for that post's write to commit, before it gives up on it (ms). Only a publisher
     /// that died or lost the broker mid-write lets it run out (it renews it every quarter
     /// of this while its write runs), so this bounds how long such a failure can hold up
-    /// the room's live frames. Set it alike on every node.
+    /// the room's live frames. Set it alike on every node. 0 turns held frames off: a post's
+    /// frames are published after its commit, and its reply waits for the broker's
+    /// acknowledgement after the write.
     #[arg(long, env = "BROKER_HOLD_MS", default_value_t = 2000, global = true)]
     pub broker_hold_ms: u64,
     /// Most open sockets (and upgrades in progress); past it an upgrade gets 503 before the
@@ -224,9 +226,12 @@ impl Settings {
         }
     }
 
-    /// `broker_hold_ms`, at least 100 ms.
+    /// `broker_hold_ms`: 0 (held frames off), or at least 100 ms.
     pub fn broker_hold(&self) -> Duration {
-        Duration::from_millis(self.broker_hold_ms.max(100))
+        match self.broker_hold_ms {
+            0 => Duration::ZERO,
+            ms => Duration::from_millis(ms.max(100)),
+        }
     }
 
     pub fn sweep_interval(&self) -> Duration {

@@ -205,6 +205,51 @@ impl Inbox {
     }
 }
 
+/// Publishes a frame to every node (`Fanout::publish`); returns this node's sockets in
+/// `audience`.
+fn publish_frame(
+    inbox: &Inbox,
+    broker: &dyn Broker,
+    channel: &str,
+    audience: &Audience,
+    frame: &Bytes,
+) -> usize {
+    let m = message(KIND_FRAME, &inbox.node_id, frame);
+    if broker.publish(channel, m) {
+        // This node's sockets get it from the broker's stream too, so that frames
+        // published through several nodes reach every node in one order.
+        inbox.hub.local_count(audience)
+    } else {
+        // The broker did not take it (unreachable): it reaches no other node, and no echo
+        // will come back, so this node's sockets get it now (at-most-once).
+        inbox.hub.deliver(audience, frame)
+    }
+}
+
+/// A "held" frame with held frames off (`BROKER_HOLD_MS=0`): nothing goes out before the
+/// release, which publishes it as any frame; the reply then waits for its acknowledgement.
+struct AfterCommit {
+    inbox: Arc<Inbox>,
+    broker: Arc<dyn Broker>,
+    channel: String,
+    audience: Audience,
+    frame: Bytes,
+}
+
+impl HeldFrame for AfterCommit {
+    fn release(self: Box<Self>) {
+        publish_frame(
+            &self.inbox,
+            &*self.broker,
+            &self.channel,
+            &self.audience,
+            &self.frame,
+        );
+    }
+
+    fn extend(&self) {}
+}
+
 /// A held frame that went to the broker (see `Fanout::publish_held`).
 struct BrokerHeld {
     inbox: Arc<Inbox>,
@@ -273,8 +318,13 @@ impl Cluster {
         grpc_token: Option<String>,
         hold: Duration,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<RoomChange>)> {
-        // The sweeper and the extensions run at fractions of it: never zero.
-        let hold = hold.max(Duration::from_millis(100));
+        // The sweeper and the extensions run at fractions of it: zero (held frames off) or
+        // at least 100 ms.
+        let hold = if hold.is_zero() {
+            hold
+        } else {
+            hold.max(Duration::from_millis(100))
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let inbox = Arc::new(Inbox {
             hub,
@@ -296,7 +346,12 @@ impl Cluster {
             .map_err(|e| anyhow::anyhow!("cannot reach the broker: {e}"))?;
         let swept = Arc::downgrade(&inbox);
         let sweeper = tokio::spawn(async move {
-            let mut every = tokio::time::interval(SWEEP_EVERY.min(hold / 4));
+            let period = if hold.is_zero() {
+                SWEEP_EVERY
+            } else {
+                SWEEP_EVERY.min(hold / 4)
+            };
+            let mut every = tokio::time::interval(period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
@@ -420,21 +475,28 @@ impl Cluster {
 
 impl Fanout for Cluster {
     fn publish(&self, audience: &Audience, frame: &Bytes) -> usize {
-        let m = message(KIND_FRAME, &self.inbox.node_id, frame);
-        if self.broker.publish(&channel(&self.prefix, audience), m) {
-            // This node's sockets get it from the broker's stream too, so that frames
-            // published through several nodes reach every node in one order.
-            self.inbox.hub.local_count(audience)
-        } else {
-            // The broker did not take it (unreachable): it reaches no other node, and no
-            // echo will come back, so this node's sockets get it now (at-most-once).
-            self.inbox.hub.deliver(audience, frame)
-        }
+        publish_frame(
+            &self.inbox,
+            &*self.broker,
+            &channel(&self.prefix, audience),
+            audience,
+            frame,
+        )
     }
 
     fn publish_held(&self, audience: &Audience, frame: Bytes) -> Box<dyn HeldFrame> {
-        let id = self.next_held.fetch_add(1, Ordering::Relaxed);
         let channel = channel(&self.prefix, audience);
+        if self.inbox.hold.is_zero() {
+            // Held frames are off: published on release, after the commit, as any frame.
+            return Box::new(AfterCommit {
+                inbox: self.inbox.clone(),
+                broker: self.broker.clone(),
+                channel,
+                audience: audience.clone(),
+                frame,
+            });
+        }
+        let id = self.next_held.fetch_add(1, Ordering::Relaxed);
         let mut body = BytesMut::with_capacity(8 + frame.len());
         body.put_u64(id);
         body.put_slice(&frame);
@@ -459,7 +521,7 @@ impl Fanout for Cluster {
     }
 
     fn extend_every(&self) -> Option<Duration> {
-        Some(self.inbox.hold / 4)
+        (!self.inbox.hold.is_zero()).then(|| self.inbox.hold / 4)
     }
 
     fn settled(&self) -> Option<BoxFuture<'static, ()>> {

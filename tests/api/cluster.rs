@@ -55,6 +55,33 @@ async fn one_socket_per_node(n: &[TestApp], room: &str) -> Vec<Ws> {
     sockets
 }
 
+/// Asserts that every socket's next `message` frames are `expected`, in order.
+async fn every_socket_gets(sockets: &mut [Ws], expected: &[&str]) {
+    let last = expected.last().expect("something expected");
+    for (holder, ws) in sockets.iter_mut().enumerate() {
+        assert_eq!(
+            contents_until(ws, last).await,
+            expected,
+            "socket on node {holder}"
+        );
+    }
+}
+
+/// A message frame published held by `app`, as a post does before its write.
+fn hold_message(
+    app: &TestApp,
+    room: &str,
+    content: &str,
+) -> Box<dyn messaging::cluster::HeldFrame> {
+    use messaging::hub::{Action, Audience};
+    app.svc.send_held(
+        &Audience::room("C1", room),
+        room,
+        Action::Message,
+        &json!({ "content": content }),
+    )
+}
+
 /// The `message` frames' contents a socket gets until (and with) the one saying `last`.
 async fn contents_until(ws: &mut Ws, last: &str) -> Vec<String> {
     ws.until(|f| f["action"] == "message" && f["data"]["content"] == last)
@@ -683,13 +710,7 @@ async fn a_failed_post_reaches_no_socket_and_holds_up_nothing(db: TestDb, broker
     assert_eq!(st, 500, "{body}");
     let (st, body) = post(2, "after").await;
     assert_eq!(st, 200, "{body}");
-    for (holder, ws) in sockets.iter_mut().enumerate() {
-        assert_eq!(
-            contents_until(ws, "after").await,
-            ["before", "after"],
-            "socket on node {holder}"
-        );
-    }
+    every_socket_gets(&mut sockets, &["before", "after"]).await;
     // Nothing was stored either.
     let conn = sea_orm::Database::connect(n[0].db_url.as_str())
         .await
@@ -712,7 +733,6 @@ cluster_test!(a_held_frame_never_released_expires_and_the_room_goes_on);
 /// A node that dies between publishing a post's frames and its commit never releases nor
 /// withdraws them: every node drops them after the hold time, then delivers what waited.
 async fn a_held_frame_never_released_expires_and_the_room_goes_on(db: TestDb, broker: String) {
-    use messaging::hub::{Action, Audience};
     const HOLD_MS: u64 = 300;
     let n = nodes_holding(
         &db,
@@ -722,29 +742,43 @@ async fn a_held_frame_never_released_expires_and_the_room_goes_on(db: TestDb, br
     .await;
     let room = n[0].conversation("C1", "streamingLive", true).await;
     let mut sockets = one_socket_per_node(&n, &room).await;
-    let held = n[0].svc.send_held(
-        &Audience::room("C1", &room),
-        &room,
-        Action::Message,
-        &json!({"content": "orphan"}),
-    );
+    let held = hold_message(&n[0], &room, "orphan");
     // As if node 0 died now: no release, no withdrawal.
     std::mem::forget(held);
     n[0].svc.settle().await;
     let sent = std::time::Instant::now();
     n[1].grpc_send("C1", &room, &json!({"content": "next"}))
         .await;
-    for (holder, ws) in sockets.iter_mut().enumerate() {
-        assert_eq!(
-            contents_until(ws, "next").await,
-            ["next"],
-            "socket on node {holder}"
-        );
-    }
+    every_socket_gets(&mut sockets, &["next"]).await;
     // "next" waited behind the held frame until that one expired.
     let waited = sent.elapsed();
     assert!(
         waited >= Duration::from_millis(HOLD_MS * 2 / 3),
         "delivered after {waited:?}: the orphan frame was not held"
     );
+}
+
+cluster_test!(with_held_frames_off_a_post_publishes_after_its_commit);
+/// `BROKER_HOLD_MS=0`: a post's frames go out on release, after the commit, so nothing
+/// another node publishes meanwhile waits behind them.
+async fn with_held_frames_off_a_post_publishes_after_its_commit(db: TestDb, broker: String) {
+    let n = nodes_holding(&db, &[broker.clone(), broker.clone(), broker], Some(0)).await;
+    let room = n[0].conversation("C1", "streamingLive", true).await;
+    let mut sockets = one_socket_per_node(&n, &room).await;
+    let held = hold_message(&n[0], &room, "committed");
+    n[0].svc.settle().await;
+    // Held, this would wait for the release; off, it goes out at once.
+    n[1].grpc_send("C1", &room, &json!({"content": "meanwhile"}))
+        .await;
+    every_socket_gets(&mut sockets, &["meanwhile"]).await;
+    held.release();
+    every_socket_gets(&mut sockets, &["committed"]).await;
+    // A failed post's frames, off as on, reach no one.
+    refuse_content(&n[0].db_url, "refused").await;
+    for (k, (content, status)) in [("refused", 500), ("after", 200)].into_iter().enumerate() {
+        let body = json!([{"conversationId": room, "content": content, "displayName": "Guest"}]);
+        let (st, body) = n[k].post("/messaging/messages/send", None, &body).await;
+        assert_eq!(st, status, "{content}: {body}");
+    }
+    every_socket_gets(&mut sockets, &["after"]).await;
 }
