@@ -318,13 +318,7 @@ impl Cluster {
         grpc_token: Option<String>,
         hold: Duration,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<RoomChange>)> {
-        // The sweeper and the extensions run at fractions of it: zero (held frames off) or
-        // at least 100 ms.
-        let hold = if hold.is_zero() {
-            hold
-        } else {
-            hold.max(Duration::from_millis(100))
-        };
+        // `hold`: zero (held frames off) or positive (`Settings::broker_hold`).
         let (tx, rx) = mpsc::unbounded_channel();
         let inbox = Arc::new(Inbox {
             hub,

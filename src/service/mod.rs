@@ -151,11 +151,10 @@ impl Services {
         action: Action,
         data: &T,
     ) -> usize {
-        let church = match audience {
-            Audience::Room { church, .. } | Audience::Person { church, .. } => church,
-        };
-        let frame = encode_frame(church, conversation_id, action, data);
-        self.fanout.publish(audience, &frame)
+        self.fanout.publish(
+            audience,
+            &frame_for(audience, conversation_id, action, data),
+        )
     }
 
     /// Like [`Services::send`], for a write that has not committed yet: the frame is
@@ -167,11 +166,8 @@ impl Services {
         action: Action,
         data: &T,
     ) -> Box<dyn HeldFrame> {
-        let church = match audience {
-            Audience::Room { church, .. } | Audience::Person { church, .. } => church,
-        };
-        let frame = encode_frame(church, conversation_id, action, data);
-        self.fanout.publish_held(audience, frame)
+        self.fanout
+            .publish_held(audience, frame_for(audience, conversation_id, action, data))
     }
 
     /// A frame to a room (`conversationId` of the envelope = the room).
@@ -276,4 +272,17 @@ pub fn person(caller: &Caller) -> AppResult<&Claims> {
 /// The claims of an authenticated caller, or 401.
 pub fn member(caller: &Caller) -> AppResult<&Claims> {
     caller.claims().ok_or(AppError::Unauthorized)
+}
+
+/// The frame of one envelope to `audience`, encoded once.
+fn frame_for<T: Serialize + ?Sized>(
+    audience: &Audience,
+    conversation_id: &str,
+    action: Action,
+    data: &T,
+) -> bytes::Bytes {
+    let church = match audience {
+        Audience::Room { church, .. } | Audience::Person { church, .. } => church,
+    };
+    encode_frame(church, conversation_id, action, data)
 }
