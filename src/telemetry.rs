@@ -48,7 +48,10 @@ pub fn metrics_handle() -> PrometheusHandle {
                 })
                 .and_then(|b| b.install_recorder());
             match handle {
-                Ok(h) => h,
+                Ok(h) => {
+                    describe();
+                    h
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed");
                     PrometheusBuilder::new().build_recorder().handle()
@@ -56,4 +59,21 @@ pub fn metrics_handle() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// HELP lines for the metrics whose meaning is a rule, not just a count.
+fn describe() {
+    metrics::describe_counter!(
+        "messaging_sockets_evicted_total",
+        "Sockets closed with 1013 slow consumer, by cause. not_reading: a frame would take the \
+         socket past SOCKET_QUEUE_BYTES unsent bytes, the sender wrote the socket itself, and \
+         the kernel refused more (the client left its receive window and our send buffer \
+         unread). A socket that is merely behind this server's own writer is written, not \
+         evicted (see messaging_socket_catch_up_writes_total)."
+    );
+    metrics::describe_counter!(
+        "messaging_socket_catch_up_writes_total",
+        "Sockets past SOCKET_QUEUE_BYTES whose sender wrote them itself and found the kernel \
+         taking the bytes: this server's writer was behind, not the client."
+    );
 }

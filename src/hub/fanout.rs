@@ -2,7 +2,9 @@
 //!
 //! 1. `Hub::deliver` takes a frame that was serialized and framed once, and pushes that same
 //!    `Bytes` onto each recipient's outbox: a per-socket lock held for one `push_back`, plus
-//!    an atomic byte count. A recipient over its byte bound is marked for eviction instead.
+//!    an atomic byte count. A frame that would take a recipient over its byte bound makes
+//!    the sender write that socket itself first (`SocketHandle::catch_up`); only if the
+//!    kernel then refuses, the bound still exceeded, is the socket evicted (1013).
 //! 2. A socket whose outbox was idle goes onto its flush queue, once. The queue is one per
 //!    socket-runtime thread; a broadcast appends to it under one lock and wakes its flusher
 //!    once, instead of waking a task per recipient.
@@ -197,11 +199,20 @@ impl SocketHandle {
         let len = frame.len();
         if self.queued.fetch_add(len, Relaxed) + len > self.max_queued {
             self.queued.fetch_sub(len, Relaxed);
-            if self.request_close(CloseReason::Evicted) {
-                metrics::counter!("messaging_sockets_evicted_total").increment(1);
-                tracing::info!(socket = %self.id, "evicting slow consumer");
+            match self.catch_up(len) {
+                CatchUp::Room => {
+                    self.queued.fetch_add(len, Relaxed);
+                }
+                CatchUp::Closing => return Push::Refused,
+                CatchUp::NotReading => {
+                    if self.request_close(CloseReason::Evicted) {
+                        self.flush.evicted(EvictionCause::NotReading);
+                        tracing::info!(socket = %self.id, queued = self.queued_bytes(),
+                            "evicting slow consumer: its send buffer is full");
+                    }
+                    return Push::Refused;
+                }
             }
-            return Push::Refused;
         }
         self.outbox.lock().push_back(frame);
         // A writer that went idle re-checks the outbox after saying so (see `drain`), so a
@@ -216,6 +227,52 @@ impl SocketHandle {
         } else {
             Push::Queued
         }
+    }
+
+    /// The slow-consumer rule (§2.3), run by a sender whose frame would take the socket past
+    /// its byte bound. Bytes can pile up for two reasons: the client does not read, or this
+    /// server's own writer has not got to the socket yet (its flusher paced it, or the socket
+    /// threads waited for a core behind requests: they run at a lower priority). Only the
+    /// first is the client's fault, and only the kernel can tell them apart. So the sender
+    /// writes the socket itself, now, with the same non-blocking `writev` its writer uses:
+    /// - the kernel takes enough: the frame is queued (a writer that was merely behind costs
+    ///   the client nothing);
+    /// - the kernel refuses (would block) with the bound still exceeded: the client has left
+    ///   its whole receive window and our send buffer unread, and a bound's worth behind
+    ///   them. That is evidence from the client's side, and the socket is evicted.
+    ///
+    /// The writer lock serializes this with the flusher and the socket's task, so frames stay
+    /// in order whoever writes them; it is only ever held around non-blocking writes. Writing
+    /// does not change who owns the socket's writing (`wstate`): whoever listed or holds it
+    /// finds less, or nothing, to write.
+    fn catch_up(&self, need: usize) -> CatchUp {
+        let mut w = self.writer.lock();
+        // A closing socket's task writes its close frame without this lock, once it has
+        // taken writing over (which needs the lock, and comes after the state changed).
+        if !self.is_open() {
+            return CatchUp::Closing;
+        }
+        let written_before = self.queued_bytes();
+        let refused = match self.drain(&mut w, None) {
+            Drain::Idle => false,
+            Drain::Full => true,
+            Drain::Failed => {
+                drop(w);
+                self.request_close(CloseReason::Terminated);
+                return CatchUp::Closing;
+            }
+        };
+        drop(w);
+        let queued = self.queued_bytes();
+        // Over the bound with everything written means other senders refilled it meanwhile:
+        // theirs are the frames over the bound, and they run this rule themselves.
+        if refused && queued > 0 && queued + need > self.max_queued {
+            return CatchUp::NotReading;
+        }
+        if queued < written_before {
+            self.flush.caught_up();
+        }
+        CatchUp::Room
     }
 
     /// Marks the socket closing; the first reason wins. Returns whether this call set it.
@@ -267,7 +324,7 @@ impl SocketHandle {
         if self.wstate.load(Acquire) != W_LISTED {
             return 0;
         }
-        let drained = self.drain(&mut w, W_LISTED);
+        let drained = self.drain(&mut w, Some(W_LISTED));
         let taken = std::mem::take(&mut w.taken);
         match drained {
             Drain::Idle => {}
@@ -302,7 +359,7 @@ impl SocketHandle {
     /// The task's side of `flush`: writes what it can while it owns writing.
     pub(crate) fn drain_as_task(&self) -> Drain {
         let mut w = self.writer.lock();
-        self.drain(&mut w, W_TASK)
+        self.drain(&mut w, Some(W_TASK))
     }
 
     /// Takes over writing for good (the socket is closing): whatever was partly written is
@@ -345,8 +402,9 @@ impl SocketHandle {
     }
 
     /// Writes queued frames until none are left or the socket is full. Called with the
-    /// writer lock held, by the current owner (`W_LISTED`: the flusher, `W_TASK`: the task).
-    fn drain(&self, w: &mut Writer, owner: u8) -> Drain {
+    /// writer lock held, by the current owner (`W_LISTED`: the flusher, `W_TASK`: the task),
+    /// or by a sender catching up (`None`: see `catch_up`), which leaves `wstate` alone.
+    fn drain(&self, w: &mut Writer, owner: Option<u8>) -> Drain {
         loop {
             if w.out.is_empty() {
                 // The two buffers trade places instead of being allocated by the sender and
@@ -354,6 +412,9 @@ impl SocketHandle {
                 // on the allocator.
                 std::mem::swap(&mut *self.outbox.lock(), &mut w.out);
                 if w.out.is_empty() {
+                    let Some(owner) = owner else {
+                        return Drain::Idle;
+                    };
                     self.wstate.store(W_IDLE, SeqCst);
                     let mut outbox = self.outbox.lock();
                     if outbox.is_empty() {
@@ -389,6 +450,31 @@ impl SocketHandle {
                 Ok(None) => return Drain::Full,
                 Err(_) => return Drain::Failed,
             }
+        }
+    }
+}
+
+/// What a sender's `catch_up` found.
+enum CatchUp {
+    /// The frame fits now.
+    Room,
+    /// The kernel refuses more while the bound is still exceeded: evict.
+    NotReading,
+    /// The socket is closing (or its write just failed): drop the frame.
+    Closing,
+}
+
+/// Why a socket was evicted, the label of `messaging_sockets_evicted_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCause {
+    /// Its queue was over the bound and the kernel refused more (see `catch_up`).
+    NotReading,
+}
+
+impl EvictionCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionCause::NotReading => "not_reading",
         }
     }
 }
@@ -439,6 +525,8 @@ pub(crate) struct FlushQueue {
     /// A closing socket may be waiting for its interval: look at the waiting ones now.
     hurry: AtomicBool,
     writes: AtomicU64,
+    evictions: AtomicU64,
+    catch_ups: AtomicU64,
     epoch: Instant,
 }
 
@@ -450,6 +538,8 @@ impl Default for FlushQueue {
             closed: AtomicBool::new(false),
             hurry: AtomicBool::new(false),
             writes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            catch_ups: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -463,6 +553,33 @@ impl FlushQueue {
             .get_or_init(|| metrics::counter!("messaging_socket_writes_total"))
             .increment(1);
         self.writes.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an eviction of one of this flusher's sockets.
+    fn evicted(&self, cause: EvictionCause) {
+        metrics::counter!("messaging_sockets_evicted_total", "cause" => cause.as_str())
+            .increment(1);
+        self.evictions.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a socket of this flusher's written by a sender because it was behind
+    /// (`SocketHandle::catch_up`).
+    fn caught_up(&self) {
+        static CATCH_UPS: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        CATCH_UPS
+            .get_or_init(|| metrics::counter!("messaging_socket_catch_up_writes_total"))
+            .increment(1);
+        self.catch_ups.fetch_add(1, Relaxed);
+    }
+
+    /// Evictions of this flusher's sockets so far.
+    pub(crate) fn evictions(&self) -> u64 {
+        self.evictions.load(Relaxed)
+    }
+
+    /// Catch-up writes to this flusher's sockets so far.
+    pub(crate) fn catch_ups(&self) -> u64 {
+        self.catch_ups.load(Relaxed)
     }
 
     /// `writev`s to the sockets of this flusher so far.

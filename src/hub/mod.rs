@@ -13,7 +13,7 @@
 mod fanout;
 pub mod ws;
 
-pub use fanout::{SocketHandle, encode_frame};
+pub use fanout::{EvictionCause, SocketHandle, encode_frame};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +31,9 @@ use fanout::FlushQueue;
 /// Tunables of the socket layer.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Bytes queued and not yet written after which a socket is evicted (1013).
+    /// Bytes queued and not yet taken by the kernel that a socket may hold. A frame past it
+    /// makes its sender write the socket; the socket is evicted (1013) only if the kernel
+    /// refuses while it is still over (see `fanout::SocketHandle::catch_up`).
     pub max_queued_bytes: usize,
     /// Inbound messages (all fragments together) larger than this close the socket with 1009.
     pub max_inbound_frame: usize,
@@ -358,6 +360,17 @@ impl Hub {
     /// `writev`s to this hub's sockets so far (frames written in one count once).
     pub fn socket_writes(&self) -> u64 {
         self.flushers.iter().map(|q| q.writes()).sum()
+    }
+
+    /// Sockets of this hub evicted as slow consumers so far.
+    pub fn evictions(&self) -> u64 {
+        self.flushers.iter().map(|q| q.evictions()).sum()
+    }
+
+    /// Sockets over their bound that a sender wrote itself because their writer was behind,
+    /// so far (each one a socket the old rule would have evicted; see `fanout::catch_up`).
+    pub fn catch_up_writes(&self) -> u64 {
+        self.flushers.iter().map(|q| q.catch_ups()).sum()
     }
 
     pub fn socket_count(&self) -> usize {
