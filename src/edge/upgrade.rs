@@ -15,7 +15,7 @@ use base64::Engine;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::hub::{Hub, ws};
+use crate::hub::{Hub, frame};
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -96,7 +96,7 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    let accept = ws::accept_key(key.as_bytes().trim_ascii());
+    let accept = frame::accept_key(key.as_bytes().trim_ascii());
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = resp.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -14,7 +14,7 @@
 //!    turn, still listed, so that a stream of broadcasts into a big room costs one `writev`
 //!    per socket per interval instead of one per frame.
 //! 4. A socket that cannot take it all (its send buffer is full) is handed to its own task
-//!    (`ws.rs`), which waits for it to drain and writes the rest. Until then the flusher
+//!    (`socket.rs`), which waits for it to drain and writes the rest. Until then the flusher
 //!    leaves it alone, so a slow reader never holds up anyone else.
 //!
 //! Nothing on this path awaits, takes a shared lock per recipient or touches the database.
@@ -380,7 +380,7 @@ impl SocketHandle {
     /// the fan-out path carries no tag per queued frame.
     pub(crate) fn drop_room_frames(&self, church: &str, room: &str) {
         let prefix = envelope_prefix(church, room);
-        let of_room = |f: &Bytes| super::ws::server_frame_payload(f).starts_with(&prefix);
+        let of_room = |f: &Bytes| super::frame::server_frame_payload(f).starts_with(&prefix);
         let mut dropped = 0;
         let mut drop_from = |q: &mut VecDeque<Bytes>, keep_front: bool| {
             let mut first = keep_front;
@@ -733,7 +733,7 @@ pub fn encode_frame<T: Serialize + ?Sized>(
         data,
     })
     .unwrap_or_default();
-    super::ws::text_frame(&json)
+    super::frame::text_frame(&json)
 }
 
 impl Hub {

@@ -4,14 +4,16 @@
 //! The fan-out path, start to end, is in `fanout.rs`: `Hub::deliver` pushes one
 //! pre-framed `Bytes` onto each recipient's outbox and lists the sockets that were idle on
 //! their flush queue; a flusher per socket-runtime thread writes them, one `writev` each.
-//! The socket tasks (`ws.rs`) read, and write only a socket that was full or is closing.
+//! The socket tasks (`socket.rs`) read, and write only a socket that was full or is closing.
 //!
 //! The hub keeps, per audience (a room, or one person's alerts), the local sockets in it
 //! (`members`), so selecting a room's local sockets is a map lookup. The service layer
 //! decides membership (it writes the rows, then mirrors them here under the socket's
 //! `membership` lock) and is told through `SocketEvents` when a socket ends.
 mod fanout;
-pub mod ws;
+pub mod frame;
+mod reader;
+mod socket;
 
 pub use fanout::{EvictionCause, SocketHandle, encode_frame};
 
@@ -321,7 +323,7 @@ impl Hub {
                 let _permit = permit;
                 // Registers the stream with the socket runtime's own reactor.
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => ws::run_socket(hub, stream, early).await,
+                    Ok(stream) => socket::run_socket(hub, stream, early).await,
                     Err(e) => tracing::debug!(error = %e, "websocket registration failed"),
                 }
             },
@@ -457,7 +459,7 @@ impl Hub {
     /// One ping round (§2.2): terminate sockets that stayed silent since the last ping,
     /// ping the rest. One shared ping frame serves every socket.
     pub fn ping_round(&self) {
-        let ping = ws::ping_frame();
+        let ping = frame::ping_frame();
         for h in self.sockets() {
             if h.pinged.load(Relaxed) && !h.alive.load(Relaxed) {
                 tracing::debug!(socket = %h.id, "no pong: terminating");
