@@ -1,6 +1,6 @@
 //! The domain's one error type. Each door maps it once: `edge::error` to an HTTP response,
 //! `grpc::error` to a `tonic::Status`; the socket's close codes live with the wire code in
-//! `hub::ws`. Database errors stay typed (`DbErr`, with the driver's code inside), so that
+//! `hub::socket`. Database errors stay typed (`DbErr`, with the driver's code inside), so that
 //! retries and outages are decided by code, never by text.
 use sea_orm::DbErr;
 
@@ -57,3 +57,12 @@ impl AppError {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+impl crate::store::DbFailure for AppError {
+    fn db_err(&self) -> Option<&DbErr> {
+        match self {
+            AppError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -98,7 +98,7 @@ pub trait Query: DeserializeOwned + JsonSchema {
 /// A list is split on its literal commas *before* decoding: a comma inside an entry is sent
 /// as `%2C` and stays in the entry.
 pub fn query<T: Query>(raw: Option<&str>) -> AppResult<T> {
-    let decode = |v: &str| super::routes::percent_decode(&v.replace('+', " ")).unwrap_or_default();
+    let decode = |v: &str| percent_decode(&v.replace('+', " ")).unwrap_or_default();
     let mut map = Map::new();
     for pair in raw.unwrap_or_default().split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -468,6 +468,24 @@ impl<const MIN: u64, const MAX: u64> JsonSchema for Number<MIN, MAX> {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({"type": "integer", "minimum": MIN, "maximum": MAX})
     }
+}
+
+/// A path parameter, percent-decoded (§9); `None` (no route: 404) for a `%` not followed by
+/// two hex digits, which the crate would pass through as it is, or bytes that are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let well_formed = b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || b.get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
+    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]

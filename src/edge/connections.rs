@@ -5,7 +5,6 @@ use serde_json::json;
 
 use super::body::{Batch, Obj};
 use super::{Ctx, bodies, ok_json};
-use crate::auth::access;
 use crate::error::AppResult;
 use crate::service::rooms::JoinItem;
 use crate::store::entities::connections;
@@ -25,21 +24,18 @@ pub struct ConnectionJson {
     ip_address: Option<String>,
 }
 
-/// `ipAddress` is shown only to Content Edit holders of the row's church; `nodeId` never.
-fn to_json(ctx: &Ctx, rows: Vec<connections::Model>) -> Vec<ConnectionJson> {
+/// The rows as the service returned them (it decides who sees `ipAddress`); `nodeId` never.
+fn to_json(rows: Vec<connections::Model>) -> Vec<ConnectionJson> {
     rows.into_iter()
-        .map(|r| {
-            let show_ip = access::sees_ip_addresses(&ctx.caller, &r.church_id);
-            ConnectionJson {
-                id: r.id,
-                church_id: r.church_id,
-                conversation_id: r.conversation_id,
-                person_id: r.person_id,
-                display_name: r.display_name,
-                time_joined: crate::time::format_ms(r.time_joined),
-                socket_id: r.socket_id,
-                ip_address: if show_ip { r.ip_address } else { None },
-            }
+        .map(|r| ConnectionJson {
+            id: r.id,
+            church_id: r.church_id,
+            conversation_id: r.conversation_id,
+            person_id: r.person_id,
+            display_name: r.display_name,
+            time_joined: crate::time::format_ms(r.time_joined),
+            socket_id: r.socket_id,
+            ip_address: r.ip_address,
         })
         .collect()
 }
@@ -49,7 +45,7 @@ pub async fn list(ctx: &Ctx) -> AppResult<Response> {
         .svc
         .list_room(&ctx.caller, ctx.param(0), ctx.param(1))
         .await?;
-    Ok(ok_json(&to_json(ctx, rows)))
+    Ok(ok_json(&to_json(rows)))
 }
 
 pub async fn join(ctx: &Ctx) -> AppResult<Response> {
@@ -74,7 +70,7 @@ pub async fn join(ctx: &Ctx) -> AppResult<Response> {
         .svc
         .join(&ctx.caller, ctx.client_ip.as_deref(), parsed)
         .await?;
-    Ok(ok_json(&to_json(ctx, rows)))
+    Ok(ok_json(&to_json(rows)))
 }
 
 pub async fn leave(ctx: &Ctx) -> AppResult<Response> {
@@ -90,5 +86,5 @@ pub async fn set_name(ctx: &Ctx) -> AppResult<Response> {
         .svc
         .set_name(&ctx.caller, &body.socket_id, &body.name)
         .await?;
-    Ok(ok_json(&to_json(ctx, rows)))
+    Ok(ok_json(&to_json(rows)))
 }

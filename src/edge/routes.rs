@@ -180,7 +180,7 @@ pub fn find(method: &str, path: &str) -> Option<Matched> {
         .iter()
         .zip(shape)
         .filter(|(_, is_param)| *is_param)
-        .map(|(s, _)| percent_decode(s))
+        .map(|(s, _)| super::body::percent_decode(s))
         .collect::<Option<Vec<_>>>()?;
     Some(Matched { route, params })
 }
@@ -214,26 +214,20 @@ pub fn allowed_methods(path: &str) -> Vec<&'static str> {
     methods
 }
 
-pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_parameters_decode_strictly() {
+        use super::super::body::percent_decode;
+        assert_eq!(percent_decode("caf%C3%A9%20x").as_deref(), Some("café x"));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        // Malformed escapes and non-UTF-8 bytes match no route.
+        for bad in ["%", "%4", "%zz", "%+1", "%-1", "%FF", "x%C3"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn literal_segments_ignore_case_and_trailing_slash() {

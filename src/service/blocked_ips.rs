@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 
 use super::model::BlockedIp;
-use super::{Services, member};
-use crate::auth::Caller;
+use super::{Services, holder};
+use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult};
 use crate::hub::Action;
 use crate::store::entities::blocked_ips;
@@ -33,7 +33,7 @@ impl Services {
         caller: &Caller,
         items: Vec<ToggleInput>,
     ) -> AppResult<Vec<BlockedIp>> {
-        let church = member(caller)?.church_id.clone();
+        let church = holder(caller, Permission::ContentEdit)?.church_id.clone();
         for it in &items {
             self.load_conversation_in(&church, &it.conversation_id)
                 .await?;
@@ -107,7 +107,7 @@ impl Services {
         caller: &Caller,
         service_ids: Vec<String>,
     ) -> AppResult<()> {
-        let church = member(caller)?.church_id.clone();
+        let church = holder(caller, Permission::ContentEdit)?.church_id.clone();
         if service_ids.is_empty() {
             return Ok(());
         }

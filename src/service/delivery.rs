@@ -4,7 +4,7 @@ use serde_json::value::RawValue;
 
 use super::Services;
 use super::limits::MAX_ID;
-use super::rooms::ALERTS;
+use super::model::ALERTS;
 use crate::error::{AppError, AppResult};
 use crate::hub::{Action, Audience};
 

@@ -11,7 +11,7 @@ use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
 use serde::Serialize;
 
 use super::model::{Callout, Message};
-use super::{ConvAccess, Services, alerts, member, person, writer};
+use super::{ConvAccess, Services, alerts, holder, member, person, writer};
 use crate::auth::access::ContentType;
 use crate::auth::{Caller, Permission};
 use crate::cluster::HeldFrame;
@@ -33,8 +33,7 @@ pub struct MessageInput {
     pub message_type: Option<String>,
 }
 
-/// The conversations of a batch, by id.
-pub type ConvMap = std::collections::HashMap<String, ConvAccess>;
+pub use super::writer::ConvMap;
 
 /// What was written, in request order, with what its frames need.
 pub(super) struct Written {
@@ -588,7 +587,7 @@ impl Services {
 
     /// `POST /messages/setCallout`: a Message-shaped object to the room, not stored.
     pub async fn set_callout(&self, caller: &Caller, mut callout: Callout) -> AppResult<Callout> {
-        let claims = member(caller)?;
+        let claims = holder(caller, Permission::ContentEdit)?;
         let conv_id = callout.conversation_id.clone().unwrap_or_default();
         let c = self
             .load_conversation_in(&claims.church_id, &conv_id)

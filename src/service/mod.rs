@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::auth::{Caller, Claims, access};
+use crate::auth::{Caller, Claims, Permission, access};
 use crate::cluster::{Fanout, HeldFrame};
 use crate::error::{AppError, AppResult};
 use crate::hub::{Action, Audience, Hub, encode_frame};
@@ -272,6 +272,18 @@ pub fn person(caller: &Caller) -> AppResult<&Claims> {
 /// The claims of an authenticated caller, or 401.
 pub fn member(caller: &Caller) -> AppResult<&Claims> {
     caller.claims().ok_or(AppError::Unauthorized)
+}
+
+/// The claims of a caller holding `permission`, or 401. Every operation the contract gates
+/// by a permission checks it here, whatever the door: the edge's route table checks it too,
+/// but only to answer before reading the body.
+pub fn holder(caller: &Caller, permission: Permission) -> AppResult<&Claims> {
+    let claims = member(caller)?;
+    if claims.has_permission(permission) {
+        Ok(claims)
+    } else {
+        Err(AppError::Unauthorized)
+    }
 }
 
 /// The frame of one envelope to `audience`, encoded once.

@@ -8,6 +8,9 @@ use crate::store::entities::{
 };
 use crate::time::format_ms;
 
+/// The per-person alerts room.
+pub const ALERTS: &str = "alerts";
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {

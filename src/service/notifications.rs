@@ -11,7 +11,7 @@ use sea_orm::{
 use super::Services;
 use super::alerts::{self, PRIVATE_MESSAGE, begin_isolated};
 use super::model::{Counts, Notification};
-use crate::auth::{Claims, Permission};
+use crate::auth::{Caller, Claims, Permission};
 use crate::error::{AppError, AppResult};
 use crate::store::entities::notifications;
 
@@ -30,13 +30,15 @@ pub struct NewNotifications {
 }
 
 /// `GET /notifications/unreadCount`.
-pub async fn unread_count(svc: &Services, me: &Claims) -> AppResult<Counts> {
+pub async fn unread_count(svc: &Services, caller: &Caller) -> AppResult<Counts> {
+    let me = super::person(caller)?;
     alerts::counts(&svc.store().db, &me.church_id, &me.person_id).await
 }
 
 /// `GET /notifications/my`: newest first, without private-message notifications; the rows
 /// are then marked read, and the response shows them as they were before.
-pub async fn my(svc: &Services, me: &Claims) -> AppResult<Vec<Notification>> {
+pub async fn my(svc: &Services, caller: &Caller) -> AppResult<Vec<Notification>> {
+    let me = super::person(caller)?;
     let store = svc.store();
     let rows = store
         .write(|| async {
@@ -73,9 +75,13 @@ pub async fn my(svc: &Services, me: &Claims) -> AppResult<Vec<Notification>> {
 /// same `(contentType, contentId)`, then the frames and `deliveryMethod`.
 pub async fn create(
     svc: &Services,
-    me: &Claims,
+    caller: &Caller,
     input: &NewNotifications,
 ) -> AppResult<Vec<Notification>> {
+    let me = super::person(caller)?;
+    if !is_admin(me) {
+        return Err(AppError::Unauthorized);
+    }
     let mut seen = HashSet::new();
     let people: Vec<String> = input
         .people_ids
@@ -161,7 +167,13 @@ fn is_admin(me: &Claims) -> bool {
 
 /// `POST /notifications/markRead/{churchId}/{personId}`: the person themself or a Messaging
 /// Admin, in the caller's own church only.
-pub async fn mark_read(svc: &Services, me: &Claims, church: &str, person: &str) -> AppResult<()> {
+pub async fn mark_read(
+    svc: &Services,
+    caller: &Caller,
+    church: &str,
+    person: &str,
+) -> AppResult<()> {
+    let me = super::person(caller)?;
     if church != me.church_id || (person != me.person_id && !is_admin(me)) {
         return Err(AppError::Unauthorized);
     }
@@ -177,7 +189,8 @@ pub async fn mark_read(svc: &Services, me: &Claims, church: &str, person: &str) 
 
 /// `DELETE /notifications/my`: the caller's notifications except private-message ones,
 /// which belong to their threads.
-pub async fn delete_my(svc: &Services, me: &Claims) -> AppResult<()> {
+pub async fn delete_my(svc: &Services, caller: &Caller) -> AppResult<()> {
+    let me = super::person(caller)?;
     notifications::Entity::delete_many()
         .filter(notifications::Column::ChurchId.eq(&me.church_id))
         .filter(notifications::Column::PersonId.eq(&me.person_id))
@@ -188,7 +201,8 @@ pub async fn delete_my(svc: &Services, me: &Claims) -> AppResult<()> {
 }
 
 /// `DELETE /notifications/{churchId}/{id}`: its owner, or a Messaging Admin of its church.
-pub async fn delete(svc: &Services, me: &Claims, church: &str, id: &str) -> AppResult<()> {
+pub async fn delete(svc: &Services, caller: &Caller, church: &str, id: &str) -> AppResult<()> {
+    let me = super::person(caller)?;
     let db = &svc.store().db;
     let row = notifications::Entity::find_by_id(id.to_string())
         .one(db)

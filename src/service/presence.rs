@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::Services;
-use super::rooms::ALERTS;
+use super::model::ALERTS;
 use crate::error::AppResult;
 use crate::hub::{Action, Audience, encode_frame};
 use crate::store::entities::connections;

@@ -13,7 +13,7 @@ use super::alerts::{PRIVATE_MESSAGE, begin_isolated};
 use super::model::{
     Conversation, ConversationWithMessages, Message, PrivateMessage, PrivateMessageView,
 };
-use crate::auth::Claims;
+use crate::auth::{Caller, Claims};
 use crate::error::{AppError, AppResult};
 use crate::store::entities::{
     conversations, message_reactions, messages, notifications, private_messages as pm,
@@ -39,9 +39,10 @@ fn same_pair(row: &pm::Model, a: &str, b: &str) -> bool {
 /// the conversation's row for the same pair. All items or none.
 pub async fn create(
     svc: &Services,
-    me: &Claims,
+    caller: &Caller,
     items: &[NewPrivateMessage],
 ) -> AppResult<Vec<PrivateMessage>> {
+    let me = super::person(caller)?;
     if items.is_empty() {
         return Ok(Vec::new());
     }
@@ -117,7 +118,8 @@ async fn attach(
 
 /// `GET /privatemessages`: the caller's threads, most recent message first. The response is
 /// read before the inbox side effects (§10.5) are applied, in the same transaction.
-pub async fn list(svc: &Services, me: &Claims) -> AppResult<Vec<PrivateMessageView>> {
+pub async fn list(svc: &Services, caller: &Caller) -> AppResult<Vec<PrivateMessageView>> {
+    let me = super::person(caller)?;
     let store = svc.store();
     let views = store
         .write(|| async {
@@ -157,7 +159,8 @@ pub async fn list(svc: &Services, me: &Claims) -> AppResult<Vec<PrivateMessageVi
 
 /// `GET /privatemessages/{id}`: participants only. Opening a thread flagged for the caller
 /// clears the flag and reads its notification; the response shows the cleared value.
-pub async fn get(svc: &Services, me: &Claims, id: &str) -> AppResult<PrivateMessageView> {
+pub async fn get(svc: &Services, caller: &Caller, id: &str) -> AppResult<PrivateMessageView> {
+    let me = super::person(caller)?;
     let store = svc.store();
     let mut row = load(svc, me, id)
         .await?
@@ -191,7 +194,8 @@ pub async fn get(svc: &Services, me: &Claims, id: &str) -> AppResult<PrivateMess
 
 /// `DELETE /privatemessages/{id}`: participants only; the row, its conversation with the
 /// messages and reactions, and the thread's notifications go in one transaction.
-pub async fn delete(svc: &Services, me: &Claims, id: &str) -> AppResult<()> {
+pub async fn delete(svc: &Services, caller: &Caller, id: &str) -> AppResult<()> {
+    let me = super::person(caller)?;
     let store = svc.store();
     let row = load(svc, me, id)
         .await?

@@ -21,8 +21,7 @@ use crate::hub::{Audience, SocketEvents, SocketHandle};
 use crate::store::NewRow;
 use crate::store::entities::{connections, conversations};
 
-/// The per-person alerts room.
-pub const ALERTS: &str = "alerts";
+pub use super::model::ALERTS;
 
 /// What a room id names (§4). The one parser of room ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,10 +423,11 @@ impl Services {
             .into_iter()
             .map(|r| (key(&r.church_id, &r.conversation_id, &r.socket_id), r))
             .collect();
-        Ok(rows
+        let joined = rows
             .iter()
             .filter_map(|r| by_key.remove(&key(&r.church_id, &r.room, &r.socket_id)))
-            .collect())
+            .collect();
+        Ok(visible_to(caller, joined))
     }
 
     /// The write of a join for sockets this node holds: upsert, membership, attendance.
@@ -591,7 +591,7 @@ impl Services {
             self.room_changed(&r.church_id, &r.conversation_id, false);
             out.push(r);
         }
-        Ok(out)
+        Ok(visible_to(caller, out))
     }
 
     /// The rows of a room by `timeJoined`; for `alerts`, only the caller's own rows.
@@ -602,12 +602,13 @@ impl Services {
         room: &str,
     ) -> AppResult<Vec<connections::Model>> {
         let resolved = self.room_for_reading(caller, church, room).await?;
-        Ok(match resolved {
+        let rows = match resolved {
             Room::Alerts { church, person } if !caller.is_system() => {
                 self.store().person_rows(&church, ALERTS, &person).await?
             }
             r => self.store().room_rows(r.church(), room).await?,
-        })
+        };
+        Ok(visible_to(caller, rows))
     }
 
     /// The current attendance of a room, as the `attendance` frame would carry it.
@@ -655,6 +656,17 @@ impl Services {
             }
         }
     }
+}
+
+/// Rows as `caller` may see them: `ipAddress` only for Content Edit holders of the row's
+/// church (and trusted backends), whatever the door the rows leave by.
+fn visible_to(caller: &Caller, mut rows: Vec<connections::Model>) -> Vec<connections::Model> {
+    for r in &mut rows {
+        if !access::sees_ip_addresses(caller, &r.church_id) {
+            r.ip_address = None;
+        }
+    }
+    rows
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::Services;
-use super::messages::ConvMap;
 use super::model::Message;
 use crate::error::{AppError, AppResult};
 use crate::store::entities::messages;
+
+/// The conversations of a batch, by id.
+pub type ConvMap = std::collections::HashMap<String, super::ConvAccess>;
 
 /// Most rows written in one shared transaction.
 const MAX_BATCH_ROWS: usize = 256;

@@ -825,15 +825,6 @@ impl DbFailure for DbErr {
     }
 }
 
-impl DbFailure for crate::error::AppError {
-    fn db_err(&self) -> Option<&DbErr> {
-        match self {
-            crate::error::AppError::Db(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
 fn sqlx_error(e: &DbErr) -> Option<&sea_orm::sqlx::Error> {
     match e {
         DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))

@@ -13,5 +13,6 @@ mod migrate;
 mod nodes;
 mod outage;
 mod rooms;
+mod service_access;
 mod socket;
 mod wire;
