@@ -171,6 +171,19 @@ pub struct TestApp {
     pub db_url: String,
 }
 
+/// The claims of the tokens tests mint: a member of `church` with these permissions.
+pub fn claims(church: &str, person: &str, perms: &[&str]) -> Claims {
+    Claims {
+        id: format!("U-{person}"),
+        church_id: church.into(),
+        person_id: person.into(),
+        first_name: "First".into(),
+        last_name: person.into(),
+        permissions: perms.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
 pub fn settings(db: &TestDb) -> Settings {
     Settings::for_tests(&db.url, SECRET)
 }
@@ -239,15 +252,7 @@ impl TestApp {
 
     pub fn token(&self, church: &str, person: &str, perms: &[&str]) -> String {
         self.keys
-            .mint(&Claims {
-                id: format!("U-{person}"),
-                church_id: church.into(),
-                person_id: person.into(),
-                first_name: "First".into(),
-                last_name: person.into(),
-                permissions: perms.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            })
+            .mint(&claims(church, person, perms))
             .expect("mint")
     }
 

@@ -4,7 +4,7 @@
 //! decided there too.
 use std::sync::Arc;
 
-use messaging::auth::{Caller, Claims};
+use messaging::auth::Caller;
 use messaging::error::AppError;
 use messaging::service::blocked_ips::ToggleInput;
 use messaging::service::model::Callout;
@@ -17,15 +17,7 @@ use crate::db_test;
 use crate::helpers::*;
 
 fn user(church: &str, person: &str, perms: &[&str]) -> Caller {
-    Caller::User(Arc::new(Claims {
-        id: format!("U-{person}"),
-        church_id: church.into(),
-        person_id: person.into(),
-        first_name: "First".into(),
-        last_name: person.into(),
-        permissions: perms.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }))
+    Caller::User(Arc::new(claims(church, person, perms)))
 }
 
 fn unauthorized<T: std::fmt::Debug>(what: &str, r: Result<T, AppError>) {
