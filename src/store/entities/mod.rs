@@ -15,14 +15,14 @@ pub mod private_messages;
 
 /// The `Entity` of every table, under the table's name.
 pub mod prelude {
-    pub use super::blocked_ips::Entity as BlockedIps;
-    pub use super::connections::Entity as Connections;
-    pub use super::conversations::Entity as Conversations;
-    pub use super::message_reactions::Entity as MessageReactions;
-    pub use super::messages::Entity as Messages;
-    pub use super::nodes::Entity as Nodes;
-    pub use super::notifications::Entity as Notifications;
-    pub use super::private_messages::Entity as PrivateMessages;
+    pub use crate::store::entities::blocked_ips::Entity as BlockedIps;
+    pub use crate::store::entities::connections::Entity as Connections;
+    pub use crate::store::entities::conversations::Entity as Conversations;
+    pub use crate::store::entities::message_reactions::Entity as MessageReactions;
+    pub use crate::store::entities::messages::Entity as Messages;
+    pub use crate::store::entities::nodes::Entity as Nodes;
+    pub use crate::store::entities::notifications::Entity as Notifications;
+    pub use crate::store::entities::private_messages::Entity as PrivateMessages;
 }
 
 #[cfg(test)]
