@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::auth::TokenKeys;
-use crate::cluster::nodes::Cluster;
+use crate::cluster::Cluster;
 use crate::cluster::{self, Fanout};
 use crate::config::{Settings, redact_url};
 use crate::edge::{self, EdgeState};
@@ -74,7 +74,7 @@ pub struct Application {
     services: Services,
     /// Delivery across nodes, when a broker is configured.
     cluster: Option<Arc<Cluster>>,
-    room_changes: Option<tokio::sync::mpsc::UnboundedReceiver<cluster::nodes::RoomChange>>,
+    room_changes: Option<tokio::sync::mpsc::UnboundedReceiver<cluster::RoomChange>>,
     state: Arc<EdgeState>,
     grpc_router: axum::Router,
     health: tonic_health::server::HealthReporter,

@@ -78,7 +78,7 @@ pub trait Broker: Send + Sync + 'static {
     fn publish(&self, channel: &str, payload: bytes::Bytes) -> bool;
     /// Like `publish`, in the same order, but [`Broker::settled`] does not wait for it: for
     /// payloads nobody's reply depends on (the release of a held frame, see
-    /// `cluster::nodes`). A later `settled` still covers it if an awaited payload follows.
+    /// `cluster::brokered`). A later `settled` still covers it if an awaited payload follows.
     fn publish_unawaited(&self, channel: &str, payload: bytes::Bytes) -> bool {
         self.publish(channel, payload)
     }

@@ -17,8 +17,14 @@ use crate::hub::{Audience, Hub};
 use crate::store::NewRow;
 use crate::store::entities::connections;
 
+mod brokered;
 mod held;
-pub mod nodes;
+mod inbox;
+mod peers;
+mod wire;
+
+pub use brokered::Cluster;
+pub use inbox::RoomChange;
 
 /// A frame published ahead of the write it announces (see [`Fanout::publish_held`]).
 /// Dropping it unreleased withdraws it: it is delivered nowhere.

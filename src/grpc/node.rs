@@ -1,5 +1,5 @@
 //! `messaging.v1.Node`: the part of a room call that another node forwards to the node
-//! holding the socket (see `cluster::nodes`).
+//! holding the socket (see `cluster::peers`).
 use tonic::{Request, Response, Status};
 
 use crate::pb;

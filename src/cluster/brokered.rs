@@ -35,175 +35,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::held::Orders;
+use super::inbox::{Inbox, RoomChange};
+use super::wire::{
+    KIND_EXTEND, KIND_FRAME, KIND_HELD, KIND_RELEASE, KIND_ROOM_CHANGED, KIND_WITHDRAW, channel,
+    message,
+};
 use super::{Fanout, HeldFrame, HeldHere};
 use crate::broker::{self, Broker};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::hub::{Audience, Hub};
-use crate::pb;
 use crate::store::entities::connections;
 use crate::store::{NewRow, Store};
 
-const KIND_FRAME: u8 = 1;
-const KIND_ROOM_CHANGED: u8 = 2;
-/// A held frame: its number (u64, big-endian), then the frame.
-const KIND_HELD: u8 = 3;
-/// The release, withdrawal or extension of a held frame: its number.
-const KIND_RELEASE: u8 = 4;
-const KIND_WITHDRAW: u8 = 5;
-const KIND_EXTEND: u8 = 6;
-
 /// How often each node looks for held frames past their deadline, at most.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// A room's rows changed on another node: `(church, room, with_blocked_ip)`.
-pub type RoomChange = (String, String, bool);
-
-/// A broker channel name part: NATS subjects split on `.` and reserve `*`, `>` and white
-/// space, so everything but `[A-Za-z0-9_-]` is written as `~` and two hex digits.
-fn escape(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("~{b:02x}"));
-        }
-    }
-}
-
-fn channel(prefix: &str, audience: &Audience) -> String {
-    let (kind, church, name) = match audience {
-        Audience::Room { church, room } => ("r", church, room),
-        Audience::Person { church, person } => ("p", church, person),
-    };
-    let mut c = String::with_capacity(prefix.len() + church.len() + name.len() + 8);
-    c.push_str(prefix);
-    c.push('.');
-    c.push_str(kind);
-    c.push('.');
-    escape(&mut c, church);
-    c.push('.');
-    escape(&mut c, name);
-    c
-}
-
-fn message(kind: u8, origin: &str, body: &[u8]) -> Bytes {
-    let mut m = BytesMut::with_capacity(2 + origin.len() + body.len());
-    m.put_u8(kind);
-    m.put_u8(origin.len() as u8);
-    m.put_slice(origin.as_bytes());
-    m.put_slice(body);
-    m.freeze()
-}
-
-/// `(kind, origin, body)` of a broker message.
-fn parse(m: &Bytes) -> Option<(u8, &str, Bytes)> {
-    let kind = *m.first()?;
-    let len = *m.get(1)? as usize;
-    let origin = std::str::from_utf8(m.get(2..2 + len)?).ok()?;
-    Some((kind, origin, m.slice(2 + len..)))
-}
-
-/// A held frame's number, and what follows it in the message body.
-fn split_id(mut body: Bytes) -> Option<(u64, Bytes)> {
-    (body.len() >= 8).then(|| (body.get_u64(), body))
-}
-
-/// What the broker's handler needs: shared by the handler and `Cluster`.
-struct Inbox {
-    hub: Arc<Hub>,
-    node_id: String,
-    /// Subscribed channels and whose they are; `true` once the broker confirmed.
-    subs: Mutex<HashMap<String, (Audience, bool)>>,
-    /// The channels holding frames. Every delivery of a room or person frame happens under
-    /// this lock, so that the receiving task, the sweeper and a local release cannot
-    /// interleave one channel's frames.
-    orders: Mutex<Orders>,
-    /// How long a held frame waits for its release (or next extension).
-    hold: Duration,
-    expired: metrics::Counter,
-    room_changes: mpsc::UnboundedSender<RoomChange>,
-}
-
-impl Inbox {
-    fn receive(&self, channel: &str, payload: Bytes) {
-        let Some((kind, origin, body)) = parse(&payload) else {
-            tracing::debug!(%channel, "malformed broker message");
-            return;
-        };
-        // Attendance is this node's own and already raised; its own frames, though, are
-        // delivered here like everyone's, in the broker's order (see `publish`).
-        if kind == KIND_ROOM_CHANGED && origin == self.node_id {
-            return;
-        }
-        let Some(audience) = self.subs.lock().get(channel).map(|(a, _)| a.clone()) else {
-            return; // unsubscribed meanwhile
-        };
-        let deliver = &mut |a: &Audience, f: &Bytes| {
-            self.hub.deliver(a, f);
-        };
-        match (kind, &audience) {
-            (KIND_FRAME, _) => self.orders.lock().frame(channel, &audience, body, deliver),
-            (KIND_HELD, _) => {
-                if let Some((id, frame)) = split_id(body) {
-                    let deadline = Instant::now() + self.hold;
-                    let key = (origin, id);
-                    self.orders
-                        .lock()
-                        .hold(channel, &audience, key, frame, deadline);
-                }
-            }
-            (KIND_RELEASE | KIND_WITHDRAW | KIND_EXTEND, _) => {
-                if let Some((id, _)) = split_id(body) {
-                    self.resolve(channel, kind, (origin, id));
-                }
-            }
-            (KIND_ROOM_CHANGED, Audience::Room { church, room }) => {
-                let with_blocked_ip = body.first() == Some(&1);
-                let _ = self
-                    .room_changes
-                    .send((church.clone(), room.clone(), with_blocked_ip));
-            }
-            _ => {}
-        }
-    }
-
-    /// Applies a release, withdrawal or extension to this node's order of `channel`.
-    fn resolve(&self, channel: &str, kind: u8, key: (&str, u64)) {
-        let deliver = &mut |a: &Audience, f: &Bytes| {
-            self.hub.deliver(a, f);
-        };
-        let mut orders = self.orders.lock();
-        match kind {
-            KIND_RELEASE => orders.release(channel, key, deliver),
-            KIND_WITHDRAW => orders.withdraw(channel, key, deliver),
-            _ => orders.extend(channel, key, Instant::now() + self.hold),
-        }
-    }
-
-    /// Drops held frames past their deadline.
-    fn sweep(&self) {
-        let mut orders = self.orders.lock();
-        if orders.is_empty() {
-            return;
-        }
-        let dropped = orders.expire(Instant::now(), &mut |a, f| {
-            self.hub.deliver(a, f);
-        });
-        drop(orders);
-        if dropped > 0 {
-            self.expired.increment(dropped as u64);
-            tracing::debug!(dropped, "held frames expired without their release");
-        }
-    }
-}
 
 /// Publishes a frame to every node (`Fanout::publish`); returns this node's sockets in
 /// `audience`.
@@ -292,18 +143,18 @@ impl Drop for BrokerHeld {
 
 /// The delivery seam across nodes.
 pub struct Cluster {
-    inbox: Arc<Inbox>,
-    broker: Arc<dyn Broker>,
-    prefix: String,
+    pub(super) inbox: Arc<Inbox>,
+    pub(super) broker: Arc<dyn Broker>,
+    pub(super) prefix: String,
     /// Serializes subscription changes, so a subscribe and an unsubscribe of one channel
     /// cannot overtake each other on the way to the broker.
-    sub_lock: tokio::sync::Mutex<()>,
-    store: Store,
-    grpc_token: Option<String>,
-    peers: Mutex<HashMap<String, tonic::transport::Channel>>,
+    pub(super) sub_lock: tokio::sync::Mutex<()>,
+    pub(super) store: Store,
+    pub(super) grpc_token: Option<String>,
+    pub(super) peers: Mutex<HashMap<String, tonic::transport::Channel>>,
     /// This node's number for its next held frame.
-    next_held: AtomicU64,
-    sweeper: tokio::task::JoinHandle<()>,
+    pub(super) next_held: AtomicU64,
+    pub(super) sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Cluster {
@@ -419,52 +270,6 @@ impl Cluster {
             self.broker.unsubscribe(&channel).await;
         }
     }
-
-    /// A gRPC client of another node's `Node` service (connections are kept per node).
-    async fn peer(
-        &self,
-        node: &str,
-    ) -> AppResult<pb::node_client::NodeClient<tonic::transport::Channel>> {
-        let cached = self.peers.lock().get(node).cloned();
-        let channel = match cached {
-            Some(c) => c,
-            None => {
-                let address = self
-                    .store
-                    .live_node_address(node, crate::time::now_ms())
-                    .await?
-                    .ok_or(AppError::NotFound("Socket not found"))?;
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| AppError::Internal(format!("node {node} address: {e}")))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(10));
-                let c = endpoint.connect_lazy();
-                self.peers.lock().insert(node.to_string(), c.clone());
-                c
-            }
-        };
-        Ok(pb::node_client::NodeClient::new(channel))
-    }
-
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        if let Some(t) = &self.grpc_token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            req.metadata_mut().insert("authorization", v);
-        }
-        req
-    }
-
-    /// A failed call to another node: `NOT_FOUND` is the holder's `Socket not found`;
-    /// anything else means the node is unreachable and its connection is dropped.
-    fn peer_error(&self, node: &str, s: tonic::Status) -> AppError {
-        if s.code() == tonic::Code::NotFound {
-            return AppError::NotFound("Socket not found");
-        }
-        self.peers.lock().remove(node);
-        AppError::Internal(format!("node {node}: {}", s.message()))
-    }
 }
 
 impl Fanout for Cluster {
@@ -552,32 +357,7 @@ impl Fanout for Cluster {
     }
 
     fn locate<'a>(&'a self, socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>> {
-        Box::pin(async move {
-            let now = crate::time::now_ms();
-            let nodes = self.store.live_nodes(now).await?;
-            let asks =
-                nodes
-                    .into_iter()
-                    .filter(|n| *n != self.inbox.node_id)
-                    .map(|node| async move {
-                        let mut client = self.peer(&node).await.ok()?;
-                        let req = self.request(pb::HoldsRequest {
-                            socket_id: socket_id.to_string(),
-                        });
-                        match client.holds(req).await {
-                            Ok(r) => r.into_inner().held.then_some(node),
-                            Err(s) => {
-                                let _ = self.peer_error(&node, s);
-                                None
-                            }
-                        }
-                    });
-            Ok(futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .flatten()
-                .next())
-        })
+        Box::pin(self.locate_held(socket_id))
     }
 
     fn remote_join<'a>(
@@ -585,37 +365,7 @@ impl Fanout for Cluster {
         node: &'a str,
         rows: Vec<NewRow>,
     ) -> BoxFuture<'a, AppResult<Vec<connections::Model>>> {
-        Box::pin(async move {
-            let req = self.request(pb::NodeJoinRequest {
-                rows: rows
-                    .into_iter()
-                    .map(|r| pb::NewConnection {
-                        church_id: r.church_id,
-                        conversation_id: r.room,
-                        socket_id: r.socket_id,
-                        person_id: r.person_id,
-                        display_name: r.display_name,
-                        ip_address: r.ip_address,
-                    })
-                    .collect(),
-            });
-            let reply = self
-                .peer(node)
-                .await?
-                .join(req)
-                .await
-                .map_err(|s| self.peer_error(node, s))?;
-            reply
-                .into_inner()
-                .connections
-                .into_iter()
-                .map(|r| {
-                    connections::Model::try_from(r).map_err(|_| {
-                        AppError::Internal(format!("node {node} sent an unreadable row"))
-                    })
-                })
-                .collect()
-        })
+        Box::pin(self.join_on(node, rows))
     }
 
     fn remote_leave<'a>(
@@ -623,18 +373,7 @@ impl Fanout for Cluster {
         node: &'a str,
         row: connections::Model,
     ) -> BoxFuture<'a, AppResult<bool>> {
-        Box::pin(async move {
-            let req = self.request(pb::NodeLeaveRequest {
-                row: Some(row.into()),
-            });
-            let reply = self
-                .peer(node)
-                .await?
-                .leave(req)
-                .await
-                .map_err(|s| self.peer_error(node, s))?;
-            Ok(reply.into_inner().removed)
-        })
+        Box::pin(self.leave_on(node, row))
     }
 
     fn remote_renamed<'a>(
@@ -644,19 +383,7 @@ impl Fanout for Cluster {
         ids: &'a [String],
         name: &'a str,
     ) -> BoxFuture<'a, AppResult<()>> {
-        Box::pin(async move {
-            let req = self.request(pb::NodeRenamedRequest {
-                socket_id: socket.to_string(),
-                row_ids: ids.to_vec(),
-                name: name.to_string(),
-            });
-            self.peer(node)
-                .await?
-                .renamed(req)
-                .await
-                .map_err(|s| self.peer_error(node, s))?;
-            Ok(())
-        })
+        Box::pin(self.renamed_on(node, socket, ids, name))
     }
 
     fn unready(&self) -> Option<String> {
@@ -665,29 +392,5 @@ impl Fanout for Cluster {
 
     fn crosses_nodes(&self) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channels_are_safe_subjects() {
-        let c = channel("p1", &Audience::room("Ch 1", "a.b*>c"));
-        assert_eq!(c, "p1.r.Ch~201.a~2eb~2a~3ec");
-        let c = channel("p1", &Audience::person("C", "P-1_x"));
-        assert_eq!(c, "p1.p.C.P-1_x");
-    }
-
-    #[test]
-    fn messages_round_trip() {
-        let m = message(KIND_FRAME, "NODE0000001", b"\x81\x02hi");
-        let (kind, origin, body) = parse(&m).unwrap();
-        assert_eq!(
-            (kind, origin, &body[..]),
-            (KIND_FRAME, "NODE0000001", &b"\x81\x02hi"[..])
-        );
-        assert!(parse(&Bytes::from_static(&[1, 200, b'x'])).is_none());
     }
 }
