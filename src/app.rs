@@ -16,7 +16,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::auth::TokenKeys;
 use crate::cluster::Cluster;
-use crate::cluster::{self, Fanout};
+use crate::cluster::{self, Seam};
 use crate::config::{Settings, redact_url};
 use crate::edge::{self, EdgeState};
 use crate::grpc::{self, ConnectionService, DeliveryService, NodeService};
@@ -129,7 +129,7 @@ impl Application {
         let hub = Hub::new(settings.hub_config())
             .map_err(|e| anyhow::anyhow!("cannot start the socket runtime: {e}"))?;
         let hub_guard = HubGuard(hub.clone());
-        let (fanout, cluster, room_changes): (Arc<dyn Fanout>, _, _) = match &settings.broker_url {
+        let (seam, cluster, room_changes): (Arc<dyn Seam>, _, _) = match &settings.broker_url {
             None => (Arc::new(cluster::Local::new(hub.clone())), None, None),
             Some(url) => {
                 let (c, rx) = Cluster::connect(
@@ -146,7 +146,7 @@ impl Application {
                 (c.clone(), Some(c), Some(rx))
             }
         };
-        let services = Services::new(node_id, store, hub, fanout, settings.service_config());
+        let services = Services::new(node_id, store, hub, seam, settings.service_config());
         services
             .register_node(Some(listeners.grpc.local_addr()?.to_string()))
             .await?;

@@ -10,7 +10,7 @@
 //! - Order. While the broker is reachable, every node, the publishing one included,
 //!   delivers room and person frames only from its subscription, in the order the broker
 //!   put them on it; and a call that published replies only once the broker has
-//!   acknowledged (`Fanout::settled`), that is once the frame is on every subscriber's
+//!   acknowledged (`Seam::settled`), that is once the frame is on every subscriber's
 //!   stream. So a publisher that sends frame n+1 after frame n's reply, through any node,
 //!   has n+1 ordered after n by the broker, and every socket on every node gets them in
 //!   that order, each once (a frame is never delivered both directly and from the echo).
@@ -46,7 +46,7 @@ use super::wire::{
     KIND_EXTEND, KIND_FRAME, KIND_HELD, KIND_RELEASE, KIND_ROOM_CHANGED, KIND_WITHDRAW, channel,
     message,
 };
-use super::{Fanout, HeldFrame, HeldHere};
+use super::{HeldFrame, HeldHere, Seam};
 use crate::broker::{self, Broker};
 use crate::error::AppResult;
 use crate::hub::{Audience, Hub};
@@ -56,7 +56,7 @@ use crate::store::{NewRow, Store};
 /// How often each node looks for held frames past their deadline, at most.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// Publishes a frame to every node (`Fanout::publish`); returns this node's sockets in
+/// Publishes a frame to every node (`Seam::publish`); returns this node's sockets in
 /// `audience`.
 fn publish_frame(
     inbox: &Inbox,
@@ -101,7 +101,7 @@ impl HeldFrame for AfterCommit {
     fn extend(&self) {}
 }
 
-/// A held frame that went to the broker (see `Fanout::publish_held`).
+/// A held frame that went to the broker (see `Seam::publish_held`).
 struct BrokerHeld {
     inbox: Arc<Inbox>,
     broker: Arc<dyn Broker>,
@@ -272,7 +272,7 @@ impl Cluster {
     }
 }
 
-impl Fanout for Cluster {
+impl Seam for Cluster {
     fn publish(&self, audience: &Audience, frame: &Bytes) -> usize {
         publish_frame(
             &self.inbox,
@@ -345,10 +345,10 @@ impl Fanout for Cluster {
         self.inbox.hub.local_count(audience)
     }
 
-    fn interest(&self, audience: &Audience, held: bool) -> BoxFuture<'_, ()> {
+    fn interest(&self, audience: &Audience, has_members: bool) -> BoxFuture<'_, ()> {
         let audience = audience.clone();
         Box::pin(async move {
-            if held {
+            if has_members {
                 self.subscribe(&audience).await;
             } else {
                 self.unsubscribe(&audience).await;
@@ -357,7 +357,7 @@ impl Fanout for Cluster {
     }
 
     fn locate<'a>(&'a self, socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>> {
-        Box::pin(self.locate_held(socket_id))
+        Box::pin(self.locate_holder(socket_id))
     }
 
     fn remote_join<'a>(

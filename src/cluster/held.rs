@@ -1,7 +1,7 @@
 //! Each node's order of frames per broker channel, with frames held for their write.
 //!
 //! A post's frames are published *held*, before its database write commits, so that the
-//! broker orders them while the database writes instead of after (see `Fanout::publish_held`).
+//! broker orders them while the database writes instead of after (see `Seam::publish_held`).
 //! A node that receives a held frame puts it in the channel's order but delivers it, and
 //! anything that arrives behind it on the channel, only once its publisher releases it (the
 //! write committed). A withdrawn one (the write failed) is dropped. One whose release never

@@ -1,5 +1,5 @@
 //! The delivery seam. Everything the service layer sends (REST writes, gRPC `Delivery`,
-//! attendance, blockedIp, alerts) goes through `Fanout`, never to the hub directly, so that
+//! attendance, blockedIp, alerts) goes through `Seam`, never to the hub directly, so that
 //! delivery across nodes is one implementation of this trait and nothing else changes.
 //!
 //! The seam also carries the few room calls that must run on the node holding a socket
@@ -26,13 +26,13 @@ mod wire;
 pub use brokered::Cluster;
 pub use inbox::RoomChange;
 
-/// A frame published ahead of the write it announces (see [`Fanout::publish_held`]).
+/// A frame published ahead of the write it announces (see [`Seam::publish_held`]).
 /// Dropping it unreleased withdraws it: it is delivered nowhere.
 pub trait HeldFrame: Send + Sync {
     /// The write committed: the frame is delivered, in its place, on every node.
     fn release(self: Box<Self>);
     /// The write is still running: every node keeps the frame for another hold time (see
-    /// `Settings::broker_hold`). Call it every [`Fanout::extend_every`].
+    /// `Settings::broker_hold`). Call it every [`Seam::extend_every`].
     fn extend(&self);
 }
 
@@ -51,7 +51,10 @@ impl HeldFrame for HeldHere {
     fn extend(&self) {}
 }
 
-pub trait Fanout: Send + Sync + 'static {
+/// The delivery seam: how the service reaches sockets and the nodes holding them. Named
+/// apart from `hub::fanout`, the local fan-out it ends in: besides publishing it locates
+/// sockets and runs the room calls a socket's holder must run.
+pub trait Seam: Send + Sync + 'static {
     /// Delivers one encoded frame to every socket of `audience`, on every node. Returns the
     /// number of this node's sockets it is (or will be, from the broker) queued for. Never
     /// waits.
@@ -59,7 +62,7 @@ pub trait Fanout: Send + Sync + 'static {
 
     /// Publishes a frame of a write that has not committed yet. Every node puts it in the
     /// audience's order now, but delivers it, and whatever follows it there, only once it is
-    /// released; withdrawn (dropped), it reaches no one. [`Fanout::settled`] covers it, so
+    /// released; withdrawn (dropped), it reaches no one. [`Seam::settled`] covers it, so
     /// the broker's acknowledgement runs while the database writes, not after; the release
     /// itself is not waited for. Never waits.
     fn publish_held(&self, audience: &Audience, frame: Bytes) -> Box<dyn HeldFrame>;
@@ -86,10 +89,10 @@ pub trait Fanout: Send + Sync + 'static {
     /// This node's sockets in `audience`.
     fn local_members(&self, audience: &Audience) -> usize;
 
-    /// `audience` got its first local socket (`held`) or lost its last. Across nodes this is
+    /// `audience` got its first local socket (`has_members`) or lost its last. Across nodes this is
     /// where a node starts or stops receiving the audience's traffic; a join awaits it, so
     /// that a frame published after the join's response reaches the socket.
-    fn interest(&self, audience: &Audience, held: bool) -> BoxFuture<'_, ()>;
+    fn interest(&self, audience: &Audience, has_members: bool) -> BoxFuture<'_, ()>;
 
     /// The other live node holding `socket_id` (not this one), if any.
     fn locate<'a>(&'a self, socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>>;
@@ -136,7 +139,7 @@ impl Local {
     }
 }
 
-impl Fanout for Local {
+impl Seam for Local {
     fn publish(&self, audience: &Audience, frame: &Bytes) -> usize {
         self.hub.deliver(audience, frame)
     }
@@ -167,7 +170,7 @@ impl Fanout for Local {
         self.hub.local_count(audience)
     }
 
-    fn interest(&self, _audience: &Audience, _held: bool) -> BoxFuture<'_, ()> {
+    fn interest(&self, _audience: &Audience, _has_members: bool) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
 

@@ -56,7 +56,7 @@ impl Cluster {
     }
 
     /// The node holding `socket_id`, asked of every other live node at once.
-    pub(super) async fn locate_held(&self, socket_id: &str) -> AppResult<Option<String>> {
+    pub(super) async fn locate_holder(&self, socket_id: &str) -> AppResult<Option<String>> {
         let now = crate::time::now_ms();
         let nodes = self.store.live_nodes(now).await?;
         let asks = nodes

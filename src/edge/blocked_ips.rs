@@ -3,7 +3,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::body::{Batch, Obj};
+use super::input::{Batch, Obj};
 use super::{Ctx, bodies, ok_json};
 use crate::error::AppResult;
 use crate::service::blocked_ips::ToggleInput;

@@ -8,7 +8,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::body::{Batch, Content, Flag, NonEmpty, Number, Obj, Query, Rules, Text};
+use super::input::{Batch, Content, Flag, NonEmpty, Number, Obj, Query, Rules, Text};
 use crate::service::limits::{
     DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_CONTENT_ID, MAX_DISPLAY_NAME, MAX_EMOJI, MAX_ID, MAX_IP,
     MAX_LABEL, MAX_LINK, MAX_PAGE, MAX_PAGE_SIZE, MAX_ROOM_ID, MAX_SOCKET_ID, MAX_TIMESTAMP,
@@ -362,7 +362,7 @@ impl JsonSchema for IdList {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": MAX_ID,
-                "pattern": crate::edge::body::NO_NUL_PATTERN,
+                "pattern": crate::edge::input::NO_NUL_PATTERN,
             },
             "minItems": 1,
             "maxItems": MAX_BATCH,
@@ -446,7 +446,7 @@ mod tests {
         names_match::<CatchupQuery>();
         names_match::<PageQuery>();
         names_match::<TimelineQuery>();
-        let q = |raw: &str| super::super::body::query::<PageQuery>(Some(raw));
+        let q = |raw: &str| super::super::input::query::<PageQuery>(Some(raw));
         let p = q("limit=5&page=2&limit=500").expect("first occurrence wins");
         assert_eq!((p.page.0, p.limit.0), (2, 5));
         let p = q("").expect("defaults");
@@ -461,9 +461,9 @@ mod tests {
                 "{raw}"
             );
         }
-        let since = super::super::body::query::<CatchupQuery>(Some("since="));
+        let since = super::super::input::query::<CatchupQuery>(Some("since="));
         assert_eq!(since.map(|s| s.since).ok(), Some(Since(None)));
-        let ids = |raw: &str| super::super::body::query::<TimelineQuery>(Some(raw));
+        let ids = |raw: &str| super::super::input::query::<TimelineQuery>(Some(raw));
         assert_eq!(
             ids("ids=a,%20b,c+").map(|t| t.ids.0).ok(),
             Some(vec!["a".to_string(), "b".into(), "c".into()])

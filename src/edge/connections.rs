@@ -3,10 +3,10 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 
-use super::body::{Batch, Obj};
+use super::input::{Batch, Obj};
 use super::{Ctx, bodies, ok_json};
 use crate::error::AppResult;
-use crate::service::rooms::JoinItem;
+use crate::service::rooms::JoinInput;
 use crate::store::entities::connections;
 
 /// The `Connection` object of §10.1, in its field order.
@@ -52,9 +52,9 @@ pub async fn join(ctx: &Ctx) -> AppResult<Response> {
     let Batch(items) = ctx.body::<bodies::JoinBody>()?;
     // Body `personId`, `ipAddress` and `id` were read for their type only: the server sets
     // them (§5.1).
-    let parsed: Vec<JoinItem> = items
+    let parsed: Vec<JoinInput> = items
         .into_iter()
-        .map(|Obj(item)| JoinItem {
+        .map(|Obj(item)| JoinInput {
             church_id: item.church_id.map(String::from).unwrap_or_default(),
             conversation_id: item.conversation_id.into(),
             socket_id: item.socket_id.into(),

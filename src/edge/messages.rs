@@ -2,7 +2,7 @@
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::body::{self, Obj};
+use super::input::{self, Obj};
 use super::{Ctx, bodies, ok_json};
 use crate::error::{AppError, AppResult};
 use crate::service::messages::MessageInput;
@@ -103,12 +103,13 @@ pub async fn get(ctx: &Ctx) -> AppResult<Response> {
 }
 
 pub async fn react(ctx: &Ctx) -> AppResult<Response> {
-    let v = body::json(&ctx.body)?;
+    let v = input::json(&ctx.body)?;
     // Anything but a non-empty string is "required"; a non-empty string failed its length.
-    let Obj(reaction) = body::typed::<bodies::ReactBody>(&v).map_err(|_| match v.get("emoji") {
-        Some(Value::String(s)) if !s.is_empty() => AppError::invalid_body("/emoji"),
-        _ => AppError::BadRequest("emoji is required"),
-    })?;
+    let Obj(reaction) =
+        input::typed::<bodies::ReactBody>(&v).map_err(|_| match v.get("emoji") {
+            Some(Value::String(s)) if !s.is_empty() => AppError::invalid_body("/emoji"),
+            _ => AppError::BadRequest("emoji is required"),
+        })?;
     let emoji = String::from(reaction.emoji);
     let message_id = ctx.param(0);
     let added = ctx.svc.react(&ctx.caller, message_id, &emoji).await?;

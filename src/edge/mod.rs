@@ -2,10 +2,10 @@
 //! service layer, WebSocket upgrades on any path, and the operational endpoints.
 pub mod blocked_ips;
 pub mod bodies;
-pub mod body;
 pub mod connections;
 pub mod conversations;
 mod error;
+pub mod input;
 pub mod messages;
 pub mod notifications;
 pub mod openapi;
@@ -65,13 +65,13 @@ impl Ctx {
 
     /// The query string as its type (`edge::bodies`); `Invalid query parameter` naming the
     /// first malformed one.
-    pub fn query<T: body::Query>(&self) -> Result<T, AppError> {
-        body::query(self.query.as_deref())
+    pub fn query<T: input::Query>(&self) -> Result<T, AppError> {
+        input::query(self.query.as_deref())
     }
 
     /// The body as its type (`edge::bodies`), with the errors of §9.
     pub fn body<T: serde::de::DeserializeOwned>(&self) -> Result<T, AppError> {
-        body::parse(&self.body)
+        input::parse(&self.body)
     }
 }
 

@@ -2,7 +2,7 @@
 use axum::response::Response;
 use serde_json::json;
 
-use super::body::Obj;
+use super::input::Obj;
 use super::{Ctx, bodies, ok_json};
 use crate::error::AppResult;
 use crate::service::notifications as ns;
@@ -56,7 +56,7 @@ mod tests {
     use crate::service::limits::MAX_CONTENT_BYTES;
 
     fn parse_create(v: &Value) -> AppResult<ns::NewNotifications> {
-        super::super::body::typed(v).map(new_notifications)
+        super::super::input::typed(v).map(new_notifications)
     }
 
     fn field_of(v: Value) -> String {

@@ -359,7 +359,7 @@ fn build() -> Value {
         let d = doc(r.endpoint, &mut g);
         let mut params: Vec<Value> = r
             .param_names()
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": bodies::path_param_max(name), "pattern": super::body::NO_NUL_PATTERN}}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": bodies::path_param_max(name), "pattern": super::input::NO_NUL_PATTERN}}))
             .collect();
         let has_path_params = !params.is_empty();
         if let Some(q) = &d.query {

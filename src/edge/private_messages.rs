@@ -2,7 +2,7 @@
 use axum::response::Response;
 use serde_json::json;
 
-use super::body::{Batch, Obj};
+use super::input::{Batch, Obj};
 use super::{Ctx, bodies, ok_json};
 use crate::error::AppResult;
 use crate::service::private_messages as pms;

@@ -180,7 +180,7 @@ pub fn find(method: &str, path: &str) -> Option<Matched> {
         .iter()
         .zip(shape)
         .filter(|(_, is_param)| *is_param)
-        .map(|(s, _)| super::body::percent_decode(s))
+        .map(|(s, _)| super::input::percent_decode(s))
         .collect::<Option<Vec<_>>>()?;
     Some(Matched { route, params })
 }
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn path_parameters_decode_strictly() {
-        use super::super::body::percent_decode;
+        use super::super::input::percent_decode;
         assert_eq!(percent_decode("caf%C3%A9%20x").as_deref(), Some("café x"));
         assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
         // Malformed escapes and non-UTF-8 bytes match no route.

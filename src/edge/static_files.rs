@@ -27,7 +27,7 @@ fn asset(path: &str) -> Option<Response> {
 fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| super::body::percent_decode(&v.replace('+', " ")).unwrap_or_default())
+        (k == name).then(|| super::input::percent_decode(&v.replace('+', " ")).unwrap_or_default())
     })
 }
 

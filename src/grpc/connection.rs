@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Caller;
 use crate::pb;
 use crate::service::Services;
-use crate::service::rooms::JoinItem;
+use crate::service::rooms::JoinInput;
 use crate::store::entities::connections;
 
 #[derive(Clone)]
@@ -29,7 +29,7 @@ impl pb::connection_server::Connection for ConnectionService {
             .into_inner()
             .items
             .into_iter()
-            .map(|it| JoinItem {
+            .map(|it| JoinInput {
                 church_id: it.church_id,
                 conversation_id: it.conversation_id,
                 socket_id: it.socket_id,

@@ -31,7 +31,7 @@ impl pb::node_server::Node for NodeService {
                 ip_address: r.ip_address,
             })
             .collect();
-        let stored = self.svc.join_held(rows).await?;
+        let stored = self.svc.join_local(rows).await?;
         Ok(Response::new(pb::ConnectionList {
             connections: stored.into_iter().map(Into::into).collect(),
         }))
@@ -47,7 +47,7 @@ impl pb::node_server::Node for NodeService {
             .ok_or_else(|| Status::invalid_argument("row is required"))?;
         let row = connections::Model::try_from(row)
             .map_err(|_| Status::invalid_argument("timeJoined is not RFC 3339"))?;
-        let removed = self.svc.leave_held(row).await?;
+        let removed = self.svc.leave_local(row).await?;
         Ok(Response::new(pb::LeaveReply {
             success: true,
             removed,
@@ -59,7 +59,7 @@ impl pb::node_server::Node for NodeService {
         request: Request<pb::NodeRenamedRequest>,
     ) -> Result<Response<pb::LeaveReply>, Status> {
         let r = request.into_inner();
-        self.svc.renamed_held(&r.socket_id, &r.row_ids, &r.name);
+        self.svc.renamed_local(&r.socket_id, &r.row_ids, &r.name);
         Ok(Response::new(pb::LeaveReply {
             success: true,
             removed: false,

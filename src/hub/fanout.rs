@@ -740,7 +740,7 @@ impl Hub {
     /// The fan-out (§5.2): one pre-framed frame to every local row of the audience.
     /// Returns the number of rows it was enqueued for.
     ///
-    /// Only this node's sockets: the delivery seam (`cluster::Fanout`) carries a frame to
+    /// Only this node's sockets: the delivery seam (`cluster::Seam`) carries a frame to
     /// the other nodes, each of which calls this for its own.
     pub fn deliver(&self, audience: &Audience, frame: &Bytes) -> usize {
         let started = Instant::now();

@@ -379,7 +379,7 @@ impl Hub {
         self.sockets.read().len()
     }
 
-    pub fn holds_socket(&self, id: &str) -> bool {
+    pub fn has_socket(&self, id: &str) -> bool {
         self.sockets.read().contains_key(id)
     }
 

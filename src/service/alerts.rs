@@ -256,7 +256,7 @@ impl Services {
     /// `local` of this node's sockets, or, across nodes, any alerts row another node holds
     /// (that node queues the frame as it arrives through the broker).
     async fn reached_person(&self, church: &str, person: &str, local: usize) -> AppResult<bool> {
-        if local > 0 || !self.fanout.crosses_nodes() {
+        if local > 0 || !self.seam.crosses_nodes() {
             return Ok(local > 0);
         }
         let rows = self

@@ -21,7 +21,7 @@ pub struct ToggleInput {
 impl Services {
     /// Sends the room's current list (`blockedIp`) to a conversation room.
     async fn announce_blocked(&self, church: &str, conversation: &str) -> AppResult<()> {
-        self.hot.forget_blocked(church, conversation);
+        self.post_cache.forget_blocked(church, conversation);
         let ips = self.store().blocked_ips(church, conversation).await?;
         self.send_to_room(church, conversation, Action::BlockedIp, &ips);
         Ok(())

@@ -279,7 +279,7 @@ impl Services {
         Ok(rows
             .into_iter()
             .map(|(c, created)| {
-                self.hot.forget_conversation(&c.id);
+                self.post_cache.forget_conversation(&c.id);
                 if created {
                     send_activity(self, &c, "created");
                 }
@@ -579,8 +579,9 @@ impl Services {
                 Ok::<_, AppError>(())
             })
             .await?;
-        self.hot.forget_conversation(&c.conv.id);
-        self.hot.forget_blocked(&c.conv.church_id, &c.conv.id);
+        self.post_cache.forget_conversation(&c.conv.id);
+        self.post_cache
+            .forget_blocked(&c.conv.church_id, &c.conv.id);
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! Every write follows §9: the batch is validated, resolved and authorized whole, written in
 //! one transaction, and its frames are delivered after the commit and before the response.
 //! New messages outside private conversations publish their frames held before the write
-//! and release them after the commit (`Fanout::publish_held`): across nodes, the broker
+//! and release them after the commit (`Seam::publish_held`): across nodes, the broker
 //! orders them while the database writes.
 use std::collections::BTreeSet;
 
@@ -366,14 +366,14 @@ impl Services {
         Some(held)
     }
 
-    /// Runs a write, extending the held frames while it runs (`Fanout::extend_every`), so
+    /// Runs a write, extending the held frames while it runs (`Seam::extend_every`), so
     /// that no node gives up on them while the database is slow.
     async fn extending<T>(
         &self,
         held: &[Option<Held>],
         write: impl std::future::Future<Output = T>,
     ) -> T {
-        let Some(period) = self.fanout.extend_every() else {
+        let Some(period) = self.seam.extend_every() else {
             return write.await;
         };
         if held.iter().all(Option::is_none) {

@@ -1,6 +1,6 @@
 //! The one domain layer. Every decision lives here: access (through `auth::access`),
 //! validation limits (`limits`), writes (through `store`) and what to deliver (through the
-//! `cluster::Fanout` seam). The gRPC services and the REST edge are thin doors onto it; the
+//! `cluster::Seam`). The gRPC services and the REST edge are thin doors onto it; the
 //! hub below is transport only.
 //!
 //! Each function takes the caller and typed input, decides access, writes in one
@@ -9,12 +9,12 @@ pub mod alerts;
 pub mod blocked_ips;
 pub mod conversations;
 pub mod delivery;
-pub mod hot;
 pub mod limits;
 pub mod messages;
 pub mod model;
 pub mod nodes;
 pub mod notifications;
+pub mod post_cache;
 pub mod presence;
 pub mod private_messages;
 pub mod rooms;
@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::auth::{Caller, Claims, Permission, access};
-use crate::cluster::{Fanout, HeldFrame};
+use crate::cluster::{HeldFrame, Seam};
 use crate::error::{AppError, AppResult};
 use crate::hub::{Action, Audience, Hub, encode_frame};
 use crate::store::Store;
@@ -73,12 +73,12 @@ pub struct Services {
     store: Store,
     /// Live sockets and their membership (transport). Frames never go to it directly.
     pub hub: Arc<Hub>,
-    fanout: Arc<dyn Fanout>,
+    seam: Arc<dyn Seam>,
     pub config: Arc<ServiceConfig>,
     pub decrypt: ContentDecryptor,
     /// The group-commit writer of new messages; `None` inside the writer itself.
     writer: Option<writer::Writer>,
-    pub(crate) hot: Arc<hot::HotCache>,
+    pub(crate) post_cache: Arc<post_cache::PostCache>,
     presence: Arc<presence::Coalescer>,
     rows: Arc<rooms::RowMirror>,
     /// Other live nodes seen by the last sweep without a broker (for its warning).
@@ -93,18 +93,18 @@ impl Services {
         node_id: String,
         store: Store,
         hub: Arc<Hub>,
-        fanout: Arc<dyn Fanout>,
+        seam: Arc<dyn Seam>,
         config: ServiceConfig,
     ) -> Self {
         let inner = Self {
             node_id: node_id.into(),
             store,
             hub,
-            fanout,
+            seam,
             config: Arc::new(config),
             decrypt: Arc::new(|s: &str| s.to_string()),
             writer: None,
-            hot: Arc::default(),
+            post_cache: Arc::default(),
             presence: Arc::default(),
             rows: Arc::default(),
             others_seen: Arc::default(),
@@ -127,14 +127,14 @@ impl Services {
 
     /// Why this node cannot deliver across nodes right now, if it cannot (`/ready`).
     pub fn unready(&self) -> Option<String> {
-        self.fanout.unready()
+        self.seam.unready()
     }
 
     /// Waits until the frames this node published so far are ordered for every node (see
-    /// `Fanout::settled`). Calls that publish await it before they reply, so that the next
+    /// `Seam::settled`). Calls that publish await it before they reply, so that the next
     /// call of their caller, to whichever node, cannot overtake them. Free on one node.
     pub async fn settle(&self) {
-        if let Some(settled) = self.fanout.settled() {
+        if let Some(settled) = self.seam.settled() {
             let started = std::time::Instant::now();
             settled.await;
             // What a reply waits for the broker: the price of order across nodes.
@@ -151,14 +151,14 @@ impl Services {
         action: Action,
         data: &T,
     ) -> usize {
-        self.fanout.publish(
+        self.seam.publish(
             audience,
             &frame_for(audience, conversation_id, action, data),
         )
     }
 
     /// Like [`Services::send`], for a write that has not committed yet: the frame is
-    /// ordered now and delivered on release (see `Fanout::publish_held`).
+    /// ordered now and delivered on release (see `Seam::publish_held`).
     pub fn send_held<T: Serialize + ?Sized>(
         &self,
         audience: &Audience,
@@ -166,7 +166,7 @@ impl Services {
         action: Action,
         data: &T,
     ) -> Box<dyn HeldFrame> {
-        self.fanout
+        self.seam
             .publish_held(audience, frame_for(audience, conversation_id, action, data))
     }
 

@@ -41,7 +41,7 @@ impl Services {
                 .map(|h| h.id.to_string())
                 .collect()
         };
-        if !self.fanout.crosses_nodes() {
+        if !self.seam.crosses_nodes() {
             self.warn_if_not_alone(now).await;
         }
         match self.store().sweep(&self.node_id, live, now).await {

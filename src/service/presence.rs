@@ -5,7 +5,7 @@
 //! once for the whole room.
 //!
 //! Each node coalesces for its own sockets: a change made on one node is announced to the
-//! others through the delivery seam (`Fanout::room_changed`), and each raises its own
+//! others through the delivery seam (`Seam::room_changed`), and each raises its own
 //! trigger. So a socket gets at most one attendance frame per window, however many nodes
 //! changed the room.
 use std::collections::HashMap;
@@ -90,7 +90,7 @@ impl Services {
             return;
         }
         self.raise_attendance(church, room, with_blocked_ip);
-        self.fanout.room_changed(church, room, with_blocked_ip);
+        self.seam.room_changed(church, room, with_blocked_ip);
     }
 
     /// Raises attendance for this node's sockets in a room (a change here, or one another
@@ -109,7 +109,7 @@ impl Services {
             pending.insert(key.clone(), with_blocked_ip);
         }
         let audience = Audience::room(church, room);
-        let rows = self.fanout.local_members(&audience).max(
+        let rows = self.seam.local_members(&audience).max(
             self.presence
                 .last_total
                 .lock()
@@ -132,7 +132,7 @@ impl Services {
     async fn flush_attendance(&self, key: RoomKey, audience: Audience) {
         // Taking the flag first means a trigger from now on schedules a new flush.
         let with_blocked_ip = self.presence.pending.lock().remove(&key).unwrap_or(false);
-        if self.fanout.local_members(&audience) == 0 {
+        if self.seam.local_members(&audience) == 0 {
             self.presence.last_total.lock().remove(&key);
             return;
         }
@@ -164,11 +164,11 @@ impl Services {
             .insert(key.clone(), rows.len());
         let data = attendance_data(room, rows, self.config.roster_cap);
         let frame = encode_frame(church, room, Action::Attendance, &data);
-        self.fanout.publish_local(&audience, &frame);
+        self.seam.publish_local(&audience, &frame);
         metrics::counter!("messaging_attendance_flushes_total").increment(1);
         if let Some(ips) = blocked {
             let frame = encode_frame(church, room, Action::BlockedIp, &ips);
-            self.fanout.publish_local(&audience, &frame);
+            self.seam.publish_local(&audience, &frame);
         }
     }
 

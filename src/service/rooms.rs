@@ -77,7 +77,7 @@ pub fn audience_of(row: &connections::Model) -> Audience {
 /// One item of a join. `church_id`, `person_id` and `ip_address` are read from trusted
 /// callers only (gRPC): for a token's holder the server sets them (§5.1).
 #[derive(Debug, Clone, Default)]
-pub struct JoinItem {
+pub struct JoinInput {
     pub church_id: String,
     pub conversation_id: String,
     pub socket_id: String,
@@ -261,7 +261,7 @@ impl Services {
         &self,
         caller: &Caller,
         client_ip: Option<&str>,
-        items: Vec<JoinItem>,
+        items: Vec<JoinInput>,
     ) -> AppResult<Vec<connections::Model>> {
         if items.len() > MAX_BATCH {
             return Err(AppError::TooManyItems);
@@ -352,10 +352,10 @@ impl Services {
             if holders.contains_key(socket) {
                 continue;
             }
-            let holder = if self.hub.holds_socket(socket) {
+            let holder = if self.hub.has_socket(socket) {
                 None
             } else {
-                let node = self.fanout.locate(socket).await?;
+                let node = self.seam.locate(socket).await?;
                 Some(node.ok_or(AppError::NotFound("Socket not found"))?)
             };
             holders.insert(socket, holder);
@@ -411,8 +411,8 @@ impl Services {
         let mut stored = Vec::with_capacity(rows.len());
         for (node, part) in by_node {
             stored.extend(match node {
-                None => self.join_held(part).await?,
-                Some(node) => self.fanout.remote_join(&node, part).await?,
+                None => self.join_local(part).await?,
+                Some(node) => self.seam.remote_join(&node, part).await?,
             });
         }
         // In request order.
@@ -431,7 +431,7 @@ impl Services {
     }
 
     /// The write of a join for sockets this node holds: upsert, membership, attendance.
-    pub async fn join_held(&self, rows: Vec<NewRow>) -> AppResult<Vec<connections::Model>> {
+    pub async fn join_local(&self, rows: Vec<NewRow>) -> AppResult<Vec<connections::Model>> {
         let mut sockets = BTreeMap::new();
         for row in &rows {
             let h = self
@@ -465,7 +465,7 @@ impl Services {
         // Every audience, not only new ones: a concurrent join may have started the
         // subscription, and this one must not answer before it is in place.
         for audience in &audiences {
-            self.fanout.interest(audience, true).await;
+            self.seam.interest(audience, true).await;
         }
         let mut seen = BTreeSet::new();
         for row in &stored {
@@ -498,18 +498,18 @@ impl Services {
             return Ok(false);
         }
         if *row.node_id != *self.node_id {
-            match self.fanout.remote_leave(&row.node_id, row.clone()).await {
+            match self.seam.remote_leave(&row.node_id, row.clone()).await {
                 Err(AppError::NotFound(_)) => {} // no live holder: the row is an orphan
                 done => return done,
             }
         }
-        self.leave_held(row).await
+        self.leave_local(row).await
     }
 
     /// The write of a leave for a socket this node holds (or that no live node holds). The
     /// socket leaves the hub's audience before the row is deleted: once this returns, it
     /// gets no frame of the room.
-    pub async fn leave_held(&self, row: connections::Model) -> AppResult<bool> {
+    pub async fn leave_local(&self, row: connections::Model) -> AppResult<bool> {
         let audience = audience_of(&row);
         let removed = match self.hub.socket(&row.socket_id) {
             Some(h) => {
@@ -519,7 +519,7 @@ impl Services {
                     Ok(removed) => {
                         self.rows.remove(&h.id, &row.id);
                         if emptied {
-                            self.fanout.interest(&audience, false).await;
+                            self.seam.interest(&audience, false).await;
                         }
                         removed
                     }
@@ -539,7 +539,7 @@ impl Services {
     }
 
     /// Rows of a socket this node holds were renamed: keep the copy of them in step.
-    pub fn renamed_held(&self, socket: &str, ids: &[String], name: &str) {
+    pub fn renamed_local(&self, socket: &str, ids: &[String], name: &str) {
         self.rows.rename(socket, ids, name);
     }
 
@@ -579,11 +579,11 @@ impl Services {
         self.store().rename_rows(&ids, name).await?;
         match readable.first().map(|r| r.node_id.as_str()) {
             Some(node) if node != &*self.node_id => {
-                if let Err(e) = self.fanout.remote_renamed(node, socket, &ids, name).await {
+                if let Err(e) = self.seam.remote_renamed(node, socket, &ids, name).await {
                     tracing::warn!(%socket, error = %e, "holder not told of a rename");
                 }
             }
-            _ => self.renamed_held(socket, &ids, name),
+            _ => self.renamed_local(socket, &ids, name),
         }
         let mut out = Vec::with_capacity(readable.len());
         for mut r in readable {
@@ -652,7 +652,7 @@ impl Services {
         }
         for a in &audiences {
             if self.hub.local_count(a) == 0 {
-                self.fanout.interest(a, false).await;
+                self.seam.interest(a, false).await;
             }
         }
     }

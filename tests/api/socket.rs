@@ -225,7 +225,7 @@ db_test!(
             }
         })
         .await;
-        assert!(!hub.holds_socket(&stalled_id));
+        assert!(!hub.has_socket(&stalled_id));
     }
 );
 

@@ -23,7 +23,7 @@ type Stamped<V> = (Instant, V);
 type IpSet = Arc<HashSet<String>>;
 
 #[derive(Default)]
-pub struct HotCache {
+pub struct PostCache {
     conversations: Mutex<HashMap<String, Stamped<ConvAccess>>>,
     blocked: Mutex<HashMap<(String, String), Stamped<IpSet>>>,
 }
@@ -34,7 +34,7 @@ fn fresh<V: Clone>(entry: Option<&(Instant, V)>) -> Option<V> {
         .map(|(_, v)| v.clone())
 }
 
-impl HotCache {
+impl PostCache {
     pub fn forget_conversation(&self, id: &str) {
         self.conversations.lock().remove(id);
     }
@@ -54,13 +54,13 @@ impl Services {
     /// A conversation for a post, from the cache when fresh. Private conversations are never
     /// cached: their access hangs on the participants row, which changes separately.
     pub async fn hot_conversation(&self, id: &str) -> AppResult<ConvAccess> {
-        let cached = fresh(self.hot.conversations.lock().get(id));
+        let cached = fresh(self.post_cache.conversations.lock().get(id));
         if let Some(c) = cached {
             return Ok(c);
         }
         let c = self.load_conversation(id).await?;
         if ContentType::of(&c.conv) != ContentType::PrivateMessage {
-            let mut map = self.hot.conversations.lock();
+            let mut map = self.post_cache.conversations.lock();
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
@@ -86,7 +86,7 @@ impl Services {
         ip: &str,
     ) -> AppResult<bool> {
         let key = (church.to_string(), conversation.to_string());
-        let cached = fresh(self.hot.blocked.lock().get(&key));
+        let cached = fresh(self.post_cache.blocked.lock().get(&key));
         let set = match cached {
             Some(set) => set,
             None => {
@@ -97,7 +97,7 @@ impl Services {
                     .into_iter()
                     .collect();
                 let set = Arc::new(ips);
-                let mut map = self.hot.blocked.lock();
+                let mut map = self.post_cache.blocked.lock();
                 if map.len() >= MAX_ENTRIES {
                     map.clear();
                 }
