@@ -2,8 +2,9 @@ use clap::Parser;
 use messaging::auth::{Claims, TokenKeys};
 use messaging::config::{Cli, Command};
 
-// mimalloc: under rooms-100x50 the request threads spent ~30 % of their time in glibc,
-// mostly malloc and free; with mimalloc the scenario went from ~109 k to ~117 k deliveries/s.
+// mimalloc: the request threads spent much of their time in glibc's malloc and free, and
+// many small allocations are freed on another thread than the one that made them
+// (BENCHMARKS.md, "Design decisions and their measurements").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -17,7 +18,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Hand freed pages back at once rather than 10 ms later: idle sockets are what a node
-    // holds most of, and the delayed purge kept ~0.7 KiB per socket more resident.
+    // holds most of, and the delayed purge kept each of them bigger (BENCHMARKS.md,
+    // "Design decisions and their measurements").
     // SAFETY: mimalloc options may be set at any time; this one is a plain integer.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();

@@ -74,16 +74,15 @@ impl Default for HubConfig {
 /// through the broker), which wakes and sleeps several times per request; at equal priority
 /// each wake-up waited behind a writer's time slice, and the next publish with it. Writers at
 /// a lower priority still get every idle cycle, fall behind only while requests need the
-/// CPU, and then write more frames per `writev`. Measured on 2 cores: `fanout-1k` (SQLite)
-/// +14 %, one node on PostgreSQL 3.5x (its publish p50 went from 4.3 ms to 0.7 ms); see
-/// BENCHMARKS.md.
+/// CPU, and then write more frames per `writev`. The measurements behind the default:
+/// BENCHMARKS.md, "Design decisions and their measurements".
 pub const DEFAULT_SOCKET_NICE: i32 = 10;
 
 /// Least time between two writes to a socket fed faster than one frame per interval (see
 /// `fanout::run_flusher`). 40 writes a second is more than any reader of a chat needs, and
-/// a socket getting up to 30 frames a second (33 ms apart) is never held. Measured on
-/// 2 cores (BENCHMARKS.md, session 9): 3 nodes 0.42x one node unpaced, 0.73x at 20 ms, 0.80x
-/// at 25 ms, 0.77x at 30 ms; frames wait at most the interval.
+/// a socket getting up to 30 frames a second (33 ms apart) is never paced; a frame waits
+/// at most the interval. Why 25 ms: BENCHMARKS.md, "Design decisions and their
+/// measurements".
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Lowers the calling thread's scheduling priority by `nice` steps, as `nice -n` would

@@ -113,10 +113,10 @@ impl Store {
     /// PostgreSQL: one call of `messaging_append_messages` (migration
     /// `m20261130_000004`), which runs the statements of `append_messages` with plans it
     /// keeps for the session. The call is a prepared statement with one array per column:
-    /// one round trip, and nothing parsed or planned per post. Sent as a multi-statement
-    /// text batch instead, the same statements cost PostgreSQL 0.53 ms of CPU per post
-    /// instead of 0.41, and a post took 0.17 ms longer (BENCHMARKS.md, session 11). A
-    /// single statement is its own transaction: all of it is stored or none.
+    /// one round trip, and nothing parsed or planned per post (a multi-statement text batch
+    /// parses and plans every time: BENCHMARKS.md, "Design decisions and their
+    /// measurements"). A single statement is its own transaction: all of it is stored or
+    /// none.
     async fn append_postgres(&self, rows: &[messages::Model]) -> Result<(), DbErr> {
         use sea_orm::sqlx;
         fn text<'a>(

@@ -153,7 +153,8 @@ impl Store {
         // The largest BIGINT has no successor in SQLite's integers: that name is spelled
         // out and left unnumbered, as `anonymous_number` does. MAX stays a scalar
         // subquery on its own: as the aggregate of a FROM subquery SQLite scanned the
-        // whole room (1.8 ms per join at 20 000 rows) instead of seeking the index's end.
+        // whole room instead of seeking the index's end (BENCHMARKS.md, "Design decisions
+        // and their measurements").
         const NUMBERED: &str = r#"SELECT ?, ?, ?, ?, CASE WHEN m = 9223372036854775807 THEN 'Anonymous_9223372036854775808' ELSE 'Anonymous_' || (m + 1) END, CASE WHEN m = 9223372036854775807 THEN NULL ELSE m + 1 END, ?, ?, ?, ? FROM (SELECT COALESCE((SELECT MAX("anonymousNumber") FROM "connections" WHERE "churchId" = ? AND "conversationId" = ?), 0) AS m) WHERE true"#;
         let mut sql = String::from("BEGIN IMMEDIATE;");
         let mut values: Vec<Value> = Vec::new();
