@@ -256,65 +256,28 @@ impl Services {
     }
 
     /// Join (§5.1, §10.2): validate, resolve and authorize the whole batch, then upsert it
-    /// in one transaction, mirror the rows and raise coalesced attendance.
+    /// in one transaction per node, mirror the rows and raise coalesced attendance. Nothing
+    /// is written unless every item passes every check, in the contract's order (§9).
     pub async fn join(
         &self,
         caller: &Caller,
         client_ip: Option<&str>,
         items: Vec<JoinInput>,
     ) -> AppResult<Vec<connections::Model>> {
-        if items.len() > MAX_BATCH {
-            return Err(AppError::TooManyItems);
-        }
-        // Shape.
-        for (i, it) in items.iter().enumerate() {
-            check_len(
-                &it.conversation_id,
-                MAX_ROOM_ID,
-                format!("/{i}/conversationId"),
-                true,
-            )?;
-            check_len(&it.socket_id, MAX_SOCKET_ID, format!("/{i}/socketId"), true)?;
-            let name = it.display_name.as_deref().unwrap_or("");
-            check_len(name, MAX_DISPLAY_NAME, format!("/{i}/displayName"), false)?;
-            if caller.is_system() {
-                let room = RoomId::parse(&it.conversation_id);
-                check_len(
-                    &it.church_id,
-                    MAX_ID,
-                    format!("/{i}/churchId"),
-                    room.needs_token(),
-                )?;
-                let person = it.person_id.as_deref().unwrap_or("");
-                check_len(
-                    person,
-                    MAX_ID,
-                    format!("/{i}/personId"),
-                    room == RoomId::Alerts,
-                )?;
-                check_len(
-                    it.ip_address.as_deref().unwrap_or(""),
-                    MAX_IP,
-                    format!("/{i}/ipAddress"),
-                    false,
-                )?;
-            }
-        }
-        // Rooms that need a token.
-        for it in &items {
-            let room = RoomId::parse(&it.conversation_id);
-            match caller {
-                Caller::Anonymous if room.needs_token() => return Err(AppError::Unauthorized),
-                Caller::User(c) if room == RoomId::Alerts && c.person_id.is_empty() => {
-                    return Err(AppError::Unauthorized);
-                }
-                _ => {}
-            }
-        }
-        // Existence: rooms and sockets.
+        check_join_items(caller, &items)?;
+        let rooms = self.join_rooms(caller, &items).await?;
+        let holders = self.socket_holders(&items).await?;
+        self.authorize_join(caller, &items, &rooms).await?;
+        let rows = rows_to_write(caller, client_ip, &items, &rooms);
+        let joined = self.write_join(&rows, &holders).await?;
+        Ok(visible_to(caller, joined))
+    }
+
+    /// Existence: the room each item names (its conversation read once per batch).
+    async fn join_rooms(&self, caller: &Caller, items: &[JoinInput]) -> AppResult<Vec<Room>> {
         let mut rooms = Vec::with_capacity(items.len());
         let mut convs: BTreeMap<String, Option<conversations::Model>> = BTreeMap::new();
-        for it in &items {
+        for it in items {
             let room = match RoomId::parse(&it.conversation_id) {
                 RoomId::Alerts => match caller.claims() {
                     Some(c) => Room::Alerts {
@@ -345,9 +308,17 @@ impl Services {
             };
             rooms.push(room);
         }
-        // Sockets: held here, or by another live node (which writes their rows).
+        Ok(rooms)
+    }
+
+    /// Each socket's holder: `None` for this node, or the other live node that holds it
+    /// (and writes its rows).
+    async fn socket_holders<'a>(
+        &self,
+        items: &'a [JoinInput],
+    ) -> AppResult<HashMap<&'a str, Option<String>>> {
         let mut holders: HashMap<&str, Option<String>> = HashMap::new();
-        for it in &items {
+        for it in items {
             let socket = it.socket_id.as_str();
             if holders.contains_key(socket) {
                 continue;
@@ -360,8 +331,17 @@ impl Services {
             };
             holders.insert(socket, holder);
         }
-        // Access.
-        for (it, room) in items.iter().zip(&rooms) {
+        Ok(holders)
+    }
+
+    /// Access to every item's room, before anything is written.
+    async fn authorize_join(
+        &self,
+        caller: &Caller,
+        items: &[JoinInput],
+        rooms: &[Room],
+    ) -> AppResult<()> {
+        for (it, room) in items.iter().zip(rooms) {
             let allowed = match room {
                 Room::Alerts { .. } => true,
                 Room::Content { church } => match RoomId::parse(&it.conversation_id) {
@@ -377,34 +357,18 @@ impl Services {
                 return Err(AppError::Unauthorized);
             }
         }
-        // Rows as they will be written.
-        let rows: Vec<NewRow> = items
-            .iter()
-            .zip(&rooms)
-            .map(|(it, room)| {
-                let person_id = match (room, caller) {
-                    (Room::Alerts { person, .. }, _) => Some(person.clone()),
-                    (_, Caller::User(c)) if !c.person_id.is_empty() => Some(c.person_id.clone()),
-                    (_, Caller::System) => it.person_id.clone().filter(|p| !p.is_empty()),
-                    _ => None,
-                };
-                let ip_address = match caller {
-                    Caller::System => it.ip_address.clone().filter(|p| !p.is_empty()),
-                    _ => client_ip.map(str::to_string),
-                };
-                NewRow {
-                    church_id: room.church().to_string(),
-                    room: it.conversation_id.clone(),
-                    socket_id: it.socket_id.clone(),
-                    person_id,
-                    display_name: it.display_name.clone().unwrap_or_default(),
-                    ip_address,
-                }
-            })
-            .collect();
-        // Each node writes the rows of its own sockets: one transaction per node.
+        Ok(())
+    }
+
+    /// Writes the rows, one transaction per holding node, and returns them as stored, in
+    /// request order.
+    async fn write_join(
+        &self,
+        rows: &[NewRow],
+        holders: &HashMap<&str, Option<String>>,
+    ) -> AppResult<Vec<connections::Model>> {
         let mut by_node: BTreeMap<Option<String>, Vec<NewRow>> = BTreeMap::new();
-        for row in &rows {
+        for row in rows {
             let node = holders.get(row.socket_id.as_str()).cloned().flatten();
             by_node.entry(node).or_default().push(row.clone());
         }
@@ -423,11 +387,10 @@ impl Services {
             .into_iter()
             .map(|r| (key(&r.church_id, &r.conversation_id, &r.socket_id), r))
             .collect();
-        let joined = rows
+        Ok(rows
             .iter()
             .filter_map(|r| by_key.remove(&key(&r.church_id, &r.room, &r.socket_id)))
-            .collect();
-        Ok(visible_to(caller, joined))
+            .collect())
     }
 
     /// The write of a join for sockets this node holds: upsert, membership, attendance.
@@ -656,6 +619,93 @@ impl Services {
             }
         }
     }
+}
+
+/// Shape and tokens (checks 3 and 4 of §9) of a join batch: its size, each field's
+/// length, and a token for the rooms that need one. Trusted backends (`System`) also name
+/// the church, person and IP of each row.
+fn check_join_items(caller: &Caller, items: &[JoinInput]) -> AppResult<()> {
+    if items.len() > MAX_BATCH {
+        return Err(AppError::TooManyItems);
+    }
+    for (i, it) in items.iter().enumerate() {
+        check_len(
+            &it.conversation_id,
+            MAX_ROOM_ID,
+            format!("/{i}/conversationId"),
+            true,
+        )?;
+        check_len(&it.socket_id, MAX_SOCKET_ID, format!("/{i}/socketId"), true)?;
+        let name = it.display_name.as_deref().unwrap_or("");
+        check_len(name, MAX_DISPLAY_NAME, format!("/{i}/displayName"), false)?;
+        if caller.is_system() {
+            let room = RoomId::parse(&it.conversation_id);
+            check_len(
+                &it.church_id,
+                MAX_ID,
+                format!("/{i}/churchId"),
+                room.needs_token(),
+            )?;
+            let person = it.person_id.as_deref().unwrap_or("");
+            check_len(
+                person,
+                MAX_ID,
+                format!("/{i}/personId"),
+                room == RoomId::Alerts,
+            )?;
+            check_len(
+                it.ip_address.as_deref().unwrap_or(""),
+                MAX_IP,
+                format!("/{i}/ipAddress"),
+                false,
+            )?;
+        }
+    }
+    for it in items {
+        let room = RoomId::parse(&it.conversation_id);
+        match caller {
+            Caller::Anonymous if room.needs_token() => return Err(AppError::Unauthorized),
+            Caller::User(c) if room == RoomId::Alerts && c.person_id.is_empty() => {
+                return Err(AppError::Unauthorized);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The rows as they will be written: the person and IP come from the caller (from the item
+/// only for trusted backends), never from a browser's body.
+fn rows_to_write(
+    caller: &Caller,
+    client_ip: Option<&str>,
+    items: &[JoinInput],
+    rooms: &[Room],
+) -> Vec<NewRow> {
+    items
+        .iter()
+        .zip(rooms)
+        .map(|(it, room)| {
+            let person_id = match (room, caller) {
+                (Room::Alerts { person, .. }, _) => Some(person.clone()),
+                (_, Caller::User(c)) if !c.person_id.is_empty() => Some(c.person_id.clone()),
+                (_, Caller::System) => it.person_id.clone().filter(|p| !p.is_empty()),
+                _ => None,
+            };
+            let ip_address = match caller {
+                Caller::System => it.ip_address.clone().filter(|p| !p.is_empty()),
+                _ => client_ip.map(str::to_string),
+            };
+            NewRow {
+                church_id: room.church().to_string(),
+                room: it.conversation_id.clone(),
+                socket_id: it.socket_id.clone(),
+                person_id,
+                display_name: it.display_name.clone().unwrap_or_default(),
+                ip_address,
+            }
+        })
+        .collect()
 }
 
 /// Rows as `caller` may see them: `ipAddress` only for Content Edit holders of the row's
