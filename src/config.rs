@@ -65,9 +65,15 @@ pub struct Settings {
     /// Take the client IP from the first X-Forwarded-For address.
     #[arg(long, env = "TRUST_PROXY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", global = true)]
     pub trust_proxy: bool,
-    /// Bytes queued for one socket before it is evicted with 1013.
+    /// Bytes a socket may have queued and not yet taken by the kernel. Past it the sender
+    /// writes the socket itself; the socket is closed with 1013 only if the kernel refuses
+    /// more for SOCKET_STALL_MS, or while four times this much waits.
     #[arg(long, env = "SOCKET_QUEUE_BYTES", default_value_t = 1 << 20, global = true)]
     pub socket_queue_bytes: usize,
+    /// How long a socket over SOCKET_QUEUE_BYTES may have its kernel refuse every write
+    /// before it is closed with 1013 (a client that reads nothing for that long).
+    #[arg(long, env = "SOCKET_STALL_MS", default_value_t = 1000, global = true)]
+    pub socket_stall_ms: u64,
     /// Threads that write to sockets (0: half the cores, at least one). The rest of the
     /// cores stay free for requests, so a fan-out wave never starves the next publish.
     #[arg(long, env = "SOCKET_THREADS", default_value_t = 0, global = true)]
@@ -203,6 +209,7 @@ impl Settings {
         let defaults = HubConfig::default();
         HubConfig {
             max_queued_bytes: self.socket_queue_bytes,
+            stall: Duration::from_millis(self.socket_stall_ms),
             ping_interval: Duration::from_secs_f64(self.ping_interval_secs.max(0.01)),
             socket_threads: self.socket_threads,
             socket_nice: self.socket_nice,

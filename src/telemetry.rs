@@ -65,11 +65,12 @@ pub fn metrics_handle() -> PrometheusHandle {
 fn describe() {
     metrics::describe_counter!(
         "messaging_sockets_evicted_total",
-        "Sockets closed with 1013 slow consumer, by cause. not_reading: a frame would take the \
-         socket past SOCKET_QUEUE_BYTES unsent bytes, the sender wrote the socket itself, and \
-         the kernel refused more (the client left its receive window and our send buffer \
-         unread). A socket that is merely behind this server's own writer is written, not \
-         evicted (see messaging_socket_catch_up_writes_total)."
+        "Sockets closed with 1013 slow consumer, by cause. Past SOCKET_QUEUE_BYTES unsent \
+         bytes the sender writes the socket itself; a socket whose kernel takes them is only \
+         behind this server's writer and is never evicted (messaging_socket_catch_up_writes_total). \
+         stalled: the kernel refused every write for SOCKET_STALL_MS with the queue over the \
+         bound (the client reads nothing). over_cap: the kernel refused and 4 x \
+         SOCKET_QUEUE_BYTES waited (the client reads slower than its room)."
     );
     metrics::describe_counter!(
         "messaging_socket_catch_up_writes_total",

@@ -4,7 +4,8 @@
 //!    `Bytes` onto each recipient's outbox: a per-socket lock held for one `push_back`, plus
 //!    an atomic byte count. A frame that would take a recipient over its byte bound makes
 //!    the sender write that socket itself first (`SocketHandle::catch_up`); only if the
-//!    kernel then refuses, the bound still exceeded, is the socket evicted (1013).
+//!    kernel then refuses, the bound still exceeded, and has refused for the stall time
+//!    (or the queue is at its cap) is the socket evicted (1013).
 //! 2. A socket whose outbox was idle goes onto its flush queue, once. The queue is one per
 //!    socket-runtime thread; a broadcast appends to it under one lock and wakes its flusher
 //!    once, instead of waking a task per recipient.
@@ -125,6 +126,11 @@ pub struct SocketHandle {
     outbox: Mutex<VecDeque<Bytes>>,
     queued: AtomicUsize,
     max_queued: usize,
+    /// See `catch_up`.
+    stall_us: u64,
+    /// Since when (µs on its flusher's clock) the kernel has refused every write to this
+    /// socket; 0 while it takes bytes.
+    refused_since_us: AtomicU64,
     /// Open, or why it is closing (`CloseReason` as a number).
     state: AtomicU8,
     /// `W_IDLE`, `W_LISTED` or `W_TASK`.
@@ -155,6 +161,7 @@ impl SocketHandle {
         id: Arc<str>,
         stream: TcpStream,
         max_queued: usize,
+        stall: Duration,
         (flush_index, flush): (usize, Arc<FlushQueue>),
     ) -> Self {
         let socket_id_frame = encode_frame("", "", Action::SocketId, &*id);
@@ -164,6 +171,8 @@ impl SocketHandle {
             outbox: Mutex::default(),
             queued: AtomicUsize::new(0),
             max_queued,
+            stall_us: u64::try_from(stall.as_micros()).unwrap_or(u64::MAX),
+            refused_since_us: AtomicU64::new(0),
             state: AtomicU8::new(OPEN),
             wstate: AtomicU8::new(W_IDLE),
             writer: Mutex::default(),
@@ -204,11 +213,11 @@ impl SocketHandle {
                     self.queued.fetch_add(len, Relaxed);
                 }
                 CatchUp::Closing => return Push::Refused,
-                CatchUp::NotReading => {
+                CatchUp::NotReading(cause) => {
                     if self.request_close(CloseReason::Evicted) {
-                        self.flush.evicted(EvictionCause::NotReading);
+                        self.flush.evicted(cause);
                         tracing::info!(socket = %self.id, queued = self.queued_bytes(),
-                            "evicting slow consumer: its send buffer is full");
+                            cause = cause.as_str(), "evicting slow consumer");
                     }
                     return Push::Refused;
                 }
@@ -239,7 +248,10 @@ impl SocketHandle {
     ///   the client nothing);
     /// - the kernel refuses (would block) with the bound still exceeded: the client has left
     ///   its whole receive window and our send buffer unread, and a bound's worth behind
-    ///   them. That is evidence from the client's side, and the socket is evicted.
+    ///   them. That is evidence from the client's side. The socket is evicted once the
+    ///   kernel has refused every write for the stall time (`Stalled`), or once the queue
+    ///   reaches `CAP_FACTOR` times the bound before that (`OverCap`, the memory cap); until
+    ///   then the frame is queued, so a client that pauses for a moment loses nothing.
     ///
     /// The writer lock serializes this with the flusher and the socket's task, so frames stay
     /// in order whoever writes them; it is only ever held around non-blocking writes. Writing
@@ -264,13 +276,23 @@ impl SocketHandle {
         };
         drop(w);
         let queued = self.queued_bytes();
-        // Over the bound with everything written means other senders refilled it meanwhile:
-        // theirs are the frames over the bound, and they run this rule themselves.
-        if refused && queued > 0 && queued + need > self.max_queued {
-            return CatchUp::NotReading;
-        }
         if queued < written_before {
             self.flush.caught_up();
+        }
+        // Over the bound with everything written means other senders refilled it meanwhile:
+        // theirs are the frames over the bound, and they run this rule themselves.
+        if !refused || queued == 0 || queued + need <= self.max_queued {
+            return CatchUp::Room;
+        }
+        // The kernel refuses and a bound's worth waits. A client that has read nothing for
+        // `stall` is gone or stuck; one that stopped for a moment (a busy tab, a lost packet,
+        // a reader starved of CPU) gets that long to resume, its queue capped meanwhile.
+        let since = self.refused_since_us.load(Relaxed);
+        if since > 0 && self.flush.now_us().saturating_sub(since) >= self.stall_us {
+            return CatchUp::NotReading(EvictionCause::Stalled);
+        }
+        if queued + need > self.max_queued.saturating_mul(CAP_FACTOR) {
+            return CatchUp::NotReading(EvictionCause::OverCap);
         }
         CatchUp::Room
     }
@@ -446,8 +468,17 @@ impl SocketHandle {
             match wrote {
                 Ok(Some(n)) => {
                     self.queued.fetch_sub(n, Relaxed);
+                    if self.refused_since_us.load(Relaxed) != 0 {
+                        self.refused_since_us.store(0, Relaxed);
+                    }
                 }
-                Ok(None) => return Drain::Full,
+                Ok(None) => {
+                    if self.refused_since_us.load(Relaxed) == 0 {
+                        let now = self.flush.now_us().max(1);
+                        self.refused_since_us.store(now, Relaxed);
+                    }
+                    return Drain::Full;
+                }
                 Err(_) => return Drain::Failed,
             }
         }
@@ -456,28 +487,38 @@ impl SocketHandle {
 
 /// What a sender's `catch_up` found.
 enum CatchUp {
-    /// The frame fits now.
+    /// The frame may be queued.
     Room,
-    /// The kernel refuses more while the bound is still exceeded: evict.
-    NotReading,
+    /// The client does not read: evict.
+    NotReading(EvictionCause),
     /// The socket is closing (or its write just failed): drop the frame.
     Closing,
 }
 
-/// Why a socket was evicted, the label of `messaging_sockets_evicted_total`.
+/// Why a socket was evicted, the label of `messaging_sockets_evicted_total`. Both need the
+/// kernel refusing writes with the queue over its bound (see `catch_up`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvictionCause {
-    /// Its queue was over the bound and the kernel refused more (see `catch_up`).
-    NotReading,
+    /// The kernel refused every write for the stall time.
+    Stalled = 0,
+    /// The queue reached `CAP_FACTOR` times the bound before that.
+    OverCap = 1,
 }
 
 impl EvictionCause {
+    pub const ALL: [EvictionCause; 2] = [EvictionCause::Stalled, EvictionCause::OverCap];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            EvictionCause::NotReading => "not_reading",
+            EvictionCause::Stalled => "stalled",
+            EvictionCause::OverCap => "over_cap",
         }
     }
 }
+
+/// A socket whose client pauses may hold this many times its byte bound while the stall
+/// time runs: the memory cap per socket.
+pub const CAP_FACTOR: usize = 4;
 
 fn frames_taken(n: usize) {
     static WRITTEN: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
@@ -525,7 +566,8 @@ pub(crate) struct FlushQueue {
     /// A closing socket may be waiting for its interval: look at the waiting ones now.
     hurry: AtomicBool,
     writes: AtomicU64,
-    evictions: AtomicU64,
+    /// By `EvictionCause`.
+    evictions: [AtomicU64; 2],
     catch_ups: AtomicU64,
     epoch: Instant,
 }
@@ -538,7 +580,7 @@ impl Default for FlushQueue {
             closed: AtomicBool::new(false),
             hurry: AtomicBool::new(false),
             writes: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
+            evictions: Default::default(),
             catch_ups: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -559,7 +601,7 @@ impl FlushQueue {
     fn evicted(&self, cause: EvictionCause) {
         metrics::counter!("messaging_sockets_evicted_total", "cause" => cause.as_str())
             .increment(1);
-        self.evictions.fetch_add(1, Relaxed);
+        self.evictions[cause as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts a socket of this flusher's written by a sender because it was behind
@@ -572,9 +614,9 @@ impl FlushQueue {
         self.catch_ups.fetch_add(1, Relaxed);
     }
 
-    /// Evictions of this flusher's sockets so far.
-    pub(crate) fn evictions(&self) -> u64 {
-        self.evictions.load(Relaxed)
+    /// Evictions of this flusher's sockets for `cause` so far.
+    pub(crate) fn evictions(&self, cause: EvictionCause) -> u64 {
+        self.evictions[cause as usize].load(Relaxed)
     }
 
     /// Catch-up writes to this flusher's sockets so far.

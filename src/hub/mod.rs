@@ -15,7 +15,7 @@ pub mod frame;
 mod reader;
 mod socket;
 
-pub use fanout::{EvictionCause, SocketHandle, encode_frame};
+pub use fanout::{CAP_FACTOR, EvictionCause, SocketHandle, encode_frame};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,8 +35,12 @@ use fanout::FlushQueue;
 pub struct HubConfig {
     /// Bytes queued and not yet taken by the kernel that a socket may hold. A frame past it
     /// makes its sender write the socket; the socket is evicted (1013) only if the kernel
-    /// refuses while it is still over (see `fanout::SocketHandle::catch_up`).
+    /// refuses while it is still over, for `stall` or up to `CAP_FACTOR` times this (see
+    /// `fanout::SocketHandle::catch_up`).
     pub max_queued_bytes: usize,
+    /// How long the kernel must refuse every write to a socket over `max_queued_bytes`
+    /// before the socket is evicted (see `fanout::SocketHandle::catch_up`).
+    pub stall: Duration,
     /// Inbound messages (all fragments together) larger than this close the socket with 1009.
     pub max_inbound_frame: usize,
     /// How long a server-initiated close waits for the client's close frame.
@@ -58,6 +62,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             max_queued_bytes: 1 << 20,
+            stall: Duration::from_secs(1),
             max_inbound_frame: 4096,
             close_wait: Duration::from_secs(1),
             ping_interval: Duration::from_secs(30),
@@ -347,6 +352,7 @@ impl Hub {
             id.clone(),
             stream,
             self.config.max_queued_bytes,
+            self.config.stall,
             flusher,
         ));
         sockets.insert(id, h.clone());
@@ -365,7 +371,15 @@ impl Hub {
 
     /// Sockets of this hub evicted as slow consumers so far.
     pub fn evictions(&self) -> u64 {
-        self.flushers.iter().map(|q| q.evictions()).sum()
+        EvictionCause::ALL
+            .iter()
+            .map(|c| self.evictions_for(*c))
+            .sum()
+    }
+
+    /// Sockets of this hub evicted for `cause` so far.
+    pub fn evictions_for(&self, cause: EvictionCause) -> u64 {
+        self.flushers.iter().map(|q| q.evictions(cause)).sum()
     }
 
     /// Sockets over their bound that a sender wrote itself because their writer was behind,

@@ -7,7 +7,6 @@ mod broker;
 mod chat;
 mod cluster;
 mod errors;
-mod eviction;
 mod grpc_api;
 mod migrate;
 mod nodes;

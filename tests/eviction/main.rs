@@ -3,7 +3,12 @@
 //! (socket threads at a lower priority, paced writes, a busy request path), and the generator,
 //! the readers and the service share the same two cores here on purpose.
 //!
-//! The hub's rule does not depend on the database, so these run on SQLite only.
+//! The hub's rule does not depend on the database, so these run on SQLite only. They are a
+//! test binary of their own, and take turns (`SCENARIO`): the scenario is the generator, the
+//! readers and the service on the two cores, not that plus the rest of the suite.
+#[path = "../api/helpers.rs"]
+mod helpers;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -11,6 +16,10 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
+use messaging::hub::EvictionCause;
+
+/// One scenario at a time in this binary.
+static SCENARIO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Healthy readers and stalled sockets per round.
 const READERS: usize = 5;
@@ -153,6 +162,7 @@ async fn burst_round(app: &TestApp, round: usize) {
 /// The service's defaults: 20 rounds, zero healthy sockets evicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_keeps_up_is_never_evicted() {
+    let _turn = SCENARIO.lock().await;
     let db = TestDb::create(Backend::Sqlite).await;
     let app = TestApp::spawn(&db).await;
     for round in 0..20 {
@@ -171,6 +181,7 @@ async fn a_reader_that_keeps_up_is_never_evicted() {
 /// is evicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_keeps_up_is_never_evicted_with_the_socket_threads_starved() {
+    let _turn = SCENARIO.lock().await;
     let db = TestDb::create(Backend::Sqlite).await;
     let mut s = settings(&db);
     s.socket_threads = 1;
@@ -212,4 +223,99 @@ async fn a_reader_that_keeps_up_is_never_evicted_with_the_socket_threads_starved
         app.hub.evictions(),
         app.hub.catch_up_writes()
     );
+}
+
+/// The two causes, one socket each, on a small bound (64 KiB, so a cap of 256 KiB): a client
+/// that stops reading while more than its bound piles up and then reads again within the stall time
+/// loses nothing; one that never reads again is closed with 1013 once the kernel has refused
+/// it for `SOCKET_STALL_MS` (`stalled`); one that lets four bounds pile up is closed at once
+/// (`over_cap`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_shorter_than_the_stall_time_loses_nothing() {
+    let _turn = SCENARIO.lock().await;
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut s = settings(&db);
+    s.socket_queue_bytes = 64 * 1024;
+    s.socket_stall_ms = 1_000;
+    let app = TestApp::spawn_with(s).await;
+    let room = app.conversation("C1", "streamingLive", true).await;
+    let mut pauser = Ws::connect_small_rcvbuf(app.socket).await;
+    pauser.get_id().await;
+    let mut stalled = Ws::connect_small_rcvbuf(app.socket).await;
+    stalled.get_id().await;
+    app.join(
+        None,
+        json!([
+            {"conversationId": room, "socketId": pauser.id, "displayName": "p"},
+            {"conversationId": room, "socketId": stalled.id, "displayName": "s"},
+        ]),
+    )
+    .await;
+    let pad = "p".repeat(4_000);
+    let mut d = app.delivery().await;
+    // 4 KiB frames until the pauser's queue is past the bound (its kernel buffers full
+    // first), well under the cap. Neither socket reads.
+    let queued = || app.hub.socket(&pauser.id).map_or(0, |h| h.queued_bytes());
+    let mut sent = 0u64;
+    while queued() <= 64 * 1024 {
+        let n = grpc_send_on(&mut d, "C1", &room, &json!({"seq": sent, "pad": pad})).await;
+        assert_eq!(n, 2, "frame {sent}: both sockets still open");
+        sent += 1;
+        assert!(sent < 3_000, "the pauser's queue never passed its bound");
+    }
+    assert_eq!(app.hub.evictions(), 0, "a pause is not a stall");
+    // The pauser reads again: every frame, in order.
+    let mut seq = 0u64;
+    while seq < sent {
+        let f = pauser.frame().await;
+        if f["action"] != "message" {
+            continue;
+        }
+        assert_eq!(f["data"]["seq"], seq);
+        seq += 1;
+    }
+    // The stalled one never does: once its kernel has refused it for the stall time, the
+    // next frame past its bound closes it. Frames go at 20 a second, so its queue stays far
+    // from the cap (4 KiB each, 64 to the cap) within the stall time.
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let evicted = tokio::time::timeout(WAIT, async {
+        loop {
+            pace.tick().await;
+            let n = grpc_send_on(&mut d, "C1", &room, &json!({"seq": seq, "pad": pad})).await;
+            // The pauser keeps reading: up to the frame just sent.
+            loop {
+                let f = pauser.frame().await;
+                if f["action"] == "message" {
+                    assert_eq!(f["data"]["seq"], seq);
+                    break;
+                }
+            }
+            seq += 1;
+            if n == 1 {
+                return seq;
+            }
+        }
+    })
+    .await
+    .expect("the stalled socket is evicted within the stall time");
+    assert!(evicted > sent);
+    assert_eq!(app.hub.evictions_for(EvictionCause::Stalled), 1);
+    assert_eq!(stalled.close_code().await, Some(1013));
+
+    // A third socket, in a room of its own, lets four bounds pile up faster than the stall
+    // time: the cap closes it.
+    let other = app.conversation("C1", "streamingLive", true).await;
+    let mut flooded = Ws::connect_small_rcvbuf(app.socket).await;
+    flooded.get_id().await;
+    app.join_one(&other, &flooded.id, "f").await;
+    let big = "b".repeat(30_000);
+    let mut sent = 0;
+    while grpc_send_on(&mut d, "C1", &other, &json!({"pad": big})).await == 1 {
+        sent += 1;
+        // Its kernel takes megabytes before it refuses (loopback autotunes the send
+        // buffer); the cap comes 256 KiB after that.
+        assert!(sent < 400, "the flooded socket was never capped");
+    }
+    assert_eq!(app.hub.evictions_for(EvictionCause::OverCap), 1);
+    assert_eq!(flooded.close_code().await, Some(1013));
 }
