@@ -463,9 +463,9 @@ impl SocketHandle {
                 frames_taken(w.out.len());
                 w.taken += w.out.len();
             }
-            let wrote = write_some(&self.stream, w);
+            // Counted before the call: a reader that got the bytes finds them counted.
             self.flush.wrote();
-            match wrote {
+            match write_some(&self.stream, w) {
                 Ok(Some(n)) => {
                     self.queued.fetch_sub(n, Relaxed);
                     if self.refused_since_us.load(Relaxed) != 0 {
