@@ -1,4 +1,6 @@
 //! Integration tests: real sockets on port 0, real HTTP/WebSocket/gRPC, real databases.
+// Tests unwrap: a panic is the failure report (the workspace denies unwrap elsewhere).
+#![allow(clippy::unwrap_used)]
 mod helpers;
 
 mod access_matrix;

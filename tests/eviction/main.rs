@@ -6,6 +6,8 @@
 //! The hub's rule does not depend on the database, so these run on SQLite only. They are a
 //! test binary of their own, and take turns (`SCENARIO`): the scenario is the generator, the
 //! readers and the service on the two cores, not that plus the rest of the suite.
+// Tests unwrap: a panic is the failure report (the workspace denies unwrap elsewhere).
+#![allow(clippy::unwrap_used)]
 #[path = "../api/helpers.rs"]
 mod helpers;
 
@@ -149,7 +151,7 @@ async fn burst_round(app: &TestApp, round: usize) {
     eventually("the evicted socket's row deleted", || {
         let (app, room, sid) = (app, room.clone(), stalled_id.clone());
         async move {
-            let rows = app.store.room_rows("C1", &room).await.unwrap();
+            let rows = app.store.room_rows("C1", &room).await.expect("rows");
             rows.len() == READERS && rows.iter().all(|r| r.socket_id != sid)
         }
     })
