@@ -285,6 +285,12 @@ impl Hub {
         for q in &flushers {
             handle.spawn(fanout::run_flusher(q.clone(), config.flush_interval));
         }
+        // Every eviction cause is a series from the start, so that a rate over it reads 0,
+        // not "no data", until the first eviction.
+        for cause in EvictionCause::ALL {
+            metrics::counter!("messaging_sockets_evicted_total", "cause" => cause.as_str())
+                .increment(0);
+        }
         Ok(Arc::new(Self {
             config,
             runtime: Mutex::new(Some(runtime)),

@@ -220,7 +220,15 @@ db_test!(
             .text()
             .await
             .unwrap();
-        for name in ["messaging_sockets_open", "messaging_http_requests_total"] {
+        for name in [
+            "messaging_sockets_open",
+            "messaging_http_requests_total",
+            // Every eviction cause is a series from the start (0 before the first), with
+            // the rule on its HELP line.
+            "messaging_sockets_evicted_total{cause=\"stalled\"}",
+            "messaging_sockets_evicted_total{cause=\"over_cap\"}",
+            "# HELP messaging_sockets_evicted_total",
+        ] {
             assert!(metrics.contains(name), "{name} missing from /metrics");
         }
     }
