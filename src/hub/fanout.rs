@@ -254,41 +254,42 @@ impl SocketHandle {
     ///   then the frame is queued, so a client that pauses for a moment loses nothing.
     ///
     /// The writer lock serializes this with the flusher and the socket's task, so frames stay
-    /// in order whoever writes them; it is only ever held around non-blocking writes. Writing
+    /// in order whoever writes them; it is only ever held around non-blocking writes, and a
+    /// sender only tries it. Writing
     /// does not change who owns the socket's writing (`wstate`): whoever listed or holds it
     /// finds less, or nothing, to write.
     fn catch_up(&self, need: usize) -> CatchUp {
-        let mut w = self.writer.lock();
-        // A closing socket's task writes its close frame without this lock, once it has
-        // taken writing over (which needs the lock, and comes after the state changed).
-        if !self.is_open() {
-            return CatchUp::Closing;
-        }
-        let written_before = self.queued_bytes();
-        let refused = match self.drain(&mut w, None) {
-            Drain::Idle => false,
-            Drain::Full => true,
-            Drain::Failed => {
+        // A sender never waits for one socket: a writer holding the lock is writing it right
+        // now, and what that write finds (the kernel refusing, `refused_since_us`) decides.
+        if let Some(mut w) = self.writer.try_lock() {
+            // A closing socket's task writes its close frame without this lock, once it has
+            // taken writing over (which needs the lock, and comes after the state changed).
+            if !self.is_open() {
+                return CatchUp::Closing;
+            }
+            let before = self.queued_bytes();
+            if let Drain::Failed = self.drain(&mut w, None) {
                 drop(w);
                 self.request_close(CloseReason::Terminated);
                 return CatchUp::Closing;
             }
-        };
-        drop(w);
-        let queued = self.queued_bytes();
-        if queued < written_before {
-            self.flush.caught_up();
+            drop(w);
+            if self.queued_bytes() < before {
+                self.flush.caught_up();
+            }
         }
-        // Over the bound with everything written means other senders refilled it meanwhile:
-        // theirs are the frames over the bound, and they run this rule themselves.
-        if !refused || queued == 0 || queued + need <= self.max_queued {
+        let queued = self.queued_bytes();
+        let since = self.refused_since_us.load(Relaxed);
+        // The kernel takes bytes, or the bound holds again (over it with everything written,
+        // other senders refilled it: theirs are the frames over the bound, and they run this
+        // rule themselves).
+        if since == 0 || queued == 0 || queued + need <= self.max_queued {
             return CatchUp::Room;
         }
         // The kernel refuses and a bound's worth waits. A client that has read nothing for
         // `stall` is gone or stuck; one that stopped for a moment (a busy tab, a lost packet,
         // a reader starved of CPU) gets that long to resume, its queue capped meanwhile.
-        let since = self.refused_since_us.load(Relaxed);
-        if since > 0 && self.flush.now_us().saturating_sub(since) >= self.stall_us {
+        if self.flush.now_us().saturating_sub(since) >= self.stall_us {
             return CatchUp::NotReading(EvictionCause::Stalled);
         }
         if queued + need > self.max_queued.saturating_mul(CAP_FACTOR) {
