@@ -2,7 +2,7 @@
 //! listings by content, timelines, group posts, start, delete.
 use std::collections::HashMap;
 
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, IntoActiveModel};
+use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel};
 
 use super::messages::send_activity;
 use super::model::{
@@ -536,19 +536,9 @@ impl Services {
             .write(|| async {
                 let txn = store.begin_write().await?;
                 Store::insert_conversation_in(&txn, &c).await?;
-                messages::Entity::insert(messages::ActiveModel {
-                    id: Set(m.id.clone()),
-                    church_id: Set(m.church_id.clone()),
-                    conversation_id: Set(m.conversation_id.clone()),
-                    person_id: Set(m.person_id.clone()),
-                    display_name: Set(m.display_name.clone()),
-                    time_sent: Set(m.time_sent),
-                    time_updated: Set(None),
-                    message_type: Set(m.message_type.clone()),
-                    content: Set(m.content.clone()),
-                })
-                .exec_without_returning(&txn)
-                .await?;
+                messages::Entity::insert(super::messages::active(&m))
+                    .exec_without_returning(&txn)
+                    .await?;
                 txn.commit().await?;
                 Ok::<_, AppError>(())
             })

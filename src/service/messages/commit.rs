@@ -280,7 +280,8 @@ impl Services {
     }
 }
 
-fn active(m: &messages::Model) -> messages::ActiveModel {
+/// A message row as an insert or an update of every column.
+pub(in crate::service) fn active(m: &messages::Model) -> messages::ActiveModel {
     messages::ActiveModel {
         id: Set(m.id.clone()),
         church_id: Set(m.church_id.clone()),

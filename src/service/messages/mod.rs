@@ -19,6 +19,8 @@ use crate::store::entities::{conversations, messages};
 
 mod commit;
 
+pub(super) use commit::active;
+
 pub use super::limits::{MAX_CONTENT_BYTES, MAX_EMOJI};
 
 /// One item of `/messages/send` or `POST /messages`, already shape-checked by the edge.
