@@ -16,15 +16,15 @@ pub mod telemetry;
 pub mod time;
 
 pub mod pb {
-    //! Generated from `proto/messaging.proto`, and the row's two forms.
+    //! Generated from `proto/messaging.proto`, and the service's `Connection` as a row.
     tonic::include_proto!("messaging.v1");
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("messaging_descriptor");
 
-    use crate::store::entities::connections;
+    use crate::service::model::Connection;
 
-    impl From<connections::Model> for ConnectionRow {
-        fn from(r: connections::Model) -> Self {
+    impl From<Connection> for ConnectionRow {
+        fn from(r: Connection) -> Self {
             Self {
                 id: r.id,
                 church_id: r.church_id,
@@ -39,17 +39,13 @@ pub mod pb {
         }
     }
 
-    /// A row as another node sent it; fails on an unreadable `timeJoined`.
-    impl TryFrom<ConnectionRow> for connections::Model {
+    /// A row as another node or a backend sent it; fails on an unreadable `timeJoined`.
+    impl TryFrom<ConnectionRow> for Connection {
         type Error = chrono::ParseError;
 
         fn try_from(r: ConnectionRow) -> Result<Self, Self::Error> {
             let time_joined = chrono::DateTime::parse_from_rfc3339(&r.time_joined)?;
             Ok(Self {
-                anonymous_number: r
-                    .display_name
-                    .as_deref()
-                    .and_then(crate::store::anonymous_number),
                 id: r.id,
                 church_id: r.church_id,
                 conversation_id: r.conversation_id,

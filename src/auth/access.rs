@@ -2,7 +2,6 @@
 //! decision in the service goes through here, so this file can be checked against the
 //! contract line by line.
 use super::{Caller, Claims, Permission};
-use crate::store::entities::{conversations, private_messages};
 
 /// The content types the access rules tell apart (§8.3). Any other type is `Other`. This
 /// is the one parser of a `contentType`; the rest of the code compares these, not strings.
@@ -35,8 +34,8 @@ impl ContentType {
     }
 
     /// A conversation's type (`None` for a conversation without one).
-    pub fn of(c: &conversations::Model) -> Self {
-        c.content_type.as_deref().map_or(Self::Other, Self::parse)
+    pub fn of(content_type: Option<&str>) -> Self {
+        content_type.map_or(Self::Other, Self::parse)
     }
 
     /// The stored name; `Other` has none of its own.
@@ -57,18 +56,24 @@ impl ContentType {
 
 use ContentType as T;
 
-/// What the rules need to know about a conversation.
+/// What the rules need to know about a conversation: its columns that decide access, and
+/// its private-message participants.
 pub struct Conv<'a> {
-    pub conv: &'a conversations::Model,
-    /// The `privateMessages` row whose `conversationId` is this conversation, if any.
-    pub pm: Option<&'a private_messages::Model>,
+    pub church_id: &'a str,
+    pub content_type: ContentType,
+    pub content_id: Option<&'a str>,
+    pub allow_anonymous_posts: bool,
+    pub visibility: Option<&'a str>,
+    /// `fromPersonId` and `toPersonId` of the `privateMessages` row whose `conversationId`
+    /// is this conversation, if any.
+    pub participants: Option<(&'a str, &'a str)>,
 }
 
 /// `contentType` is `streamingLive` or `freeshow`, `allowAnonymousPosts`, and `visibility = "public"`.
-pub fn is_anonymous_public(c: &conversations::Model) -> bool {
-    matches!(ContentType::of(c), T::StreamingLive | T::Freeshow)
+pub fn is_anonymous_public(c: &Conv) -> bool {
+    matches!(c.content_type, T::StreamingLive | T::Freeshow)
         && c.allow_anonymous_posts
-        && c.visibility.as_deref() == Some("public")
+        && c.visibility == Some("public")
 }
 
 fn ce(c: &Claims) -> bool {
@@ -85,25 +90,25 @@ fn leads(c: &Claims, group: Option<&str>) -> bool {
     group.is_some_and(|g| c.leader_group_ids.iter().any(|x| x == g))
 }
 
-fn pm_participant(c: &Claims, pm: Option<&private_messages::Model>) -> bool {
+fn pm_participant(c: &Claims, participants: Option<(&str, &str)>) -> bool {
     !c.person_id.is_empty()
-        && pm.is_some_and(|pm| pm.from_person_id == c.person_id || pm.to_person_id == c.person_id)
+        && participants.is_some_and(|(from, to)| from == c.person_id || to == c.person_id)
 }
 
 /// The "read" column.
 pub fn can_read(caller: &Caller, x: &Conv) -> bool {
-    if caller.is_system() || is_anonymous_public(x.conv) {
+    if caller.is_system() || is_anonymous_public(x) {
         return true;
     }
-    let Some(c) = caller.member_of(&x.conv.church_id) else {
+    let Some(c) = caller.member_of(x.church_id) else {
         return false;
     };
-    let content_id = x.conv.content_id.as_deref();
-    match ContentType::of(x.conv) {
+    let content_id = x.content_id;
+    match x.content_type {
         T::StreamingLive | T::Freeshow => true,
         T::StreamingLiveHost => c.has_permission(Permission::ChatHost) || ce(c),
         T::Group | T::GroupAnnouncement => in_groups(c, content_id) || ce(c),
-        T::PrivateMessage => pm_participant(c, x.pm),
+        T::PrivateMessage => pm_participant(c, x.participants),
         T::Person => c.has_permission(Permission::PeopleEdit),
         T::PersonConfidential => c.has_permission(Permission::ViewConfidentialNotes),
         _ => true,
@@ -112,18 +117,18 @@ pub fn can_read(caller: &Caller, x: &Conv) -> bool {
 
 /// The "participate (post, react)" column.
 pub fn can_participate(caller: &Caller, x: &Conv) -> bool {
-    if caller.is_system() || is_anonymous_public(x.conv) {
+    if caller.is_system() || is_anonymous_public(x) {
         return true;
     }
-    let Some(c) = caller.member_of(&x.conv.church_id) else {
+    let Some(c) = caller.member_of(x.church_id) else {
         return false;
     };
-    let content_id = x.conv.content_id.as_deref();
-    match ContentType::of(x.conv) {
+    let content_id = x.content_id;
+    match x.content_type {
         T::StreamingLive | T::Freeshow => ce(c),
         T::StreamingLiveHost => c.has_permission(Permission::ChatHost) || ce(c),
         T::Group | T::GroupAnnouncement => in_groups(c, content_id) || ce(c),
-        T::PrivateMessage => pm_participant(c, x.pm),
+        T::PrivateMessage => pm_participant(c, x.participants),
         T::Person => c.has_permission(Permission::PeopleEdit),
         T::PersonConfidential => c.has_permission(Permission::ViewConfidentialNotes),
         _ => ce(c),
@@ -135,14 +140,14 @@ pub fn can_moderate(caller: &Caller, x: &Conv) -> bool {
     if caller.is_system() {
         return true;
     }
-    let Some(c) = caller.member_of(&x.conv.church_id) else {
+    let Some(c) = caller.member_of(x.church_id) else {
         return false;
     };
-    if is_anonymous_public(x.conv) {
+    if is_anonymous_public(x) {
         return ce(c);
     }
-    let content_id = x.conv.content_id.as_deref();
-    match ContentType::of(x.conv) {
+    let content_id = x.content_id;
+    match x.content_type {
         T::Group | T::GroupAnnouncement => ce(c) || leads(c, content_id),
         T::PrivateMessage => false,
         T::Person => c.has_permission(Permission::PeopleEdit),

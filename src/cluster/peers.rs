@@ -150,3 +150,45 @@ impl Cluster {
         Ok(())
     }
 }
+
+/// The node wire's rows are the stored rows: a holder answers a join with what it wrote,
+/// and a leave names the row it is to delete.
+impl From<connections::Model> for pb::ConnectionRow {
+    fn from(r: connections::Model) -> Self {
+        Self {
+            id: r.id,
+            church_id: r.church_id,
+            conversation_id: r.conversation_id,
+            person_id: r.person_id,
+            display_name: r.display_name,
+            time_joined: crate::time::format_ms(r.time_joined),
+            socket_id: r.socket_id,
+            ip_address: r.ip_address,
+            node_id: r.node_id,
+        }
+    }
+}
+
+/// A row as another node sent it; fails on an unreadable `timeJoined`.
+impl TryFrom<pb::ConnectionRow> for connections::Model {
+    type Error = chrono::ParseError;
+
+    fn try_from(r: pb::ConnectionRow) -> Result<Self, Self::Error> {
+        let time_joined = chrono::DateTime::parse_from_rfc3339(&r.time_joined)?;
+        Ok(Self {
+            anonymous_number: r
+                .display_name
+                .as_deref()
+                .and_then(crate::store::anonymous_number),
+            id: r.id,
+            church_id: r.church_id,
+            conversation_id: r.conversation_id,
+            person_id: r.person_id,
+            display_name: r.display_name,
+            time_joined: time_joined.timestamp_millis(),
+            socket_id: r.socket_id,
+            ip_address: r.ip_address,
+            node_id: r.node_id,
+        })
+    }
+}

@@ -6,8 +6,8 @@ use serde_json::json;
 use super::input::{Batch, Obj};
 use super::{Ctx, bodies, ok_json};
 use crate::error::AppResult;
+use crate::service::model::Connection;
 use crate::service::rooms::JoinInput;
-use crate::store::entities::connections;
 
 /// The `Connection` object of §10.1, in its field order.
 #[derive(Serialize, schemars::JsonSchema)]
@@ -25,7 +25,7 @@ pub struct ConnectionJson {
 }
 
 /// The rows as the service returned them (it decides who sees `ipAddress`); `nodeId` never.
-fn to_json(rows: Vec<connections::Model>) -> Vec<ConnectionJson> {
+fn to_json(rows: Vec<Connection>) -> Vec<ConnectionJson> {
     rows.into_iter()
         .map(|r| ConnectionJson {
             id: r.id,

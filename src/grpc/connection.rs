@@ -5,15 +5,15 @@ use tonic::{Request, Response, Status};
 use crate::auth::Caller;
 use crate::pb;
 use crate::service::Services;
+use crate::service::model::Connection;
 use crate::service::rooms::JoinInput;
-use crate::store::entities::connections;
 
 #[derive(Clone)]
 pub struct ConnectionService {
     pub svc: Services,
 }
 
-fn list(rows: Vec<connections::Model>) -> Response<pb::ConnectionList> {
+fn list(rows: Vec<Connection>) -> Response<pb::ConnectionList> {
     Response::new(pb::ConnectionList {
         connections: rows.into_iter().map(Into::into).collect(),
     })

@@ -4,8 +4,8 @@ use tonic::{Request, Response, Status};
 
 use crate::pb;
 use crate::service::Services;
-use crate::store::NewRow;
-use crate::store::entities::connections;
+use crate::service::model::Connection;
+use crate::service::rooms::NewRow;
 
 #[derive(Clone)]
 pub struct NodeService {
@@ -45,7 +45,7 @@ impl pb::node_server::Node for NodeService {
             .into_inner()
             .row
             .ok_or_else(|| Status::invalid_argument("row is required"))?;
-        let row = connections::Model::try_from(row)
+        let row = Connection::try_from(row)
             .map_err(|_| Status::invalid_argument("timeJoined is not RFC 3339"))?;
         let removed = self.svc.leave_local(row).await?;
         Ok(Response::new(pb::LeaveReply {

@@ -2,14 +2,11 @@
 //! and the `blockedIp` frame (the full list) to each affected room after the commit.
 use std::collections::BTreeSet;
 
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
-
 use super::model::BlockedIp;
 use super::{Services, holder};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult};
 use crate::hub::Action;
-use crate::store::entities::blocked_ips;
 
 #[derive(Debug, Clone)]
 pub struct ToggleInput {
@@ -41,42 +38,20 @@ impl Services {
         let store = self.store();
         let results = store
             .write(|| async {
-                let txn = store.begin_write().await?;
+                let tx = store.begin_write().await?;
                 let mut out = Vec::with_capacity(items.len());
                 for it in &items {
-                    let key = blocked_ips::Entity::find()
-                        .filter(blocked_ips::Column::ChurchId.eq(&church))
-                        .filter(blocked_ips::Column::ConversationId.eq(&it.conversation_id))
-                        .filter(blocked_ips::Column::IpAddress.eq(&it.ip_address));
-                    match key.one(&txn).await? {
-                        Some(row) => {
-                            blocked_ips::Entity::delete_by_id(row.id.clone())
-                                .exec(&txn)
-                                .await?;
-                            out.push(BlockedIp::from_row(row, false));
-                        }
-                        None => {
-                            let row = blocked_ips::Model {
-                                id: crate::ids::new_id(),
-                                church_id: church.clone(),
-                                conversation_id: it.conversation_id.clone(),
-                                service_id: it.service_id.clone(),
-                                ip_address: it.ip_address.clone(),
-                            };
-                            blocked_ips::Entity::insert(blocked_ips::ActiveModel {
-                                id: Set(row.id.clone()),
-                                church_id: Set(row.church_id.clone()),
-                                conversation_id: Set(row.conversation_id.clone()),
-                                service_id: Set(row.service_id.clone()),
-                                ip_address: Set(row.ip_address.clone()),
-                            })
-                            .exec_without_returning(&txn)
-                            .await?;
-                            out.push(BlockedIp::from_row(row, true));
-                        }
-                    }
+                    let t = tx
+                        .toggle_blocked_ip(
+                            &church,
+                            &it.conversation_id,
+                            &it.ip_address,
+                            it.service_id.as_deref(),
+                        )
+                        .await?;
+                    out.push(BlockedIp::from_row(t.row, t.added));
                 }
-                txn.commit().await?;
+                tx.commit().await?;
                 Ok::<_, AppError>(out)
             })
             .await?;
@@ -114,23 +89,10 @@ impl Services {
         let store = self.store();
         let affected = store
             .write(|| async {
-                let txn = store.begin_write().await?;
-                let rows = blocked_ips::Entity::find()
-                    .filter(blocked_ips::Column::ChurchId.eq(&church))
-                    .filter(blocked_ips::Column::ServiceId.is_in(service_ids.clone()))
-                    .all(&txn)
-                    .await?;
-                blocked_ips::Entity::delete_many()
-                    .filter(blocked_ips::Column::ChurchId.eq(&church))
-                    .filter(blocked_ips::Column::ServiceId.is_in(service_ids.clone()))
-                    .exec(&txn)
-                    .await?;
-                txn.commit().await?;
-                Ok::<_, AppError>(
-                    rows.into_iter()
-                        .map(|r| r.conversation_id)
-                        .collect::<BTreeSet<_>>(),
-                )
+                let tx = store.begin_write().await?;
+                let affected = tx.clear_blocked_ips(&church, service_ids.clone()).await?;
+                tx.commit().await?;
+                Ok::<_, AppError>(affected)
             })
             .await?;
         for conversation in affected {

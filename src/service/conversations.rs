@@ -2,8 +2,6 @@
 //! listings by content, timelines, group posts, start, delete.
 use std::collections::HashMap;
 
-use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel};
-
 use super::messages::send_activity;
 use super::model::{
     Conversation, ConversationWithMessages, Message, MessageWithReactions, ReactionSummary,
@@ -12,7 +10,6 @@ use super::{Services, member, person};
 use crate::auth::access::ContentType;
 use crate::auth::{Caller, Permission, access};
 use crate::error::{AppError, AppResult};
-use crate::store::Store;
 use crate::store::entities::{conversations, messages};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -150,7 +147,7 @@ impl Services {
                 .into_iter()
                 .next();
             return match existing {
-                Some(c) if access::is_anonymous_public(&c) => Ok(c.into()),
+                Some(c) if super::is_anonymous_public(&c) => Ok(c.into()),
                 Some(_) => Err(AppError::Unauthorized),
                 None if self.store().church_known(church).await? => Ok(self
                     .get_or_create_current(church, content_type, content_id, true)
@@ -262,17 +259,15 @@ impl Services {
         let store = self.store();
         store
             .write(|| async {
-                let txn = store.begin_write().await?;
+                let tx = store.begin_write().await?;
                 for (c, created) in &rows {
                     if *created {
-                        Store::insert_conversation_in(&txn, c).await?;
+                        tx.insert_conversation(c).await?;
                     } else {
-                        conversations::Entity::update(c.clone().into_active_model().reset_all())
-                            .exec(&txn)
-                            .await?;
+                        tx.update_conversation(c).await?;
                     }
                 }
-                txn.commit().await?;
+                tx.commit().await?;
                 Ok::<_, AppError>(())
             })
             .await?;
@@ -326,7 +321,7 @@ impl Services {
             }
             return Ok(out);
         }
-        if !all.iter().all(access::is_anonymous_public) {
+        if !all.iter().all(super::is_anonymous_public) {
             return Err(AppError::Unauthorized);
         }
         Ok(all.into_iter().map(Into::into).collect())
@@ -534,12 +529,10 @@ impl Services {
         let store = self.store();
         store
             .write(|| async {
-                let txn = store.begin_write().await?;
-                Store::insert_conversation_in(&txn, &c).await?;
-                messages::Entity::insert(super::messages::active(&m))
-                    .exec_without_returning(&txn)
-                    .await?;
-                txn.commit().await?;
+                let tx = store.begin_write().await?;
+                tx.insert_conversation(&c).await?;
+                tx.insert_message(&m).await?;
+                tx.commit().await?;
                 Ok::<_, AppError>(())
             })
             .await?;
@@ -563,9 +556,9 @@ impl Services {
         let store = self.store();
         store
             .write(|| async {
-                let txn = store.begin_write().await?;
-                Store::delete_conversations(&txn, vec![c.conv.id.clone()]).await?;
-                txn.commit().await?;
+                let tx = store.begin_write().await?;
+                tx.delete_conversations(vec![c.conv.id.clone()]).await?;
+                tx.commit().await?;
                 Ok::<_, AppError>(())
             })
             .await?;

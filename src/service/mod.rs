@@ -130,6 +130,15 @@ impl Services {
         self.seam.unready()
     }
 
+    /// Why the database does not answer, if it does not (`/ready`).
+    pub async fn database_unready(&self) -> Option<String> {
+        self.store
+            .ping()
+            .await
+            .err()
+            .map(|e| format!("database: {e}"))
+    }
+
     /// Waits until the frames this node published so far are ordered for every node (see
     /// `Seam::settled`). Calls that publish await it before they reply, so that the next
     /// call of their caller, to whichever node, cannot overtake them. Free on one node.
@@ -200,7 +209,7 @@ impl Services {
 
     /// A conversation with the private-message row the access rules need.
     pub async fn conversation_access(&self, conversation: conv::Model) -> AppResult<ConvAccess> {
-        let pm = if access::ContentType::of(&conversation) == access::ContentType::PrivateMessage {
+        let pm = if content_type(&conversation) == access::ContentType::PrivateMessage {
             self.store().private_message_of(&conversation.id).await?
         } else {
             None
@@ -240,12 +249,31 @@ pub struct ConvAccess {
     pub pm: Option<pm::Model>,
 }
 
+/// A conversation as the access rules see it.
+pub(crate) fn rules<'a>(c: &'a conv::Model, pm: Option<&'a pm::Model>) -> access::Conv<'a> {
+    access::Conv {
+        church_id: &c.church_id,
+        content_type: content_type(c),
+        content_id: c.content_id.as_deref(),
+        allow_anonymous_posts: c.allow_anonymous_posts,
+        visibility: c.visibility.as_deref(),
+        participants: pm.map(|pm| (pm.from_person_id.as_str(), pm.to_person_id.as_str())),
+    }
+}
+
+/// A conversation's type.
+pub(crate) fn content_type(c: &conv::Model) -> access::ContentType {
+    access::ContentType::of(c.content_type.as_deref())
+}
+
+/// Whether anyone may read and post in a conversation without a token (§8.3).
+pub(crate) fn is_anonymous_public(c: &conv::Model) -> bool {
+    access::is_anonymous_public(&rules(c, None))
+}
+
 impl ConvAccess {
     fn rules(&self) -> access::Conv<'_> {
-        access::Conv {
-            conv: &self.conv,
-            pm: self.pm.as_ref(),
-        }
+        rules(&self.conv, self.pm.as_ref())
     }
 
     pub fn can_read(&self, caller: &Caller) -> bool {

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::store::entities::{
-    blocked_ips, conversations, messages, notifications, private_messages,
+    blocked_ips, connections, conversations, messages, notifications, private_messages,
 };
 use crate::time::format_ms;
 
@@ -192,6 +192,15 @@ pub struct Counts {
     pub pm_count: u64,
 }
 
+impl From<crate::store::Unread> for Counts {
+    fn from(u: crate::store::Unread) -> Self {
+        Self {
+            notification_count: u.notifications,
+            pm_count: u.private_messages,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockedIp {
@@ -212,6 +221,59 @@ impl BlockedIp {
             service_id: b.service_id,
             ip_address: b.ip_address,
             blocked,
+        }
+    }
+}
+
+/// One socket joined to one room (§10.1), as the service hands it to its doors. Which
+/// callers see `ip_address` is the service's decision (`rooms::visible_to`); `node_id` is
+/// the node holding the socket, for the nodes' own calls, never in a REST response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub id: String,
+    pub church_id: String,
+    pub conversation_id: String,
+    pub person_id: Option<String>,
+    pub display_name: Option<String>,
+    /// Epoch milliseconds.
+    pub time_joined: i64,
+    pub socket_id: String,
+    pub ip_address: Option<String>,
+    pub node_id: String,
+}
+
+impl From<connections::Model> for Connection {
+    fn from(r: connections::Model) -> Self {
+        Self {
+            id: r.id,
+            church_id: r.church_id,
+            conversation_id: r.conversation_id,
+            person_id: r.person_id,
+            display_name: r.display_name,
+            time_joined: r.time_joined,
+            socket_id: r.socket_id,
+            ip_address: r.ip_address,
+            node_id: r.node_id,
+        }
+    }
+}
+
+impl From<Connection> for connections::Model {
+    fn from(c: Connection) -> Self {
+        Self {
+            anonymous_number: c
+                .display_name
+                .as_deref()
+                .and_then(crate::store::anonymous_number),
+            id: c.id,
+            church_id: c.church_id,
+            conversation_id: c.conversation_id,
+            person_id: c.person_id,
+            display_name: c.display_name,
+            time_joined: c.time_joined,
+            socket_id: c.socket_id,
+            ip_address: c.ip_address,
+            node_id: c.node_id,
         }
     }
 }

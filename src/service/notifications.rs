@@ -2,22 +2,13 @@
 //! `notification` frames (§7), marking read and deleting.
 use std::collections::HashSet;
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, IsolationLevel, QueryFilter, QueryOrder,
-    QuerySelect,
-};
-
 use super::Services;
-use super::alerts::{self, PRIVATE_MESSAGE, begin_isolated};
+use super::alerts;
 use super::model::{Counts, Notification};
 use crate::auth::{Caller, Claims, Permission};
 use crate::error::{AppError, AppResult};
+use crate::store::Isolation;
 use crate::store::entities::notifications;
-
-/// Ids per `IN (…)` list when marking a whole listing read, well under every backend's
-/// bind-parameter limit.
-const IDS_PER_STATEMENT: usize = 500;
 
 /// The body of `POST /notifications/create`, validated.
 #[derive(Debug, Clone)]
@@ -32,7 +23,7 @@ pub struct NewNotifications {
 /// `GET /notifications/unreadCount`.
 pub async fn unread_count(svc: &Services, caller: &Caller) -> AppResult<Counts> {
     let me = super::person(caller)?;
-    alerts::counts(&svc.store().db, &me.church_id, &me.person_id).await
+    alerts::counts(svc, &me.church_id, &me.person_id).await
 }
 
 /// `GET /notifications/my`: newest first, without private-message notifications; the rows
@@ -42,29 +33,16 @@ pub async fn my(svc: &Services, caller: &Caller) -> AppResult<Vec<Notification>>
     let store = svc.store();
     let rows = store
         .write(|| async {
-            let txn = store.begin_write().await?;
-            let rows = notifications::Entity::find()
-                .filter(notifications::Column::ChurchId.eq(&me.church_id))
-                .filter(notifications::Column::PersonId.eq(&me.person_id))
-                .filter(notifications::Column::ContentType.ne(PRIVATE_MESSAGE))
-                .order_by_desc(notifications::Column::TimeSent)
-                .order_by_desc(notifications::Column::Id)
-                .all(&txn)
-                .await?;
+            let tx = store.begin_write().await?;
+            let rows = tx.notifications_of(&me.church_id, &me.person_id).await?;
             // Only the rows returned: one created meanwhile stays unread until it is seen.
             let unread: Vec<String> = rows
                 .iter()
                 .filter(|r| r.is_new)
                 .map(|r| r.id.clone())
                 .collect();
-            for chunk in unread.chunks(IDS_PER_STATEMENT) {
-                notifications::Entity::update_many()
-                    .col_expr(notifications::Column::IsNew, Expr::value(false))
-                    .filter(notifications::Column::Id.is_in(chunk.to_vec()))
-                    .exec(&txn)
-                    .await?;
-            }
-            txn.commit().await?;
+            tx.mark_read(&unread).await?;
+            tx.commit().await?;
             Ok::<_, AppError>(rows)
         })
         .await?;
@@ -98,20 +76,15 @@ pub async fn create(
             // "At most one unread per (person, contentType, contentId)" has no index behind
             // it (§11): SERIALIZABLE turns two concurrent creates into a conflict that
             // `write` retries, and the retry then sees the other's rows and skips them.
-            let txn = begin_isolated(store, IsolationLevel::Serializable).await?;
-            let unread: HashSet<String> = notifications::Entity::find()
-                .select_only()
-                .column(notifications::Column::PersonId)
-                .filter(notifications::Column::ChurchId.eq(&me.church_id))
-                .filter(notifications::Column::PersonId.is_in(people.iter().cloned()))
-                .filter(notifications::Column::ContentType.eq(&input.content_type))
-                .filter(notifications::Column::ContentId.eq(&input.content_id))
-                .filter(notifications::Column::IsNew.eq(true))
-                .into_tuple::<String>()
-                .all(&txn)
-                .await?
-                .into_iter()
-                .collect();
+            let tx = store.begin_isolated(Isolation::Serializable).await?;
+            let unread = tx
+                .with_unread_about(
+                    &me.church_id,
+                    &people,
+                    &input.content_type,
+                    &input.content_id,
+                )
+                .await?;
             let now = crate::time::now_ms();
             let rows: Vec<notifications::Model> = people
                 .iter()
@@ -131,34 +104,13 @@ pub async fn create(
                     category: None,
                 })
                 .collect();
-            if !rows.is_empty() {
-                notifications::Entity::insert_many(rows.iter().cloned().map(active))
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
-            txn.commit().await?;
+            tx.insert_notifications(&rows).await?;
+            tx.commit().await?;
             Ok::<_, AppError>(rows)
         })
         .await?;
     alerts::deliver_notifications(svc, &mut rows).await?;
     Ok(rows.into_iter().map(Notification::from).collect())
-}
-
-fn active(n: notifications::Model) -> notifications::ActiveModel {
-    notifications::ActiveModel {
-        id: Set(n.id),
-        church_id: Set(n.church_id),
-        person_id: Set(n.person_id),
-        content_type: Set(n.content_type),
-        content_id: Set(n.content_id),
-        time_sent: Set(n.time_sent),
-        is_new: Set(n.is_new),
-        message: Set(n.message),
-        link: Set(n.link),
-        delivery_method: Set(n.delivery_method),
-        triggered_by_person_id: Set(n.triggered_by_person_id),
-        category: Set(n.category),
-    }
 }
 
 fn is_admin(me: &Claims) -> bool {
@@ -177,35 +129,25 @@ pub async fn mark_read(
     if church != me.church_id || (person != me.person_id && !is_admin(me)) {
         return Err(AppError::Unauthorized);
     }
-    notifications::Entity::update_many()
-        .col_expr(notifications::Column::IsNew, Expr::value(false))
-        .filter(notifications::Column::ChurchId.eq(church))
-        .filter(notifications::Column::PersonId.eq(person))
-        .filter(notifications::Column::IsNew.eq(true))
-        .exec(&svc.store().db)
-        .await?;
-    Ok(())
+    Ok(svc.store().mark_notifications_read(church, person).await?)
 }
 
 /// `DELETE /notifications/my`: the caller's notifications except private-message ones,
 /// which belong to their threads.
 pub async fn delete_my(svc: &Services, caller: &Caller) -> AppResult<()> {
     let me = super::person(caller)?;
-    notifications::Entity::delete_many()
-        .filter(notifications::Column::ChurchId.eq(&me.church_id))
-        .filter(notifications::Column::PersonId.eq(&me.person_id))
-        .filter(notifications::Column::ContentType.ne(PRIVATE_MESSAGE))
-        .exec(&svc.store().db)
-        .await?;
-    Ok(())
+    Ok(svc
+        .store()
+        .delete_notifications_of(&me.church_id, &me.person_id)
+        .await?)
 }
 
 /// `DELETE /notifications/{churchId}/{id}`: its owner, or a Messaging Admin of its church.
 pub async fn delete(svc: &Services, caller: &Caller, church: &str, id: &str) -> AppResult<()> {
     let me = super::person(caller)?;
-    let db = &svc.store().db;
-    let row = notifications::Entity::find_by_id(id.to_string())
-        .one(db)
+    let store = svc.store();
+    let row = store
+        .notification(id)
         .await?
         .filter(|n| n.church_id == church)
         .ok_or(AppError::NotFound("Notification not found"))?;
@@ -213,6 +155,5 @@ pub async fn delete(svc: &Services, caller: &Caller, church: &str, id: &str) -> 
     if row.church_id != me.church_id || !(owner || is_admin(me)) {
         return Err(AppError::Unauthorized);
     }
-    notifications::Entity::delete_by_id(row.id).exec(db).await?;
-    Ok(())
+    Ok(store.delete_notification(&row.id).await?)
 }

@@ -59,7 +59,7 @@ impl Services {
             return Ok(c);
         }
         let c = self.load_conversation(id).await?;
-        if ContentType::of(&c.conv) != ContentType::PrivateMessage {
+        if super::content_type(&c.conv) != ContentType::PrivateMessage {
             let mut map = self.post_cache.conversations.lock();
             if map.len() >= MAX_ENTRIES {
                 map.clear();

@@ -13,12 +13,13 @@ use parking_lot::Mutex;
 
 use super::Services;
 use super::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_IP, MAX_ROOM_ID, MAX_SOCKET_ID};
+use super::model::Connection;
 use super::presence::AttendanceData;
 use crate::auth::access::ContentType;
 use crate::auth::{Caller, access};
 use crate::error::{AppError, AppResult};
 use crate::hub::{Audience, SocketEvents, SocketHandle};
-use crate::store::NewRow;
+pub use crate::store::NewRow;
 use crate::store::entities::{connections, conversations};
 
 pub use super::model::ALERTS;
@@ -193,18 +194,13 @@ impl Services {
         caller: &Caller,
         conv: &conversations::Model,
     ) -> AppResult<bool> {
-        let pm = if ContentType::of(conv) == ContentType::PrivateMessage && !caller.is_system() {
+        let pm = if super::content_type(conv) == ContentType::PrivateMessage && !caller.is_system()
+        {
             self.store().private_message_of(&conv.id).await?
         } else {
             None
         };
-        Ok(access::can_read(
-            caller,
-            &access::Conv {
-                conv,
-                pm: pm.as_ref(),
-            },
-        ))
+        Ok(access::can_read(caller, &super::rules(conv, pm.as_ref())))
     }
 
     /// Resolves a room named in a path (`church`, `room`) for reading, listing or leaving:
@@ -263,7 +259,7 @@ impl Services {
         caller: &Caller,
         client_ip: Option<&str>,
         items: Vec<JoinInput>,
-    ) -> AppResult<Vec<connections::Model>> {
+    ) -> AppResult<Vec<Connection>> {
         check_join_items(caller, &items)?;
         let rooms = self.join_rooms(caller, &items).await?;
         let holders = self.socket_holders(&items).await?;
@@ -375,7 +371,7 @@ impl Services {
         let mut stored = Vec::with_capacity(rows.len());
         for (node, part) in by_node {
             stored.extend(match node {
-                None => self.join_local(part).await?,
+                None => self.join_here(part).await?,
                 Some(node) => self.seam.remote_join(&node, part).await?,
             });
         }
@@ -394,7 +390,16 @@ impl Services {
     }
 
     /// The write of a join for sockets this node holds: upsert, membership, attendance.
-    pub async fn join_local(&self, rows: Vec<NewRow>) -> AppResult<Vec<connections::Model>> {
+    pub async fn join_local(&self, rows: Vec<NewRow>) -> AppResult<Vec<Connection>> {
+        Ok(self
+            .join_here(rows)
+            .await?
+            .into_iter()
+            .map(Connection::from)
+            .collect())
+    }
+
+    async fn join_here(&self, rows: Vec<NewRow>) -> AppResult<Vec<connections::Model>> {
         let mut sockets = BTreeMap::new();
         for row in &rows {
             let h = self
@@ -466,13 +471,17 @@ impl Services {
                 done => return done,
             }
         }
-        self.leave_local(row).await
+        self.leave_here(row).await
     }
 
     /// The write of a leave for a socket this node holds (or that no live node holds). The
     /// socket leaves the hub's audience before the row is deleted: once this returns, it
     /// gets no frame of the room.
-    pub async fn leave_local(&self, row: connections::Model) -> AppResult<bool> {
+    pub async fn leave_local(&self, row: Connection) -> AppResult<bool> {
+        self.leave_here(row.into()).await
+    }
+
+    async fn leave_here(&self, row: connections::Model) -> AppResult<bool> {
         let audience = audience_of(&row);
         let removed = match self.hub.socket(&row.socket_id) {
             Some(h) => {
@@ -512,7 +521,7 @@ impl Services {
         caller: &Caller,
         socket: &str,
         name: &str,
-    ) -> AppResult<Vec<connections::Model>> {
+    ) -> AppResult<Vec<Connection>> {
         check_len(socket, MAX_SOCKET_ID, "/socketId".into(), true)?;
         check_len(name, MAX_DISPLAY_NAME, "/name".into(), false)?;
         let rows: Vec<_> = self
@@ -563,7 +572,7 @@ impl Services {
         caller: &Caller,
         church: &str,
         room: &str,
-    ) -> AppResult<Vec<connections::Model>> {
+    ) -> AppResult<Vec<Connection>> {
         let resolved = self.room_for_reading(caller, church, room).await?;
         let rows = match resolved {
             Room::Alerts { church, person } if !caller.is_system() => {
@@ -710,13 +719,16 @@ fn rows_to_write(
 
 /// Rows as `caller` may see them: `ipAddress` only for Content Edit holders of the row's
 /// church (and trusted backends), whatever the door the rows leave by.
-fn visible_to(caller: &Caller, mut rows: Vec<connections::Model>) -> Vec<connections::Model> {
-    for r in &mut rows {
-        if !access::sees_ip_addresses(caller, &r.church_id) {
-            r.ip_address = None;
-        }
-    }
-    rows
+fn visible_to(caller: &Caller, rows: Vec<connections::Model>) -> Vec<Connection> {
+    rows.into_iter()
+        .map(|r| {
+            let mut c = Connection::from(r);
+            if !access::sees_ip_addresses(caller, &c.church_id) {
+                c.ip_address = None;
+            }
+            c
+        })
+        .collect()
 }
 
 #[cfg(test)]

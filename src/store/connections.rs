@@ -92,7 +92,7 @@ impl Store {
             if self.is_sqlite() {
                 return self.upsert_rows_sqlite(node_id, rows, now).await;
             }
-            let txn = self.begin_write().await?;
+            let txn = self.begin_raw().await?;
             let stored = Store::upsert_rows(&txn, node_id, rows, now).await?;
             txn.commit().await?;
             Ok(stored)
@@ -112,7 +112,7 @@ impl Store {
             return Ok(());
         }
         self.write(|| async {
-            let txn = self.begin_write().await?;
+            let txn = self.begin_raw().await?;
             for r in rows {
                 let exists = connections::Entity::find()
                     .filter(connections::Column::ChurchId.eq(&r.church_id))

@@ -30,7 +30,7 @@ impl Store {
     /// busy_timeout and then finds nothing pending. The migrator must run on that same
     /// transaction: any other connection would wait for the lock this one holds.
     async fn migrate_locked_sqlite(&self) -> Result<(), DbErr> {
-        let txn = self.begin_write().await?;
+        let txn = self.begin_raw().await?;
         migrations::Migrator::up(&txn, None).await?;
         txn.commit().await
     }

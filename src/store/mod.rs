@@ -1,30 +1,38 @@
 //! Persistence through sea-orm: SQLite by default, PostgreSQL and MySQL/MariaDB by URL.
 //! Timestamps are stored as epoch milliseconds (exact, and identical on every backend).
-pub mod chat;
+mod blocked_ips;
 mod connect;
 mod connections;
 mod conversations;
 mod db_error;
 pub mod entities;
+mod messages;
 mod migrate;
 mod nodes;
+mod notifications;
+mod private_messages;
 
+pub use blocked_ips::BlockedIpToggle;
 pub use connections::{NewRow, anonymous_number};
 pub use db_error::{DbCode, DbFailure, error_code, is_transient, is_unavailable};
+pub use notifications::{PRIVATE_MESSAGE, Unread};
+pub use private_messages::Thread;
 
 use std::future::Future;
 use std::time::Duration;
 
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use connect::SqliteWriter;
 
+/// Every query of the service goes through here: its connection is private, so SQL lives
+/// in this module's files (one per table family) and nowhere else.
 #[derive(Clone)]
 pub struct Store {
-    pub db: DatabaseConnection,
+    db: DatabaseConnection,
     /// SQLite (a file): the one connection the batched writes (`sqlite_batch`: message
     /// group commits, joins) run on, outside the pool. See `SqliteWriter`.
     sqlite_writer: Option<std::sync::Arc<SqliteWriter>>,
@@ -47,12 +55,33 @@ impl Store {
 
     /// Begins a write transaction (IMMEDIATE on SQLite, so concurrent writers wait for the
     /// lock rather than deadlocking on an upgrade).
-    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+    pub async fn begin_write(&self) -> Result<Tx, DbErr> {
+        Ok(Tx(self.begin_raw().await?))
+    }
+
+    async fn begin_raw(&self) -> Result<DatabaseTransaction, DbErr> {
         let opts = TransactionOptions {
             sqlite_transaction_mode: self.is_sqlite().then_some(SqliteTransactionMode::Immediate),
             ..Default::default()
         };
         self.db.begin_with_options(opts).await
+    }
+
+    /// A write transaction with an explicit isolation level on PostgreSQL and MySQL (SQLite
+    /// write transactions are IMMEDIATE and therefore already serial).
+    pub async fn begin_isolated(&self, level: Isolation) -> Result<Tx, DbErr> {
+        if self.is_sqlite() {
+            return self.begin_write().await;
+        }
+        let isolation_level = Some(match level {
+            Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+            Isolation::Serializable => IsolationLevel::Serializable,
+        });
+        let opts = TransactionOptions {
+            isolation_level,
+            ..Default::default()
+        };
+        Ok(Tx(self.db.begin_with_options(opts).await?))
     }
 
     /// Runs a write unit, retrying it when the database reports a transient conflict
@@ -76,4 +105,27 @@ impl Store {
             }
         }
     }
+}
+
+/// A write transaction that spans several store calls, for a decision of the service that
+/// must be all or nothing. Only `store` reaches the connection inside: the service can pass
+/// it to the store's methods and commit it, not run its own SQL on it; dropped without a
+/// commit, it rolls back.
+pub struct Tx(DatabaseTransaction);
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.0.commit().await
+    }
+}
+
+/// The isolation a transaction asks for on PostgreSQL and MySQL/MariaDB.
+#[derive(Debug, Clone, Copy)]
+pub enum Isolation {
+    /// Locked rows and the reads after them agree (MySQL's REPEATABLE READ snapshot would
+    /// hide rows committed after the transaction's first read).
+    ReadCommitted,
+    /// Conflicting concurrent transactions fail with a retryable error instead of both
+    /// committing (for invariants no unique index enforces).
+    Serializable,
 }

@@ -102,7 +102,7 @@ impl Store {
                 .filter(connections::Column::NodeId.is_in(expired.clone()))
                 .all(&self.db)
                 .await?;
-            let txn = self.begin_write().await?;
+            let txn = self.begin_raw().await?;
             connections::Entity::delete_many()
                 .filter(connections::Column::NodeId.is_in(expired.clone()))
                 .exec(&txn)
@@ -123,7 +123,7 @@ impl Store {
             .filter(connections::Column::NodeId.eq(id))
             .all(&self.db)
             .await?;
-        let txn = self.begin_write().await?;
+        let txn = self.begin_raw().await?;
         connections::Entity::delete_many()
             .filter(connections::Column::NodeId.eq(id))
             .exec(&txn)

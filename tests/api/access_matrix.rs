@@ -1695,7 +1695,7 @@ async fn create_fixtures(app: &TestApp, callers: &[Caller]) -> Fixtures {
             }
         }
     }
-    let db = &app.store.db;
+    let db = &app.db;
     for chunk in rows.chunks(100) {
         connections::Entity::insert_many(chunk.iter().cloned().map(|m| m.into_active_model()))
             .exec_without_returning(db)

@@ -58,7 +58,7 @@ fn counts_of(n: u64, pm: u64) -> Value {
 
 async fn pm_row(app: &TestApp, id: &str) -> Option<private_messages::Model> {
     private_messages::Entity::find_by_id(id.to_string())
-        .one(&app.store.db)
+        .one(&app.db)
         .await
         .unwrap()
 }
@@ -66,7 +66,7 @@ async fn pm_row(app: &TestApp, id: &str) -> Option<private_messages::Model> {
 async fn notifications_of(app: &TestApp, person: &str) -> Vec<notifications::Model> {
     notifications::Entity::find()
         .filter(notifications::Column::PersonId.eq(person))
-        .all(&app.store.db)
+        .all(&app.db)
         .await
         .unwrap()
 }
@@ -489,7 +489,7 @@ db_test!(
             emoji: Set("👍".into()),
             time_added: Set(1),
         })
-        .exec_without_returning(&app.store.db)
+        .exec_without_returning(&app.db)
         .await
         .unwrap();
         let (status, body) = app.delete(&format!("{PM}/{pm_id}"), Some(&x)).await;
@@ -503,7 +503,7 @@ db_test!(
         assert_eq!((status, body), (200, json!({"success": true})));
         assert!(pm_row(&app, &pm_id).await.is_none());
         assert!(app.store.conversation(&conv).await.unwrap().is_none());
-        let db = &app.store.db;
+        let db = &app.db;
         let left = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(&conv))
             .all(db)

@@ -657,7 +657,7 @@ async fn a_killed_node_is_purged_and_a_stopped_one_leaves_at_once(db: TestDb, br
     use sea_orm::EntityTrait;
     assert!(
         messaging::store::entities::nodes::Entity::find_by_id(killed_node)
-            .one(&a.store.db)
+            .one(&a.db)
             .await
             .unwrap()
             .is_none()

@@ -161,6 +161,9 @@ pub struct TestApp {
     pub grpc: SocketAddr,
     pub node_id: String,
     pub store: Store,
+    /// A connection of the test's own to the server's database, for what a test arranges
+    /// or inspects in SQL (the store's own connection is private to it).
+    pub db: sea_orm::DatabaseConnection,
     pub keys: TokenKeys,
     pub client: reqwest::Client,
     pub hub: std::sync::Arc<messaging::hub::Hub>,
@@ -212,6 +215,9 @@ impl TestApp {
         let svc = app.services();
         let hub = svc.hub.clone();
         let store = svc.store().clone();
+        let db = Database::connect(&db_url)
+            .await
+            .expect("the test's connection");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let stopped = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -222,6 +228,7 @@ impl TestApp {
             grpc,
             node_id,
             store,
+            db,
             keys: TokenKeys::new(SECRET),
             client: reqwest::Client::new(),
             hub,

@@ -30,8 +30,9 @@ db_test!(
             assert!(result.is_ok(), "node {i}: {:?}", result.err());
             stores.push(store);
         }
+        let db = sea_orm::Database::connect(&db.url).await.expect("connect");
         for store in &stores {
-            let pending = migrations::Migrator::get_pending_migrations(&store.db)
+            let pending = migrations::Migrator::get_pending_migrations(&db)
                 .await
                 .expect("read the migrations table");
             assert!(
@@ -39,7 +40,7 @@ db_test!(
                 "pending after migrate: {}",
                 pending.len()
             );
-            let applied = migrations::Migrator::get_applied_migrations(&store.db)
+            let applied = migrations::Migrator::get_applied_migrations(&db)
                 .await
                 .expect("read the migrations table");
             assert_eq!(applied.len(), migrations::Migrator::migrations().len());

@@ -65,7 +65,7 @@ db_test!(
             started_at: Set(now - 600_000),
             lease_until: Set(now - 1),
         })
-        .exec_without_returning(&app.store.db)
+        .exec_without_returning(&app.db)
         .await
         .unwrap();
         connections::Entity::insert(connections::ActiveModel {
@@ -80,7 +80,7 @@ db_test!(
             node_id: Set("DEADNODE001".into()),
             anonymous_number: Set(None),
         })
-        .exec_without_returning(&app.store.db)
+        .exec_without_returning(&app.db)
         .await
         .unwrap();
         // The sweep removes it and tells the room.
@@ -90,14 +90,14 @@ db_test!(
         assert!(!frames.last().unwrap().to_string().contains("ghost"));
         assert!(
             nodes::Entity::find_by_id("DEADNODE001".to_string())
-                .one(&app.store.db)
+                .one(&app.db)
                 .await
                 .unwrap()
                 .is_none()
         );
         assert!(
             nodes::Entity::find_by_id(app.node_id.clone())
-                .one(&app.store.db)
+                .one(&app.db)
                 .await
                 .unwrap()
                 .is_some()
@@ -114,6 +114,7 @@ db_test!(
         app.join_one(&room, &a.id, "a").await;
         a.next_action("attendance").await;
         let store = app.store.clone();
+        let db = app.db.clone();
         let node = app.node_id.clone();
         let closing = tokio::spawn(async move { a.close_code().await });
         app.shutdown().await;
@@ -121,7 +122,7 @@ db_test!(
         assert!(store.room_rows("C1", &room).await.unwrap().is_empty());
         assert!(
             nodes::Entity::find_by_id(node)
-                .one(&store.db)
+                .one(&db)
                 .await
                 .unwrap()
                 .is_none()
@@ -146,7 +147,7 @@ db_test!(
         // What another node's sweep does to a node whose lease ran out (the node was paused):
         // its rows and its `nodes` row go, in one transaction.
         use sea_orm::{ColumnTrait, QueryFilter, TransactionTrait};
-        let txn = app.store.db.begin().await.unwrap();
+        let txn = app.db.begin().await.unwrap();
         connections::Entity::delete_many()
             .filter(connections::Column::NodeId.eq(app.node_id.clone()))
             .exec(&txn)
@@ -164,7 +165,7 @@ db_test!(
         .await;
         assert!(
             nodes::Entity::find_by_id(app.node_id.clone())
-                .one(&app.store.db)
+                .one(&app.db)
                 .await
                 .unwrap()
                 .is_some()
@@ -184,6 +185,9 @@ async fn deadlocked_write_units_are_retried(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = messaging::store::Store::connect(&db.url).await.unwrap();
     store.migrate().await.unwrap();
+    // The units run their own SQL, on a connection of the test's: what is under test is
+    // `Store::write`'s retry, whatever runs inside it.
+    let raw = sea_orm::Database::connect(&db.url).await.unwrap();
     for id in ["NODE0000001", "NODE0000002"] {
         store
             .register_node(id, None, 0, Duration::from_secs(60))
@@ -192,7 +196,7 @@ async fn deadlocked_write_units_are_retried(backend: Backend) {
     }
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
     let unit = |first: &'static str, second: &'static str| {
-        let (store, barrier) = (store.clone(), barrier.clone());
+        let (store, raw, barrier) = (store.clone(), raw.clone(), barrier.clone());
         let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let counted = attempts.clone();
         let task = tokio::spawn(async move {
@@ -200,7 +204,7 @@ async fn deadlocked_write_units_are_retried(backend: Backend) {
                 .write(|| async {
                     let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     use sea_orm::{ColumnTrait, QueryFilter, TransactionTrait};
-                    let txn = store.db.begin().await?;
+                    let txn = raw.begin().await?;
                     let bump = |id: &'static str| {
                         nodes::Entity::update_many()
                             .col_expr(

@@ -2,8 +2,6 @@
 //! and released after it, and the frames of what was written, in commit order.
 use std::collections::BTreeSet;
 
-use sea_orm::{ActiveValue::Set, DatabaseTransaction, EntityTrait};
-
 use super::super::model::Message;
 use super::super::{Services, alerts, writer};
 use super::{ConvMap, activity, send_activity};
@@ -11,7 +9,7 @@ use crate::auth::access::ContentType;
 use crate::cluster::HeldFrame;
 use crate::error::{AppError, AppResult};
 use crate::hub::{Action, Audience};
-use crate::store::Store;
+use crate::store::Tx;
 use crate::store::entities::{conversations, messages};
 
 /// What was written, in request order, with what its frames need.
@@ -114,7 +112,8 @@ impl Services {
     fn hold(&self, rows: &[(messages::Model, bool)], convs: &ConvMap) -> Option<Held> {
         let plain = rows.iter().all(|(m, created)| {
             *created
-                && ContentType::of(&convs[&m.conversation_id].conv) != ContentType::PrivateMessage
+                && super::super::content_type(&convs[&m.conversation_id].conv)
+                    != ContentType::PrivateMessage
         });
         if !plain {
             return None;
@@ -187,7 +186,8 @@ impl Services {
         // New messages outside private conversations need only their rows and the stats.
         let plain = rows.iter().all(|(m, created)| {
             *created
-                && ContentType::of(&convs[&m.conversation_id].conv) != ContentType::PrivateMessage
+                && super::super::content_type(&convs[&m.conversation_id].conv)
+                    != ContentType::PrivateMessage
         });
         if plain {
             let models: Vec<messages::Model> = rows.iter().map(|(m, _)| m.clone()).collect();
@@ -204,25 +204,23 @@ impl Services {
         }
         store
             .write(|| async {
-                let txn = store.begin_write().await?;
+                let tx = store.begin_write().await?;
                 let touched: BTreeSet<&str> = rows
                     .iter()
                     .filter(|(_, created)| *created)
                     .map(|(m, _)| m.conversation_id.as_str())
                     .collect();
                 for id in &touched {
-                    Store::lock_conversation(&txn, id).await?;
+                    tx.lock_conversation(id).await?;
                 }
                 let mut written = Vec::with_capacity(rows.len());
                 for (m, created) in &rows {
                     let conv = convs[&m.conversation_id].conv.clone();
                     let pm_alert = if *created {
-                        messages::Entity::insert(active(m))
-                            .exec_without_returning(&txn)
-                            .await?;
-                        self.private_message_flow(&txn, &conv, m).await?
+                        tx.insert_message(m).await?;
+                        self.private_message_flow(&tx, &conv, m).await?
                     } else {
-                        messages::Entity::update(active(m)).exec(&txn).await?;
+                        tx.update_message(m).await?;
                         None
                     };
                     written.push(Written {
@@ -237,9 +235,9 @@ impl Services {
                         .iter()
                         .filter(|(m, c)| *c && m.conversation_id == *id)
                         .count();
-                    Store::bump_stats(&txn, id, added as u64).await?;
+                    tx.bump_stats(id, added as u64).await?;
                 }
-                txn.commit().await?;
+                tx.commit().await?;
                 Ok::<_, AppError>(written)
             })
             .await
@@ -247,18 +245,15 @@ impl Services {
 
     async fn private_message_flow(
         &self,
-        txn: &DatabaseTransaction,
+        tx: &Tx,
         conv: &conversations::Model,
         m: &messages::Model,
     ) -> AppResult<Option<alerts::PendingPmAlert>> {
-        if ContentType::of(conv) != ContentType::PrivateMessage {
+        if super::super::content_type(conv) != ContentType::PrivateMessage {
             return Ok(None);
         }
         let name = m.display_name.as_deref().unwrap_or_default();
-        Ok(
-            alerts::on_message_created(txn, conv, m.person_id.as_deref(), name, m.time_sent)
-                .await?,
-        )
+        alerts::on_message_created(tx, conv, m.person_id.as_deref(), name, m.time_sent).await
     }
 
     /// Frames after the commit, per message: `message`, `conversationActivity`,
@@ -277,20 +272,5 @@ impl Services {
             out.push(msg);
         }
         out
-    }
-}
-
-/// A message row as an insert or an update of every column.
-pub(in crate::service) fn active(m: &messages::Model) -> messages::ActiveModel {
-    messages::ActiveModel {
-        id: Set(m.id.clone()),
-        church_id: Set(m.church_id.clone()),
-        conversation_id: Set(m.conversation_id.clone()),
-        person_id: Set(m.person_id.clone()),
-        display_name: Set(m.display_name.clone()),
-        time_sent: Set(m.time_sent),
-        time_updated: Set(m.time_updated),
-        message_type: Set(m.message_type.clone()),
-        content: Set(m.content.clone()),
     }
 }

@@ -14,12 +14,9 @@ use super::{ConvAccess, Services, holder, member, person};
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, AppResult};
 use crate::hub::Action;
-use crate::store::Store;
 use crate::store::entities::{conversations, messages};
 
 mod commit;
-
-pub(super) use commit::active;
 
 pub use super::limits::{MAX_CONTENT_BYTES, MAX_EMOJI};
 
@@ -163,7 +160,7 @@ impl Services {
                         name,
                     )
                 }
-                _ if crate::auth::access::is_anonymous_public(&c.conv) => (None, body_name),
+                _ if super::is_anonymous_public(&c.conv) => (None, body_name),
                 _ => return Err(AppError::AnonymousPostingNotAllowed),
             };
             rows.push(new_message(c, it, person_id, display_name, now));
@@ -256,11 +253,11 @@ impl Services {
         let store = self.store();
         store
             .write(|| async {
-                let txn = store.begin_write().await?;
-                Store::lock_conversation(&txn, &m.conversation_id).await?;
-                Store::delete_messages(&txn, vec![m.id.clone()]).await?;
-                Store::refresh_stats(&txn, &m.conversation_id).await?;
-                txn.commit().await?;
+                let tx = store.begin_write().await?;
+                tx.lock_conversation(&m.conversation_id).await?;
+                tx.delete_messages(vec![m.id.clone()]).await?;
+                tx.refresh_stats(&m.conversation_id).await?;
+                tx.commit().await?;
                 Ok::<_, AppError>(())
             })
             .await?;
@@ -289,16 +286,11 @@ impl Services {
         let store = self.store();
         let added = store
             .write(|| async {
-                let txn = store.begin_write().await?;
-                let added = Store::toggle_reaction(
-                    &txn,
-                    &m,
-                    &claims.person_id,
-                    emoji,
-                    crate::time::now_ms(),
-                )
-                .await?;
-                txn.commit().await?;
+                let tx = store.begin_write().await?;
+                let added = tx
+                    .toggle_reaction(&m, &claims.person_id, emoji, crate::time::now_ms())
+                    .await?;
+                tx.commit().await?;
                 Ok::<_, AppError>(added)
             })
             .await?;

@@ -1,12 +1,13 @@
-//! Queries of the chat surfaces: messages, reactions, conversation stats, blocked IPs.
+//! The `messages` and `messageReactions` tables, and the conversation stats that follow
+//! every write of a message.
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnAcquireErr, ConnectionTrait, DbBackend, DbErr, EntityTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 
-use super::Store;
-use super::entities::{blocked_ips, conversations, message_reactions, messages};
+use super::entities::{conversations, message_reactions, messages};
+use super::{Store, Tx};
 
 impl Store {
     /// A conversation's messages by `(timeSent, id)`, optionally from `since` (inclusive).
@@ -30,36 +31,6 @@ impl Store {
         messages::Entity::find_by_id(id.to_string())
             .one(&self.db)
             .await
-    }
-
-    /// Locks a conversation row for the rest of the transaction, so that concurrent writers
-    /// of one conversation update its stats one after the other. SQLite needs no lock: its
-    /// write transactions are already serialized (IMMEDIATE), so no statement is sent.
-    pub async fn lock_conversation<C: ConnectionTrait>(db: &C, id: &str) -> Result<(), DbErr> {
-        if db.get_database_backend() != DbBackend::Sqlite {
-            conversations::Entity::find_by_id(id.to_string())
-                .lock_exclusive()
-                .one(db)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Stats after `added` messages were inserted (with the row locked): one statement.
-    /// The count is incremented; first and last come from the `(conversationId, timeSent,
-    /// id)` index, so this stays cheap however long the conversation is.
-    pub async fn bump_stats<C: ConnectionTrait>(
-        db: &C,
-        conversation: &str,
-        added: u64,
-    ) -> Result<(), DbErr> {
-        db.execute_raw(stats_statement(
-            db.get_database_backend(),
-            conversation,
-            added,
-        ))
-        .await?;
-        Ok(())
     }
 
     /// New messages and their conversations' stats, in one transaction: either all of
@@ -197,68 +168,6 @@ impl Store {
         .map(drop)
     }
 
-    /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
-    pub async fn refresh_stats<C: ConnectionTrait>(
-        db: &C,
-        conversation: &str,
-    ) -> Result<(), DbErr> {
-        let of_conv =
-            || messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
-        let count = of_conv().count(db).await?;
-        let id_by = |desc: bool| {
-            let q = of_conv().select_only().column(messages::Column::Id);
-            if desc {
-                q.order_by_desc(messages::Column::TimeSent)
-                    .order_by_desc(messages::Column::Id)
-            } else {
-                q.order_by_asc(messages::Column::TimeSent)
-                    .order_by_asc(messages::Column::Id)
-            }
-        };
-        let first: Option<String> = id_by(false).into_tuple().one(db).await?;
-        let last: Option<String> = id_by(true).into_tuple().one(db).await?;
-        conversations::Entity::update_many()
-            .col_expr(conversations::Column::PostCount, Expr::value(count as i32))
-            .col_expr(conversations::Column::FirstPostId, Expr::value(first))
-            .col_expr(conversations::Column::LastPostId, Expr::value(last))
-            .filter(conversations::Column::Id.eq(conversation))
-            .exec(db)
-            .await?;
-        Ok(())
-    }
-
-    /// Toggles the reaction `(message, person, emoji)`; returns whether it now exists.
-    pub async fn toggle_reaction<C: ConnectionTrait>(
-        db: &C,
-        msg: &messages::Model,
-        person: &str,
-        emoji: &str,
-        now: i64,
-    ) -> Result<bool, DbErr> {
-        let removed = message_reactions::Entity::delete_many()
-            .filter(message_reactions::Column::MessageId.eq(&msg.id))
-            .filter(message_reactions::Column::PersonId.eq(person))
-            .filter(message_reactions::Column::Emoji.eq(emoji))
-            .exec(db)
-            .await?
-            .rows_affected;
-        if removed > 0 {
-            return Ok(false);
-        }
-        message_reactions::Entity::insert(message_reactions::ActiveModel {
-            id: Set(crate::ids::new_id()),
-            church_id: Set(msg.church_id.clone()),
-            message_id: Set(msg.id.clone()),
-            conversation_id: Set(msg.conversation_id.clone()),
-            person_id: Set(person.to_string()),
-            emoji: Set(emoji.to_string()),
-            time_added: Set(now),
-        })
-        .exec_without_returning(db)
-        .await?;
-        Ok(true)
-    }
-
     /// Reactions of some messages, oldest first.
     pub async fn reactions_of(
         &self,
@@ -271,113 +180,6 @@ impl Store {
             .filter(message_reactions::Column::MessageId.is_in(message_ids))
             .order_by_asc(message_reactions::Column::TimeAdded)
             .order_by_asc(message_reactions::Column::Id)
-            .all(&self.db)
-            .await
-    }
-
-    /// Deletes messages (and their reactions) by id.
-    pub async fn delete_messages<C: ConnectionTrait>(
-        db: &C,
-        ids: Vec<String>,
-    ) -> Result<(), DbErr> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        message_reactions::Entity::delete_many()
-            .filter(message_reactions::Column::MessageId.is_in(ids.clone()))
-            .exec(db)
-            .await?;
-        messages::Entity::delete_many()
-            .filter(messages::Column::Id.is_in(ids))
-            .exec(db)
-            .await?;
-        Ok(())
-    }
-
-    /// Deletes conversations with their messages and reactions.
-    pub async fn delete_conversations<C: ConnectionTrait>(
-        db: &C,
-        ids: Vec<String>,
-    ) -> Result<(), DbErr> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        message_reactions::Entity::delete_many()
-            .filter(message_reactions::Column::ConversationId.is_in(ids.clone()))
-            .exec(db)
-            .await?;
-        messages::Entity::delete_many()
-            .filter(messages::Column::ConversationId.is_in(ids.clone()))
-            .exec(db)
-            .await?;
-        blocked_ips::Entity::delete_many()
-            .filter(blocked_ips::Column::ConversationId.is_in(ids.clone()))
-            .exec(db)
-            .await?;
-        conversations::Entity::delete_many()
-            .filter(conversations::Column::Id.is_in(ids))
-            .exec(db)
-            .await?;
-        Ok(())
-    }
-}
-
-impl Store {
-    /// Conversations of a content item in a church, newest first.
-    pub async fn conversations_by_content(
-        &self,
-        church: &str,
-        content_type: &str,
-        content_id: &str,
-        created_since: Option<i64>,
-    ) -> Result<Vec<conversations::Model>, DbErr> {
-        let mut q = conversations::Entity::find()
-            .filter(conversations::Column::ChurchId.eq(church))
-            .filter(conversations::Column::ContentType.eq(content_type))
-            .filter(conversations::Column::ContentId.eq(content_id));
-        if let Some(t) = created_since {
-            q = q.filter(conversations::Column::DateCreated.gte(t));
-        }
-        q.order_by_desc(conversations::Column::DateCreated)
-            .order_by_desc(conversations::Column::Id)
-            .all(&self.db)
-            .await
-    }
-
-    pub async fn church_known(&self, church: &str) -> Result<bool, DbErr> {
-        Ok(conversations::Entity::find()
-            .filter(conversations::Column::ChurchId.eq(church))
-            .count(&self.db)
-            .await?
-            > 0)
-    }
-
-    pub async fn conversations_by_ids(
-        &self,
-        ids: Vec<String>,
-    ) -> Result<Vec<conversations::Model>, DbErr> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        conversations::Entity::find()
-            .filter(conversations::Column::Id.is_in(ids))
-            .all(&self.db)
-            .await
-    }
-
-    /// Group conversations of a church that have posts.
-    pub async fn group_conversations(
-        &self,
-        church: &str,
-        groups: Vec<String>,
-    ) -> Result<Vec<conversations::Model>, DbErr> {
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
-        conversations::Entity::find()
-            .filter(conversations::Column::ChurchId.eq(church))
-            .filter(conversations::Column::GroupId.is_in(groups))
-            .filter(conversations::Column::LastPostId.is_not_null())
             .all(&self.db)
             .await
     }
@@ -408,16 +210,141 @@ impl Store {
             .all(&self.db)
             .await
     }
+}
 
-    pub async fn insert_conversation_in<C: ConnectionTrait>(
-        db: &C,
-        c: &conversations::Model,
-    ) -> Result<(), DbErr> {
-        let am: conversations::ActiveModel = c.clone().into();
-        conversations::Entity::insert(am)
-            .exec_without_returning(db)
+impl Tx {
+    /// Locks a conversation row for the rest of the transaction, so that concurrent writers
+    /// of one conversation update its stats one after the other. SQLite needs no lock: its
+    /// write transactions are already serialized (IMMEDIATE), so no statement is sent.
+    pub async fn lock_conversation(&self, id: &str) -> Result<(), DbErr> {
+        let db = &self.0;
+        if db.get_database_backend() != DbBackend::Sqlite {
+            conversations::Entity::find_by_id(id.to_string())
+                .lock_exclusive()
+                .one(db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stats after `added` messages were inserted (with the row locked): one statement.
+    /// The count is incremented; first and last come from the `(conversationId, timeSent,
+    /// id)` index, so this stays cheap however long the conversation is.
+    pub async fn bump_stats(&self, conversation: &str, added: u64) -> Result<(), DbErr> {
+        let db = &self.0;
+        db.execute_raw(stats_statement(
+            db.get_database_backend(),
+            conversation,
+            added,
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Recomputes `postCount`, `firstPostId` and `lastPostId` from the messages themselves.
+    pub async fn refresh_stats(&self, conversation: &str) -> Result<(), DbErr> {
+        let db = &self.0;
+        let of_conv =
+            || messages::Entity::find().filter(messages::Column::ConversationId.eq(conversation));
+        let count = of_conv().count(db).await?;
+        let id_by = |desc: bool| {
+            let q = of_conv().select_only().column(messages::Column::Id);
+            if desc {
+                q.order_by_desc(messages::Column::TimeSent)
+                    .order_by_desc(messages::Column::Id)
+            } else {
+                q.order_by_asc(messages::Column::TimeSent)
+                    .order_by_asc(messages::Column::Id)
+            }
+        };
+        let first: Option<String> = id_by(false).into_tuple().one(db).await?;
+        let last: Option<String> = id_by(true).into_tuple().one(db).await?;
+        conversations::Entity::update_many()
+            .col_expr(conversations::Column::PostCount, Expr::value(count as i32))
+            .col_expr(conversations::Column::FirstPostId, Expr::value(first))
+            .col_expr(conversations::Column::LastPostId, Expr::value(last))
+            .filter(conversations::Column::Id.eq(conversation))
+            .exec(db)
             .await?;
         Ok(())
+    }
+
+    /// Toggles the reaction `(message, person, emoji)`; returns whether it now exists.
+    pub async fn toggle_reaction(
+        &self,
+        msg: &messages::Model,
+        person: &str,
+        emoji: &str,
+        now: i64,
+    ) -> Result<bool, DbErr> {
+        let db = &self.0;
+        let removed = message_reactions::Entity::delete_many()
+            .filter(message_reactions::Column::MessageId.eq(&msg.id))
+            .filter(message_reactions::Column::PersonId.eq(person))
+            .filter(message_reactions::Column::Emoji.eq(emoji))
+            .exec(db)
+            .await?
+            .rows_affected;
+        if removed > 0 {
+            return Ok(false);
+        }
+        message_reactions::Entity::insert(message_reactions::ActiveModel {
+            id: Set(crate::ids::new_id()),
+            church_id: Set(msg.church_id.clone()),
+            message_id: Set(msg.id.clone()),
+            conversation_id: Set(msg.conversation_id.clone()),
+            person_id: Set(person.to_string()),
+            emoji: Set(emoji.to_string()),
+            time_added: Set(now),
+        })
+        .exec_without_returning(db)
+        .await?;
+        Ok(true)
+    }
+
+    /// Deletes messages (and their reactions) by id.
+    pub async fn delete_messages(&self, ids: Vec<String>) -> Result<(), DbErr> {
+        let db = &self.0;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        message_reactions::Entity::delete_many()
+            .filter(message_reactions::Column::MessageId.is_in(ids.clone()))
+            .exec(db)
+            .await?;
+        messages::Entity::delete_many()
+            .filter(messages::Column::Id.is_in(ids))
+            .exec(db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert_message(&self, m: &messages::Model) -> Result<(), DbErr> {
+        messages::Entity::insert(active(m))
+            .exec_without_returning(&self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Rewrites every column of an existing message.
+    pub async fn update_message(&self, m: &messages::Model) -> Result<(), DbErr> {
+        messages::Entity::update(active(m)).exec(&self.0).await?;
+        Ok(())
+    }
+}
+
+/// A message row as an insert or an update of every column.
+fn active(m: &messages::Model) -> messages::ActiveModel {
+    messages::ActiveModel {
+        id: Set(m.id.clone()),
+        church_id: Set(m.church_id.clone()),
+        conversation_id: Set(m.conversation_id.clone()),
+        person_id: Set(m.person_id.clone()),
+        display_name: Set(m.display_name.clone()),
+        time_sent: Set(m.time_sent),
+        time_updated: Set(m.time_updated),
+        message_type: Set(m.message_type.clone()),
+        content: Set(m.content.clone()),
     }
 }
 
