@@ -1,15 +1,15 @@
 //! `/messaging/blockedips…` (§10.7).
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
+use super::api::{Body, NoContent};
 use super::input::{Batch, Obj};
-use super::{Ctx, bodies, ok_json};
+use super::{Ctx, bodies};
 use crate::error::AppResult;
 use crate::service::blocked_ips::ToggleInput;
+use crate::service::model::BlockedIp;
 
-pub async fn toggle(ctx: &Ctx) -> AppResult<Response> {
-    let Batch(items) = ctx.body::<bodies::BlockedIpsBody>()?;
+pub async fn toggle(
+    ctx: &Ctx<'_>,
+    Body(Batch(items)): Body<bodies::BlockedIpsBody>,
+) -> AppResult<Vec<BlockedIp>> {
     let items: Vec<ToggleInput> = items
         .into_iter()
         .map(|Obj(item)| ToggleInput {
@@ -19,27 +19,25 @@ pub async fn toggle(ctx: &Ctx) -> AppResult<Response> {
         })
         .collect();
     if items.is_empty() {
-        return Ok(ok_json(&json!([])));
+        return Ok(Vec::new());
     }
-    Ok(ok_json(
-        &ctx.svc.toggle_blocked_ips(&ctx.caller, items).await?,
-    ))
+    ctx.svc.toggle_blocked_ips(&ctx.caller, items).await
 }
 
-pub async fn list(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(
-        &ctx.svc
-            .list_blocked_ips(&ctx.caller, ctx.param(0), ctx.param(1))
-            .await?,
-    ))
+pub async fn list(ctx: &Ctx<'_>) -> AppResult<Vec<String>> {
+    ctx.svc
+        .list_blocked_ips(&ctx.caller, ctx.param(0), ctx.param(1))
+        .await
 }
 
-pub async fn clear(ctx: &Ctx) -> AppResult<Response> {
-    let Batch(items) = ctx.body::<bodies::ClearBody>()?;
+pub async fn clear(
+    ctx: &Ctx<'_>,
+    Body(Batch(items)): Body<bodies::ClearBody>,
+) -> AppResult<NoContent> {
     let service_ids = items
         .into_iter()
         .map(|Obj(item)| item.service_id.into())
         .collect();
     ctx.svc.clear_blocked_ips(&ctx.caller, service_ids).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(NoContent)
 }

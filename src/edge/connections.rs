@@ -1,10 +1,9 @@
 //! `/messaging/connections…` (§10.2): JSON in, the `Connection` service, JSON out.
-use axum::response::Response;
 use serde::Serialize;
-use serde_json::json;
 
+use super::api::{Body, SUCCESS, Success};
 use super::input::{Batch, Obj};
-use super::{Ctx, bodies, ok_json};
+use super::{Ctx, bodies};
 use crate::error::AppResult;
 use crate::service::model::Connection;
 use crate::service::rooms::JoinInput;
@@ -40,16 +39,18 @@ fn to_json(rows: Vec<Connection>) -> Vec<ConnectionJson> {
         .collect()
 }
 
-pub async fn list(ctx: &Ctx) -> AppResult<Response> {
+pub async fn list(ctx: &Ctx<'_>) -> AppResult<Vec<ConnectionJson>> {
     let rows = ctx
         .svc
         .list_room(&ctx.caller, ctx.param(0), ctx.param(1))
         .await?;
-    Ok(ok_json(&to_json(rows)))
+    Ok(to_json(rows))
 }
 
-pub async fn join(ctx: &Ctx) -> AppResult<Response> {
-    let Batch(items) = ctx.body::<bodies::JoinBody>()?;
+pub async fn join(
+    ctx: &Ctx<'_>,
+    Body(Batch(items)): Body<bodies::JoinBody>,
+) -> AppResult<Vec<ConnectionJson>> {
     // Body `personId`, `ipAddress` and `id` were read for their type only: the server sets
     // them (§5.1).
     let parsed: Vec<JoinInput> = items
@@ -64,27 +65,29 @@ pub async fn join(ctx: &Ctx) -> AppResult<Response> {
         })
         .collect();
     if parsed.is_empty() {
-        return Ok(ok_json(&json!([])));
+        return Ok(Vec::new());
     }
     let rows = ctx
         .svc
         .join(&ctx.caller, ctx.client_ip.as_deref(), parsed)
         .await?;
-    Ok(ok_json(&to_json(rows)))
+    Ok(to_json(rows))
 }
 
-pub async fn leave(ctx: &Ctx) -> AppResult<Response> {
+pub async fn leave(ctx: &Ctx<'_>) -> AppResult<Success> {
     ctx.svc
         .leave(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
         .await?;
-    Ok(ok_json(&json!({"success": true})))
+    Ok(SUCCESS)
 }
 
-pub async fn set_name(ctx: &Ctx) -> AppResult<Response> {
-    let Obj(body) = ctx.body::<bodies::SetNameBody>()?;
+pub async fn set_name(
+    ctx: &Ctx<'_>,
+    Body(Obj(body)): Body<bodies::SetNameBody>,
+) -> AppResult<Vec<ConnectionJson>> {
     let rows = ctx
         .svc
         .set_name(&ctx.caller, &body.socket_id, &body.name)
         .await?;
-    Ok(ok_json(&to_json(rows)))
+    Ok(to_json(rows))
 }

@@ -1,32 +1,35 @@
 //! `/messaging/conversations…` (§10.4).
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::Serialize;
 
+use super::api::{Body, NoContent, Query};
 use super::input::{Batch, Obj};
-use super::{Ctx, bodies, ok_json};
+use super::{Ctx, bodies};
 use crate::error::AppResult;
-use crate::service::conversations::{ConversationInput, StartInput};
+use crate::service::conversations::{ConversationInput, StartInput, Timeline};
+use crate::service::model::{
+    Conversation, ConversationWithMessages, Message, MessageWithReactions,
+};
 
-pub async fn current(ctx: &Ctx) -> AppResult<Response> {
-    let c = ctx
-        .svc
+pub async fn current(ctx: &Ctx<'_>) -> AppResult<Conversation> {
+    ctx.svc
         .current_conversation(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
-        .await?;
-    Ok(ok_json(&c))
+        .await
 }
 
-pub async fn ensure(ctx: &Ctx) -> AppResult<Response> {
-    let Obj(body) = ctx.body::<bodies::EnsureBody>()?;
+pub async fn ensure(
+    ctx: &Ctx<'_>,
+    Body(Obj(body)): Body<bodies::EnsureBody>,
+) -> AppResult<Conversation> {
     let t = body.content_type.map(String::from).unwrap_or_default();
     let id = body.content_id.map(String::from).unwrap_or_default();
-    Ok(ok_json(
-        &ctx.svc.ensure_conversation(&ctx.caller, &t, &id).await?,
-    ))
+    ctx.svc.ensure_conversation(&ctx.caller, &t, &id).await
 }
 
-pub async fn save(ctx: &Ctx) -> AppResult<Response> {
-    let Batch(items) = ctx.body::<bodies::SaveBody>()?;
+pub async fn save(
+    ctx: &Ctx<'_>,
+    Body(Batch(items)): Body<bodies::SaveBody>,
+) -> AppResult<Vec<Conversation>> {
     // A new conversation names its content (checked by the type); an update may leave it out.
     let items: Vec<ConversationInput> = items
         .into_iter()
@@ -41,77 +44,108 @@ pub async fn save(ctx: &Ctx) -> AppResult<Response> {
         })
         .collect();
     if items.is_empty() {
-        return Ok(ok_json(&json!([])));
+        return Ok(Vec::new());
     }
-    Ok(ok_json(
-        &ctx.svc.save_conversations(&ctx.caller, items).await?,
-    ))
+    ctx.svc.save_conversations(&ctx.caller, items).await
 }
 
-pub async fn get(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(
-        &ctx.svc
-            .get_conversation(&ctx.caller, ctx.param(0), ctx.param(1))
-            .await?,
-    ))
+pub async fn get(ctx: &Ctx<'_>) -> AppResult<Conversation> {
+    ctx.svc
+        .get_conversation(&ctx.caller, ctx.param(0), ctx.param(1))
+        .await
 }
 
-pub async fn by_content(ctx: &Ctx) -> AppResult<Response> {
-    let list = ctx
-        .svc
+pub async fn by_content(ctx: &Ctx<'_>) -> AppResult<Vec<Conversation>> {
+    ctx.svc
         .conversations_for_content(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
-        .await?;
-    Ok(ok_json(&list))
+        .await
 }
 
-pub async fn messages_by_content(ctx: &Ctx) -> AppResult<Response> {
-    let q = ctx.query::<bodies::PageQuery>()?;
+pub async fn messages_by_content(
+    ctx: &Ctx<'_>,
+    Query(q): Query<bodies::PageQuery>,
+) -> AppResult<Vec<ConversationWithMessages<MessageWithReactions>>> {
     let (page, limit) = (q.page.0, q.limit.0);
-    let list = ctx
-        .svc
+    ctx.svc
         .conversations_with_messages(&ctx.caller, ctx.param(0), ctx.param(1), page, limit)
-        .await?;
-    Ok(ok_json(&list))
+        .await
 }
 
-pub async fn timeline(ctx: &Ctx) -> AppResult<Response> {
-    let ids = ctx.query::<bodies::TimelineQuery>()?.ids.0;
-    let list = ctx.svc.timeline(&ctx.caller, ids).await?;
-    let out: Vec<Value> = list
+/// A conversation of the timeline: its id and count with its first and last message.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineItem {
+    id: String,
+    post_count: i32,
+    messages: Vec<Message>,
+}
+
+pub async fn timeline(
+    ctx: &Ctx<'_>,
+    Query(q): Query<bodies::TimelineQuery>,
+) -> AppResult<Vec<TimelineItem>> {
+    let list = ctx.svc.timeline(&ctx.caller, q.ids.0).await?;
+    Ok(list
         .into_iter()
-        .map(|t| json!({"id": t.conversation.id, "postCount": t.conversation.post_count, "messages": t.messages}))
-        .collect();
-    Ok(ok_json(&out))
-}
-
-/// Group posts omit `firstPostId` and `lastPostId` (the messages carry them).
-fn posts_json(list: Vec<crate::service::conversations::Timeline>) -> Vec<Value> {
-    list.into_iter()
-        .map(|t| {
-            let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                o.shift_remove("firstPostId");
-                o.shift_remove("lastPostId");
-            }
-            v
+        .map(|t| TimelineItem {
+            id: t.conversation.id,
+            post_count: t.conversation.post_count,
+            messages: t.messages,
         })
-        .collect()
+        .collect())
 }
 
-pub async fn posts(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&posts_json(
-        ctx.svc.group_posts(&ctx.caller, None).await?,
-    )))
+/// A group post: its conversation without `firstPostId` and `lastPostId` (the messages
+/// carry them), then its messages.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupPost {
+    id: String,
+    church_id: String,
+    content_type: Option<String>,
+    content_id: Option<String>,
+    title: Option<String>,
+    date_created: String,
+    group_id: Option<String>,
+    visibility: Option<String>,
+    post_count: i32,
+    allow_anonymous_posts: bool,
+    messages: Vec<Message>,
 }
 
-pub async fn posts_by_group(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&posts_json(
-        ctx.svc.group_posts(&ctx.caller, Some(ctx.param(0))).await?,
-    )))
+impl From<Timeline> for GroupPost {
+    fn from(t: Timeline) -> Self {
+        let c = t.conversation;
+        GroupPost {
+            id: c.id,
+            church_id: c.church_id,
+            content_type: c.content_type,
+            content_id: c.content_id,
+            title: c.title,
+            date_created: c.date_created,
+            group_id: c.group_id,
+            visibility: c.visibility,
+            post_count: c.post_count,
+            allow_anonymous_posts: c.allow_anonymous_posts,
+            messages: t.messages,
+        }
+    }
 }
 
-pub async fn start(ctx: &Ctx) -> AppResult<Response> {
-    let Obj(body) = ctx.body::<bodies::StartBody>()?;
+pub async fn posts(ctx: &Ctx<'_>) -> AppResult<Vec<GroupPost>> {
+    let list = ctx.svc.group_posts(&ctx.caller, None).await?;
+    Ok(list.into_iter().map(GroupPost::from).collect())
+}
+
+pub async fn posts_by_group(ctx: &Ctx<'_>) -> AppResult<Vec<GroupPost>> {
+    let list = ctx.svc.group_posts(&ctx.caller, Some(ctx.param(0))).await?;
+    Ok(list.into_iter().map(GroupPost::from).collect())
+}
+
+pub async fn start(
+    ctx: &Ctx<'_>,
+    Body(Obj(body)): Body<bodies::StartBody>,
+) -> AppResult<Conversation> {
     let input = StartInput {
         group_id: body.group_id.map(String::from).filter(|s| !s.is_empty()),
         content_type: body.content_type.into(),
@@ -119,14 +153,48 @@ pub async fn start(ctx: &Ctx) -> AppResult<Response> {
         title: body.title.map(String::from),
         comment: body.comment.into(),
     };
-    Ok(ok_json(
-        &ctx.svc.start_conversation(&ctx.caller, input).await?,
-    ))
+    ctx.svc.start_conversation(&ctx.caller, input).await
 }
 
-pub async fn delete(ctx: &Ctx) -> AppResult<Response> {
+pub async fn delete(ctx: &Ctx<'_>) -> AppResult<NoContent> {
     ctx.svc
         .delete_conversation(&ctx.caller, ctx.param(0), ctx.param(1))
         .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(NoContent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group post is its conversation's JSON without the two post ids, then the messages,
+    /// as it was when the fields were removed from the serialized conversation.
+    #[test]
+    fn a_group_post_is_its_conversation_without_the_post_ids() {
+        let conversation = Conversation {
+            id: "V1".into(),
+            church_id: "C1".into(),
+            content_type: Some("group".into()),
+            content_id: Some("G1".into()),
+            title: None,
+            date_created: "2024-01-01T00:00:00.000Z".into(),
+            group_id: Some("G1".into()),
+            visibility: None,
+            first_post_id: Some("M1".into()),
+            last_post_id: Some("M2".into()),
+            post_count: 2,
+            allow_anonymous_posts: false,
+        };
+        let t = Timeline {
+            conversation,
+            messages: Vec::new(),
+        };
+        let mut old = serde_json::to_value(&t).unwrap_or_default();
+        if let Some(o) = old.as_object_mut() {
+            o.shift_remove("firstPostId");
+            o.shift_remove("lastPostId");
+        }
+        let new = serde_json::to_string(&GroupPost::from(t)).unwrap_or_default();
+        assert_eq!(new, old.to_string());
+    }
 }

@@ -1,5 +1,6 @@
 //! The HTTP/WebSocket edge: REST under `/messaging` turned into in-process calls on the
 //! service layer, WebSocket upgrades on any path, and the operational endpoints.
+pub mod api;
 pub mod blocked_ips;
 pub mod bodies;
 pub mod connections;
@@ -9,6 +10,7 @@ pub mod input;
 pub mod messages;
 pub mod notifications;
 pub mod openapi;
+pub mod ops;
 pub mod private_messages;
 pub mod routes;
 pub mod serve;
@@ -17,7 +19,7 @@ pub mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -33,7 +35,7 @@ use crate::error::AppError;
 use crate::service::Services;
 use crate::service::limits::MAX_BODY;
 pub use error::error_response;
-use routes::{Auth, Endpoint};
+use routes::Auth;
 
 /// What every request handler can reach.
 pub struct EdgeState {
@@ -46,18 +48,21 @@ pub struct EdgeState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-/// One REST request, after routing, the body-size check and authentication.
-pub struct Ctx {
+/// One REST request, after routing, the body-size check and authentication (an operational
+/// endpoint's is empty: it reads nothing of the request).
+pub struct Ctx<'a> {
     pub caller: Caller,
     pub client_ip: Option<String>,
     /// Path parameters in path order, percent-decoded.
     pub params: Vec<String>,
     query: Option<String>,
     pub body: Bytes,
-    pub svc: Services,
+    pub svc: &'a Services,
+    /// The rest of the edge's state, for the operational endpoints.
+    pub state: &'a EdgeState,
 }
 
-impl Ctx {
+impl Ctx<'_> {
     /// The `i`-th path parameter.
     pub fn param(&self, i: usize) -> &str {
         self.params.get(i).map(String::as_str).unwrap_or_default()
@@ -196,19 +201,31 @@ async fn dispatch(State(state): State<Arc<EdgeState>>, req: Request) -> Response
     if upgrade::is_websocket(req.headers()) {
         return upgrade::upgrade(state.services.hub.clone(), req);
     }
-    let path = req.uri().path().to_string();
     if req.method() == Method::GET
-        && let Some(resp) = static_files::serve(&state, &path, req.uri().query())
+        && let Some(resp) = static_files::serve(&state, req.uri().path(), req.uri().query())
     {
         return resp;
     }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    respond(&state, req, peer).await
+}
+
+/// One REST request, whichever door it came through: routing, the checks of §9, the
+/// handler, the errors as responses, and the request's metrics. The HTTP port calls it
+/// behind CORS; a door without a socket of its own (a Lambda function) gives it the request
+/// it was handed and the client's address.
+pub async fn respond(state: &EdgeState, req: Request, peer: Option<SocketAddr>) -> Response {
+    let path = req.uri().path().to_string();
     let Some(matched) = routes::find(req.method().as_str(), &path) else {
         return unrouted(req.method().as_str(), &path);
     };
     let pattern = matched.route.path;
     let reads_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let started = std::time::Instant::now();
-    let resp = handle(&state, matched, &path, req).await;
+    let resp = handle(state, matched, &path, req, peer).await;
     if !reads_only {
         // The reply must not overtake the frames this call published (order across nodes).
         state.services.settle().await;
@@ -259,29 +276,45 @@ async fn read_body(body: Body) -> Result<Bytes, AppError> {
     }
 }
 
-async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    match matched.route.endpoint {
-        Endpoint::Health => return ok_json(&json!({"status": "ok"})),
-        Endpoint::Ready => return ready(state).await,
-        Endpoint::Metrics => {
-            return (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                state.metrics.render(),
-            )
-                .into_response();
-        }
-        Endpoint::OpenApi => return ok_json(openapi::document()),
-        _ => {}
-    }
-    let raw = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return error_response(e, path),
+async fn handle(
+    state: &EdgeState,
+    matched: routes::Matched,
+    path: &str,
+    req: Request,
+    peer: Option<SocketAddr>,
+) -> Response {
+    let endpoint = matched.route.endpoint;
+    let ctx = if matched.route.auth == Auth::None {
+        // The operational endpoints read nothing of the request, neither its body nor its
+        // token: a probe or a scrape is answered whatever it holds.
+        Ok(Ctx {
+            caller: Caller::Anonymous,
+            client_ip: None,
+            params: matched.params,
+            query: None,
+            body: Bytes::new(),
+            svc: &state.services,
+            state,
+        })
+    } else {
+        context(state, matched, req, peer).await
     };
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let result = match ctx {
+        Ok(ctx) => routes::call(endpoint, &ctx).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(|e| error_response(e, path))
+}
+
+/// The request as its handler sees it, after the checks of §9 that come before its input.
+async fn context<'a>(
+    state: &'a EdgeState,
+    matched: routes::Matched,
+    req: Request,
+    peer: Option<SocketAddr>,
+) -> Result<Ctx<'a>, AppError> {
+    let (parts, body) = req.into_parts();
+    let raw = read_body(body).await?;
     let auth = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -294,83 +327,19 @@ async fn handle(state: &EdgeState, matched: routes::Matched, path: &str, req: Re
         Auth::Permission(p) => caller.claims().is_some_and(|c| c.has_permission(p)),
     };
     if !allowed {
-        return error_response(AppError::Unauthorized, path);
+        return Err(AppError::Unauthorized);
     }
     // Path parameters are input too (check 4 of §9).
     if let Some(field) = matched.invalid_param() {
-        return error_response(AppError::InvalidPath { field }, path);
+        return Err(AppError::InvalidPath { field });
     }
-    let ctx = Ctx {
+    Ok(Ctx {
         caller,
         client_ip: client_ip(&parts.headers, peer, state.trust_proxy),
         params: matched.params,
         query: parts.uri.query().map(str::to_string),
         body: raw,
-        svc: state.services.clone(),
-    };
-    let result = match matched.route.endpoint {
-        Endpoint::ConnectionsList => connections::list(&ctx).await,
-        Endpoint::ConnectionsJoin => connections::join(&ctx).await,
-        Endpoint::ConnectionsLeave => connections::leave(&ctx).await,
-        Endpoint::ConnectionsSetName => connections::set_name(&ctx).await,
-        Endpoint::MessagesByConversation => messages::by_conversation(&ctx).await,
-        Endpoint::MessagesCatchup => messages::catchup(&ctx).await,
-        Endpoint::MessagesSend => messages::send(&ctx).await,
-        Endpoint::MessagesPost => messages::post(&ctx).await,
-        Endpoint::MessagesSetCallout => messages::set_callout(&ctx).await,
-        Endpoint::MessagesGet => messages::get(&ctx).await,
-        Endpoint::MessagesReact => messages::react(&ctx).await,
-        Endpoint::MessagesDelete => messages::delete(&ctx).await,
-        Endpoint::ConversationsCurrent => conversations::current(&ctx).await,
-        Endpoint::ConversationsEnsure => conversations::ensure(&ctx).await,
-        Endpoint::ConversationsSave => conversations::save(&ctx).await,
-        Endpoint::ConversationsGet => conversations::get(&ctx).await,
-        Endpoint::ConversationsByContent => conversations::by_content(&ctx).await,
-        Endpoint::ConversationsMessagesByContent => conversations::messages_by_content(&ctx).await,
-        Endpoint::ConversationsTimeline => conversations::timeline(&ctx).await,
-        Endpoint::ConversationsPosts => conversations::posts(&ctx).await,
-        Endpoint::ConversationsPostsByGroup => conversations::posts_by_group(&ctx).await,
-        Endpoint::ConversationsStart => conversations::start(&ctx).await,
-        Endpoint::ConversationsDelete => conversations::delete(&ctx).await,
-        Endpoint::PrivateMessagesCreate => private_messages::create(&ctx).await,
-        Endpoint::PrivateMessagesList => private_messages::list(&ctx).await,
-        Endpoint::PrivateMessagesGet => private_messages::get(&ctx).await,
-        Endpoint::PrivateMessagesDelete => private_messages::delete(&ctx).await,
-        Endpoint::NotificationsUnreadCount => notifications::unread_count(&ctx).await,
-        Endpoint::NotificationsMy => notifications::my(&ctx).await,
-        Endpoint::NotificationsCreate => notifications::create(&ctx).await,
-        Endpoint::NotificationsMarkRead => notifications::mark_read(&ctx).await,
-        Endpoint::NotificationsDeleteMy => notifications::delete_my(&ctx).await,
-        Endpoint::NotificationsDelete => notifications::delete(&ctx).await,
-        Endpoint::BlockedIpsToggle => blocked_ips::toggle(&ctx).await,
-        Endpoint::BlockedIpsList => blocked_ips::list(&ctx).await,
-        Endpoint::BlockedIpsClear => blocked_ips::clear(&ctx).await,
-        Endpoint::Health | Endpoint::Ready | Endpoint::Metrics | Endpoint::OpenApi => {
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-    };
-    result.unwrap_or_else(|e| error_response(e, path))
-}
-
-async fn ready(state: &EdgeState) -> Response {
-    let reason = if !state.ready.load(Ordering::Acquire) {
-        Some("starting".to_string())
-    } else if let Some(why) = state.services.unready() {
-        Some(why)
-    } else {
-        state
-            .services
-            .store()
-            .ping()
-            .await
-            .err()
-            .map(|e| format!("database: {e}"))
-    };
-    match reason {
-        None => ok_json(&json!({"status": "ready"})),
-        Some(reason) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "unavailable", "reason": reason}),
-        ),
-    }
+        svc: &state.services,
+        state,
+    })
 }

@@ -1,25 +1,24 @@
 //! `/messaging/notifications…` (§10.6): JSON in, `service::notifications`, JSON out.
-use axum::response::Response;
-use serde_json::json;
-
+use super::api::{Body, Person, SUCCESS, Success};
 use super::input::Obj;
-use super::{Ctx, bodies, ok_json};
+use super::{Ctx, bodies};
 use crate::error::AppResult;
+use crate::service::model::{Counts, Notification};
 use crate::service::notifications as ns;
 
-pub async fn unread_count(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&ns::unread_count(&ctx.svc, &ctx.caller).await?))
+pub async fn unread_count(ctx: &Ctx<'_>) -> AppResult<Counts> {
+    ns::unread_count(ctx.svc, &ctx.caller).await
 }
 
-pub async fn my(ctx: &Ctx) -> AppResult<Response> {
-    Ok(ok_json(&ns::my(&ctx.svc, &ctx.caller).await?))
+pub async fn my(ctx: &Ctx<'_>) -> AppResult<Vec<Notification>> {
+    ns::my(ctx.svc, &ctx.caller).await
 }
 
-pub async fn create(ctx: &Ctx) -> AppResult<Response> {
-    // Check 3 of §9 comes before the body's; the service decides it again.
-    crate::service::person(&ctx.caller)?;
-    let input = new_notifications(ctx.body()?);
-    Ok(ok_json(&ns::create(&ctx.svc, &ctx.caller, &input).await?))
+pub async fn create(
+    ctx: &Ctx<'_>,
+    Person(Body(body)): Person<Body<bodies::NotificationsBody>>,
+) -> AppResult<Vec<Notification>> {
+    ns::create(ctx.svc, &ctx.caller, &new_notifications(body)).await
 }
 
 fn new_notifications(Obj(body): bodies::NotificationsBody) -> ns::NewNotifications {
@@ -32,19 +31,19 @@ fn new_notifications(Obj(body): bodies::NotificationsBody) -> ns::NewNotificatio
     }
 }
 
-pub async fn mark_read(ctx: &Ctx) -> AppResult<Response> {
-    ns::mark_read(&ctx.svc, &ctx.caller, ctx.param(0), ctx.param(1)).await?;
-    Ok(ok_json(&json!({"success": true})))
+pub async fn mark_read(ctx: &Ctx<'_>) -> AppResult<Success> {
+    ns::mark_read(ctx.svc, &ctx.caller, ctx.param(0), ctx.param(1)).await?;
+    Ok(SUCCESS)
 }
 
-pub async fn delete_my(ctx: &Ctx) -> AppResult<Response> {
-    ns::delete_my(&ctx.svc, &ctx.caller).await?;
-    Ok(ok_json(&json!({"success": true})))
+pub async fn delete_my(ctx: &Ctx<'_>) -> AppResult<Success> {
+    ns::delete_my(ctx.svc, &ctx.caller).await?;
+    Ok(SUCCESS)
 }
 
-pub async fn delete(ctx: &Ctx) -> AppResult<Response> {
-    ns::delete(&ctx.svc, &ctx.caller, ctx.param(0), ctx.param(1)).await?;
-    Ok(ok_json(&json!({"success": true})))
+pub async fn delete(ctx: &Ctx<'_>) -> AppResult<Success> {
+    ns::delete(ctx.svc, &ctx.caller, ctx.param(0), ctx.param(1)).await?;
+    Ok(SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,128 +1,31 @@
-//! The OpenAPI 3.1 document of the REST edge, generated at first use from the route table
-//! (`routes::ROUTES`: paths, methods, auth, summaries), from the request types the handlers
-//! parse (`edge::bodies`: bodies and query strings, with their limits) and from the Rust
-//! types the handlers return (JSON Schema 2020-12 through schemars, which OpenAPI 3.1 uses
-//! as is).
+//! The OpenAPI 3.1 document of the REST edge, generated at first use from the endpoint
+//! declaration (`routes::ROUTES`: paths, methods, auth, summaries, extra error statuses) and
+//! from the types its handlers take and return (`edge::api`): the request types
+//! (`edge::bodies`: bodies and query strings, with their limits) and the response types, as
+//! JSON Schema 2020-12 through schemars, which OpenAPI 3.1 uses as is.
 use std::sync::OnceLock;
 
+use axum::response::Response;
+use schemars::Schema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
-use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
-use super::bodies;
+use super::api::{Reply, json_content};
 use super::routes::{Auth, Endpoint, ROUTES};
-use crate::service::model::*;
+use super::{bodies, ok_json};
 
-#[derive(JsonSchema)]
-#[allow(dead_code)]
-struct Success {
-    success: bool,
-}
+/// The document, as `GET /messaging/openapi.json` sends it. Its schema says only `object`:
+/// the document does not describe OpenAPI itself.
+pub struct Document(pub &'static Value);
 
-#[derive(JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct ReactionResult {
-    message_id: String,
-    emoji: String,
-    added: bool,
-}
-
-#[derive(JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct TimelineItem {
-    id: String,
-    post_count: i32,
-    messages: Vec<Message>,
-}
-
-/// What one endpoint takes and returns.
-struct Doc {
-    request: Option<Schema>,
-    response: Option<Schema>,
-    status: &'static str,
-    /// The query string's type as a schema (an object: one property per parameter).
-    query: Option<Schema>,
-}
-
-fn doc(ep: Endpoint, g: &mut SchemaGenerator) -> Doc {
-    let mut d = Doc {
-        request: None,
-        response: None,
-        status: "200",
-        query: None,
-    };
-    macro_rules! set {
-        (_, $resp:ty) => {{
-            d.response = Some(g.subschema_for::<$resp>());
-        }};
-        ($req:ty, $resp:ty) => {{
-            d.request = Some(g.subschema_for::<$req>());
-            d.response = Some(g.subschema_for::<$resp>());
-        }};
+impl Reply for Document {
+    fn responses(_: &mut SchemaGenerator) -> Map<String, Value> {
+        Map::from_iter([("200".into(), json_content("OK", json!({"type": "object"})))])
     }
-    use Endpoint::*;
-    match ep {
-        Health | Ready | Metrics | OpenApi => {}
-        ConnectionsList => set!(_, Vec<super::connections::ConnectionJson>),
-        ConnectionsJoin => set!(bodies::JoinBody, Vec<super::connections::ConnectionJson>),
-        ConnectionsLeave => set!(_, Success),
-        ConnectionsSetName => set!(bodies::SetNameBody, Vec<super::connections::ConnectionJson>),
-        MessagesByConversation => set!(_, Vec<Message>),
-        MessagesCatchup => {
-            set!(_, Vec<Message>);
-            d.query = Some(bodies::CatchupQuery::json_schema(g));
-        }
-        MessagesSend => set!(bodies::SendBody, Vec<Message>),
-        MessagesPost => set!(bodies::PostBody, Vec<Message>),
-        MessagesSetCallout => set!(bodies::CalloutBody, Callout),
-        MessagesGet => set!(_, Message),
-        MessagesReact => set!(bodies::ReactBody, ReactionResult),
-        MessagesDelete => {
-            d.response = Some(
-                json!({"type": "object", "properties": {"message": {"type": "string"}}})
-                    .try_into()
-                    .unwrap_or_default(),
-            )
-        }
-        ConversationsCurrent | ConversationsGet => set!(_, Conversation),
-        ConversationsEnsure => set!(bodies::EnsureBody, Conversation),
-        ConversationsSave => set!(bodies::SaveBody, Vec<Conversation>),
-        ConversationsByContent => set!(_, Vec<Conversation>),
-        ConversationsMessagesByContent => {
-            set!(_, Vec<ConversationWithMessages<MessageWithReactions>>);
-            d.query = Some(bodies::PageQuery::json_schema(g));
-        }
-        ConversationsTimeline => {
-            set!(_, Vec<TimelineItem>);
-            d.query = Some(bodies::TimelineQuery::json_schema(g));
-        }
-        ConversationsPosts | ConversationsPostsByGroup => {
-            set!(_, Vec<ConversationWithMessages<Message>>)
-        }
-        ConversationsStart => set!(bodies::StartBody, Conversation),
-        ConversationsDelete => d.status = "204",
-        BlockedIpsClear => {
-            d.request = Some(g.subschema_for::<bodies::ClearBody>());
-            d.status = "204";
-        }
-        PrivateMessagesCreate => set!(bodies::PrivateMessagesBody, Vec<PrivateMessage>),
-        PrivateMessagesList => set!(_, Vec<PrivateMessageView>),
-        PrivateMessagesGet => set!(_, PrivateMessageView),
-        PrivateMessagesDelete
-        | NotificationsMarkRead
-        | NotificationsDeleteMy
-        | NotificationsDelete => {
-            set!(_, Success)
-        }
-        NotificationsUnreadCount => set!(_, Counts),
-        NotificationsMy => set!(_, Vec<Notification>),
-        NotificationsCreate => set!(bodies::NotificationsBody, Vec<Notification>),
-        BlockedIpsToggle => set!(bodies::BlockedIpsBody, Vec<BlockedIp>),
-        BlockedIpsList => set!(_, Vec<String>),
+
+    fn into_response(self) -> Response {
+        ok_json(self.0)
     }
-    d
 }
 
 /// One `in: query` parameter per property of a query type's schema; its `description`
@@ -157,36 +60,6 @@ fn query_parameters(q: &Schema) -> Vec<Value> {
             p
         })
         .collect()
-}
-
-/// The error statuses an endpoint can answer besides the ones every `/messaging` operation
-/// shares (§9, §10): 400 when it reads a body, a query or a path parameter, 401 unless it is
-/// open, 413 with a body, 503 whenever it touches the database.
-fn extra_errors(ep: Endpoint) -> &'static [&'static str] {
-    use Endpoint::*;
-    match ep {
-        MessagesSend | MessagesPost => &["403", "404"],
-        PrivateMessagesCreate => &["404", "409"],
-        ConnectionsList
-        | ConnectionsJoin
-        | ConnectionsLeave
-        | MessagesByConversation
-        | MessagesCatchup
-        | MessagesSetCallout
-        | MessagesGet
-        | MessagesReact
-        | MessagesDelete
-        | ConversationsCurrent
-        | ConversationsSave
-        | ConversationsGet
-        | ConversationsDelete
-        | PrivateMessagesGet
-        | PrivateMessagesDelete
-        | NotificationsDelete
-        | BlockedIpsToggle
-        | BlockedIpsList => &["404"],
-        _ => &[],
-    }
 }
 
 /// OpenAPI links: which value of an endpoint's `200` response feeds which parameter of
@@ -356,7 +229,7 @@ fn build() -> Value {
         .into_generator();
     let mut paths = Map::new();
     for r in ROUTES {
-        let d = doc(r.endpoint, &mut g);
+        let d = (r.doc)(&mut g);
         let mut params: Vec<Value> = r
             .param_names()
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": bodies::path_param_max(name), "pattern": super::input::NO_NUL_PATTERN}}))
@@ -365,52 +238,31 @@ fn build() -> Value {
         if let Some(q) = &d.query {
             params.extend(query_parameters(q));
         }
-        let mut responses = Map::new();
-        let ok = match (&d.response, r.endpoint) {
-            (_, Endpoint::Metrics) => {
-                json!({"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}})
+        let mut responses = d.responses;
+        if let Some(ok) = responses.get_mut("200")
+            && let Some(schema) = ok.pointer("/content/application~1json/schema")
+        {
+            let batch = schema.get("type").and_then(Value::as_str) == Some("array");
+            let links = links_of(r.endpoint, batch);
+            if !links.is_empty() {
+                ok["links"] = Value::Object(links);
             }
-            (_, Endpoint::Ready) => {
-                json!({"description": "Ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}})
-            }
-            (Some(s), _) => {
-                let mut ok =
-                    json!({"description": "OK", "content": {"application/json": {"schema": s}}});
-                let batch = s.get("type").and_then(Value::as_str) == Some("array");
-                let links = links_of(r.endpoint, batch);
-                if !links.is_empty() {
-                    ok["links"] = Value::Object(links);
-                }
-                ok
-            }
-            (None, _) if d.status == "204" => json!({"description": "No content"}),
-            (None, _) => {
-                json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}})
-            }
-        };
-        responses.insert(d.status.to_string(), ok);
-        let err = |status: &str| json!({"$ref": format!("#/components/responses/{status}")});
-        if r.endpoint == Endpoint::Ready {
-            responses.insert(
-                "503".into(),
-                json!({"description": "Not ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}),
-            );
         }
-        if r.path.starts_with("/messaging/") && r.endpoint != Endpoint::OpenApi {
-            let mut statuses: Vec<&str> = Vec::new();
-            if d.request.is_some() || d.query.is_some() || has_path_params {
-                statuses.push("400");
+        let err = |status: &str| json!({"$ref": format!("#/components/responses/{status}")});
+        // The operational endpoints answer none of the errors of §9.
+        if r.auth != Auth::None {
+            let mut statuses: Vec<String> = Vec::new();
+            if d.body.is_some() || d.query.is_some() || has_path_params {
+                statuses.push("400".into());
             }
-            if r.auth != Auth::None {
-                statuses.push("401");
+            statuses.push("401".into());
+            statuses.extend(r.extra_errors.iter().map(u16::to_string));
+            if d.body.is_some() {
+                statuses.push("413".into());
             }
-            statuses.extend(extra_errors(r.endpoint));
-            if d.request.is_some() {
-                statuses.push("413");
-            }
-            statuses.push("503");
+            statuses.push("503".into());
             for status in statuses {
-                responses.insert(status.into(), err(status));
+                responses.insert(status.clone(), err(&status));
             }
         }
         let mut op = json!({
@@ -429,7 +281,7 @@ fn build() -> Value {
                 op["description"] = json!(format!("Requires the `{}` permission.", p.as_str()));
             }
         }
-        if let Some(s) = d.request {
+        if let Some(s) = d.body {
             op["requestBody"] =
                 json!({"required": true, "content": {"application/json": {"schema": s}}});
         }
@@ -439,17 +291,6 @@ fn build() -> Value {
     let mut schemas = g.take_definitions(true);
     let (errors, responses) = error_components();
     schemas.extend(errors);
-    schemas.insert(
-        "Readiness".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "status": {"type": "string", "enum": ["ready", "unavailable"]},
-                "reason": {"type": "string"}
-            },
-            "required": ["status"]
-        }),
-    );
     json!({
         "openapi": "3.1.0",
         "info": {

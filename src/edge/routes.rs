@@ -1,58 +1,29 @@
-//! The REST route table and its matcher. Literal segments match case-insensitively, a
-//! trailing `/` is optional, parameters are percent-decoded and keep their case, and a
-//! literal segment wins over a parameter in the same position (§9).
+//! Every endpoint the HTTP port serves, declared once (`endpoints!` below): its route, who may
+//! call it, the error statuses it adds to the ones every operation shares, its handler, and
+//! the handler's input and output types. Dispatch (`call`) and the OpenAPI document
+//! (`edge::openapi`) are both generated from the declaration, so neither can drift from the
+//! handlers: `call` gives the handler the declared input and takes the declared output.
 //!
-//! The table is also the source of the OpenAPI document (`edge::openapi`).
+//! The matcher: literal segments match case-insensitively, a trailing `/` is optional,
+//! parameters are percent-decoded and keep their case, and a literal segment wins over a
+//! parameter in the same position (§9).
+use axum::response::Response;
+use schemars::SchemaGenerator;
 
-/// Every endpoint the HTTP port serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Health,
-    Ready,
-    Metrics,
-    OpenApi,
-    ConnectionsList,
-    ConnectionsJoin,
-    ConnectionsLeave,
-    ConnectionsSetName,
-    MessagesByConversation,
-    MessagesCatchup,
-    MessagesSend,
-    MessagesPost,
-    MessagesSetCallout,
-    MessagesGet,
-    MessagesReact,
-    MessagesDelete,
-    ConversationsCurrent,
-    ConversationsEnsure,
-    ConversationsSave,
-    ConversationsGet,
-    ConversationsByContent,
-    ConversationsMessagesByContent,
-    ConversationsTimeline,
-    ConversationsPosts,
-    ConversationsPostsByGroup,
-    ConversationsStart,
-    ConversationsDelete,
-    PrivateMessagesCreate,
-    PrivateMessagesList,
-    PrivateMessagesGet,
-    PrivateMessagesDelete,
-    NotificationsUnreadCount,
-    NotificationsMy,
-    NotificationsCreate,
-    NotificationsMarkRead,
-    NotificationsDeleteMy,
-    NotificationsDelete,
-    BlockedIpsToggle,
-    BlockedIpsList,
-    BlockedIpsClear,
-}
+use super::api::{Body, Doc, Input, NoContent, Person, Query, Reply, Success};
+use super::bodies::*;
+use super::connections::{self, ConnectionJson};
+use super::conversations::{self, GroupPost, TimelineItem};
+use super::messages::{self, Deleted, Emoji, ReactionResult};
+use super::{Ctx, blocked_ips, notifications, openapi, ops, private_messages};
+use crate::error::AppResult;
+use crate::service::model::*;
 
 /// Who may call an endpoint (§8, §10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
-    /// No token involved (operational endpoints).
+    /// No token involved (operational endpoints): nothing of the request is read, neither
+    /// its token nor its body.
     None,
     /// Token optional: anonymous callers allowed (per-object rules may still need one).
     Optional,
@@ -69,59 +40,193 @@ pub struct Route {
     pub endpoint: Endpoint,
     pub auth: Auth,
     pub summary: &'static str,
+    /// The error statuses it answers besides the ones every `/messaging` operation shares
+    /// (§9, §10): 400 when it reads a body, a query or a path parameter, 401 unless it is
+    /// open, 413 with a body, 503 (the database).
+    pub extra_errors: &'static [u16],
+    /// Its input and output as the document shows them: the handler's own types.
+    pub doc: fn(&mut SchemaGenerator) -> Doc,
 }
 
-macro_rules! routes {
-    ($( $method:literal $path:literal => $endpoint:ident, $auth:expr, $summary:literal; )*) => {
-        &[$( Route { method: $method, path: $path, endpoint: Endpoint::$endpoint, auth: $auth, summary: $summary }, )*]
+/// `()` for a handler that takes no input.
+macro_rules! input_type {
+    () => {
+        ()
+    };
+    ($input:ty) => {
+        $input
+    };
+}
+
+/// One line per endpoint: `/// summary`, then
+/// `Variant: METHOD "path", auth, [extra error statuses], handler(Input) -> Output;`
+/// where a handler without input is written `handler()`. Generates `Endpoint`, `ROUTES` and
+/// `call`.
+macro_rules! endpoints {
+    ($(
+        #[doc = $summary:literal]
+        $endpoint:ident: $method:ident $path:literal, $auth:expr, [$($extra:literal),*],
+            $($handler:ident)::+($($input:ty)?) -> $output:ty;
+    )*) => {
+        /// Every endpoint the HTTP port serves.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Endpoint {
+            $(#[doc = $summary] $endpoint,)*
+        }
+
+        pub const ROUTES: &[Route] = &[$(
+            Route {
+                method: stringify!($method),
+                path: $path,
+                endpoint: Endpoint::$endpoint,
+                auth: $auth,
+                summary: $summary.trim_ascii(),
+                extra_errors: &[$($extra),*],
+                doc: Doc::of::<input_type!($($input)?), $output>,
+            },
+        )*];
+
+        /// Runs `endpoint`'s handler on its input read from the request, and sends its output.
+        pub async fn call(endpoint: Endpoint, ctx: &Ctx<'_>) -> AppResult<Response> {
+            match endpoint {
+                $(Endpoint::$endpoint => {
+                    let output: $output =
+                        $($handler)::+(ctx $(, <$input as Input>::read(ctx)?)?).await?;
+                    Ok(Reply::into_response(output))
+                })*
+            }
+        }
     };
 }
 
 use crate::auth::Permission::{ContentEdit, MessagingAdmin};
 use Auth::{None as Open, Optional, Permission as Perm, Token};
 
-pub const ROUTES: &[Route] = routes! {
-    "GET" "/health" => Health, Open, "Liveness: 200 while the process runs";
-    "GET" "/ready" => Ready, Open, "Readiness: migrations done, listeners up, database answering";
-    "GET" "/metrics" => Metrics, Open, "Prometheus metrics";
-    "GET" "/messaging/openapi.json" => OpenApi, Open, "This OpenAPI 3.1 document";
-    "GET" "/messaging/connections/{churchId}/{roomId}" => ConnectionsList, Optional, "Rows of a room by timeJoined (alerts: only the caller's own)";
-    "POST" "/messaging/connections" => ConnectionsJoin, Optional, "Join sockets to rooms (upsert); attendance and blockedIp follow";
-    "DELETE" "/messaging/connections/{churchId}/{roomId}/{socketId}" => ConnectionsLeave, Optional, "Remove a socket from a room";
-    "POST" "/messaging/connections/setName" => ConnectionsSetName, Optional, "Rename a socket in every room it is in (not alerts)";
-    "GET" "/messaging/messages/conversation/{conversationId}" => MessagesByConversation, Token, "Messages of a conversation of the caller's church, ascending";
-    "GET" "/messaging/messages/catchup/{churchId}/{conversationId}" => MessagesCatchup, Optional, "Messages since a time (inclusive), ascending";
-    "POST" "/messaging/messages/send" => MessagesSend, Optional, "Post messages (authenticated, or anonymous in anonymous-public rooms)";
-    "POST" "/messaging/messages" => MessagesPost, Token, "Create messages, or edit them (items with id)";
-    "POST" "/messaging/messages/setCallout" => MessagesSetCallout, Perm(ContentEdit), "Broadcast a callout to a conversation room (not stored)";
-    "GET" "/messaging/messages/{churchId}/{id}" => MessagesGet, Optional, "One message";
-    "POST" "/messaging/messages/{messageId}/reactions" => MessagesReact, Token, "Toggle a reaction";
-    "DELETE" "/messaging/messages/{id}" => MessagesDelete, Token, "Delete a message (author or moderator)";
-    "GET" "/messaging/conversations/current/{churchId}/{contentType}/{contentId}" => ConversationsCurrent, Optional, "The conversation of the last 24 hours for a content item, created if needed";
-    "POST" "/messaging/conversations/ensure" => ConversationsEnsure, Token, "Get or create the current streamingLive conversation";
-    "POST" "/messaging/conversations" => ConversationsSave, Token, "Create conversations, or update them (items with id, Content Edit)";
-    "GET" "/messaging/conversations/{churchId}/{id}" => ConversationsGet, Optional, "One conversation";
-    "GET" "/messaging/conversations/{churchId}/{contentType}/{contentId}" => ConversationsByContent, Optional, "Conversations of a content item, newest first";
-    "GET" "/messaging/conversations/messages/{contentType}/{contentId}" => ConversationsMessagesByContent, Token, "Conversations of a content item with a page of their messages";
-    "GET" "/messaging/conversations/timeline/ids" => ConversationsTimeline, Token, "First and last message of up to 100 conversations";
-    "GET" "/messaging/conversations/posts" => ConversationsPosts, Token, "The caller's recent group conversations";
-    "GET" "/messaging/conversations/posts/group/{groupId}" => ConversationsPostsByGroup, Token, "Recent conversations of one group";
-    "POST" "/messaging/conversations/start" => ConversationsStart, Token, "Create a conversation with its first message";
-    "DELETE" "/messaging/conversations/{churchId}/{id}" => ConversationsDelete, Perm(ContentEdit), "Delete a conversation with its messages";
-    "POST" "/messaging/privatemessages" => PrivateMessagesCreate, Token, "Attach private-message participants to conversations";
-    "GET" "/messaging/privatemessages" => PrivateMessagesList, Token, "The caller's private messages (marks them seen)";
-    "GET" "/messaging/privatemessages/{id}" => PrivateMessagesGet, Token, "One private message";
-    "DELETE" "/messaging/privatemessages/{id}" => PrivateMessagesDelete, Token, "Delete a private message thread";
-    "GET" "/messaging/notifications/unreadCount" => NotificationsUnreadCount, Token, "Unread notification and private-message counts";
-    "GET" "/messaging/notifications/my" => NotificationsMy, Token, "The caller's notifications (then marked read)";
-    "POST" "/messaging/notifications/create" => NotificationsCreate, Perm(MessagingAdmin), "Create notifications for people";
-    "POST" "/messaging/notifications/markRead/{churchId}/{personId}" => NotificationsMarkRead, Token, "Mark all of a person's notifications read";
-    "DELETE" "/messaging/notifications/my" => NotificationsDeleteMy, Token, "Delete the caller's notifications";
-    "DELETE" "/messaging/notifications/{churchId}/{id}" => NotificationsDelete, Token, "Delete one notification (owner or Messaging Admin)";
-    "POST" "/messaging/blockedips" => BlockedIpsToggle, Perm(ContentEdit), "Toggle blocked IPs of conversations";
-    "GET" "/messaging/blockedips/{churchId}/{conversationId}" => BlockedIpsList, Optional, "Blocked IPs of a conversation";
-    "POST" "/messaging/blockedips/clear" => BlockedIpsClear, Perm(ContentEdit), "Clear the blocked IPs of a service";
-};
+endpoints! {
+    /// Liveness: 200 while the process runs
+    Health: GET "/health", Open, [], ops::health() -> ops::Health;
+    /// Readiness: migrations done, listeners up, database answering
+    Ready: GET "/ready", Open, [], ops::ready() -> ops::Ready;
+    /// Prometheus metrics
+    Metrics: GET "/metrics", Open, [], ops::metrics() -> ops::Metrics;
+    /// This OpenAPI 3.1 document
+    OpenApi: GET "/messaging/openapi.json", Open, [], ops::openapi() -> openapi::Document;
+
+    /// Rows of a room by timeJoined (alerts: only the caller's own)
+    ConnectionsList: GET "/messaging/connections/{churchId}/{roomId}", Optional, [404],
+        connections::list() -> Vec<ConnectionJson>;
+    /// Join sockets to rooms (upsert); attendance and blockedIp follow
+    ConnectionsJoin: POST "/messaging/connections", Optional, [404],
+        connections::join(Body<JoinBody>) -> Vec<ConnectionJson>;
+    /// Remove a socket from a room
+    ConnectionsLeave: DELETE "/messaging/connections/{churchId}/{roomId}/{socketId}", Optional, [404],
+        connections::leave() -> Success;
+    /// Rename a socket in every room it is in (not alerts)
+    ConnectionsSetName: POST "/messaging/connections/setName", Optional, [],
+        connections::set_name(Body<SetNameBody>) -> Vec<ConnectionJson>;
+
+    /// Messages of a conversation of the caller's church, ascending
+    MessagesByConversation: GET "/messaging/messages/conversation/{conversationId}", Token, [404],
+        messages::by_conversation() -> Vec<Message>;
+    /// Messages since a time (inclusive), ascending
+    MessagesCatchup: GET "/messaging/messages/catchup/{churchId}/{conversationId}", Optional, [404],
+        messages::catchup(Query<CatchupQuery>) -> Vec<Message>;
+    /// Post messages (authenticated, or anonymous in anonymous-public rooms)
+    MessagesSend: POST "/messaging/messages/send", Optional, [403, 404],
+        messages::send(Body<SendBody>) -> Vec<Message>;
+    /// Create messages, or edit them (items with id)
+    MessagesPost: POST "/messaging/messages", Token, [403, 404],
+        messages::post(Body<PostBody>) -> Vec<Message>;
+    /// Broadcast a callout to a conversation room (not stored)
+    MessagesSetCallout: POST "/messaging/messages/setCallout", Perm(ContentEdit), [404],
+        messages::set_callout(Body<CalloutBody>) -> Callout;
+    /// One message
+    MessagesGet: GET "/messaging/messages/{churchId}/{id}", Optional, [404],
+        messages::get() -> Message;
+    /// Toggle a reaction
+    MessagesReact: POST "/messaging/messages/{messageId}/reactions", Token, [404],
+        messages::react(Emoji) -> ReactionResult;
+    /// Delete a message (author or moderator)
+    MessagesDelete: DELETE "/messaging/messages/{id}", Token, [404],
+        messages::delete() -> Deleted;
+
+    /// The conversation of the last 24 hours for a content item, created if needed
+    ConversationsCurrent: GET "/messaging/conversations/current/{churchId}/{contentType}/{contentId}", Optional, [404],
+        conversations::current() -> Conversation;
+    /// Get or create the current streamingLive conversation
+    ConversationsEnsure: POST "/messaging/conversations/ensure", Token, [],
+        conversations::ensure(Body<EnsureBody>) -> Conversation;
+    /// Create conversations, or update them (items with id, Content Edit)
+    ConversationsSave: POST "/messaging/conversations", Token, [404],
+        conversations::save(Body<SaveBody>) -> Vec<Conversation>;
+    /// One conversation
+    ConversationsGet: GET "/messaging/conversations/{churchId}/{id}", Optional, [404],
+        conversations::get() -> Conversation;
+    /// Conversations of a content item, newest first
+    ConversationsByContent: GET "/messaging/conversations/{churchId}/{contentType}/{contentId}", Optional, [],
+        conversations::by_content() -> Vec<Conversation>;
+    /// Conversations of a content item with a page of their messages
+    ConversationsMessagesByContent: GET "/messaging/conversations/messages/{contentType}/{contentId}", Token, [],
+        conversations::messages_by_content(Query<PageQuery>)
+            -> Vec<ConversationWithMessages<MessageWithReactions>>;
+    /// First and last message of up to 100 conversations
+    ConversationsTimeline: GET "/messaging/conversations/timeline/ids", Token, [],
+        conversations::timeline(Query<TimelineQuery>) -> Vec<TimelineItem>;
+    /// The caller's recent group conversations
+    ConversationsPosts: GET "/messaging/conversations/posts", Token, [],
+        conversations::posts() -> Vec<GroupPost>;
+    /// Recent conversations of one group
+    ConversationsPostsByGroup: GET "/messaging/conversations/posts/group/{groupId}", Token, [],
+        conversations::posts_by_group() -> Vec<GroupPost>;
+    /// Create a conversation with its first message
+    ConversationsStart: POST "/messaging/conversations/start", Token, [],
+        conversations::start(Body<StartBody>) -> Conversation;
+    /// Delete a conversation with its messages
+    ConversationsDelete: DELETE "/messaging/conversations/{churchId}/{id}", Perm(ContentEdit), [404],
+        conversations::delete() -> NoContent;
+
+    /// Attach private-message participants to conversations
+    PrivateMessagesCreate: POST "/messaging/privatemessages", Token, [404, 409],
+        private_messages::create(Person<Body<PrivateMessagesBody>>) -> Vec<PrivateMessage>;
+    /// The caller's private messages (marks them seen)
+    PrivateMessagesList: GET "/messaging/privatemessages", Token, [],
+        private_messages::list() -> Vec<PrivateMessageView>;
+    /// One private message
+    PrivateMessagesGet: GET "/messaging/privatemessages/{id}", Token, [404],
+        private_messages::get() -> PrivateMessageView;
+    /// Delete a private message thread
+    PrivateMessagesDelete: DELETE "/messaging/privatemessages/{id}", Token, [404],
+        private_messages::delete() -> Success;
+
+    /// Unread notification and private-message counts
+    NotificationsUnreadCount: GET "/messaging/notifications/unreadCount", Token, [],
+        notifications::unread_count() -> Counts;
+    /// The caller's notifications (then marked read)
+    NotificationsMy: GET "/messaging/notifications/my", Token, [],
+        notifications::my() -> Vec<Notification>;
+    /// Create notifications for people
+    NotificationsCreate: POST "/messaging/notifications/create", Perm(MessagingAdmin), [],
+        notifications::create(Person<Body<NotificationsBody>>) -> Vec<Notification>;
+    /// Mark all of a person's notifications read
+    NotificationsMarkRead: POST "/messaging/notifications/markRead/{churchId}/{personId}", Token, [],
+        notifications::mark_read() -> Success;
+    /// Delete the caller's notifications
+    NotificationsDeleteMy: DELETE "/messaging/notifications/my", Token, [],
+        notifications::delete_my() -> Success;
+    /// Delete one notification (owner or Messaging Admin)
+    NotificationsDelete: DELETE "/messaging/notifications/{churchId}/{id}", Token, [404],
+        notifications::delete() -> Success;
+
+    /// Toggle blocked IPs of conversations
+    BlockedIpsToggle: POST "/messaging/blockedips", Perm(ContentEdit), [404],
+        blocked_ips::toggle(Body<BlockedIpsBody>) -> Vec<BlockedIp>;
+    /// Blocked IPs of a conversation
+    BlockedIpsList: GET "/messaging/blockedips/{churchId}/{conversationId}", Optional, [404],
+        blocked_ips::list() -> Vec<String>;
+    /// Clear the blocked IPs of a service
+    BlockedIpsClear: POST "/messaging/blockedips/clear", Perm(ContentEdit), [],
+        blocked_ips::clear(Body<ClearBody>) -> NoContent;
+}
 
 impl Route {
     /// The names of the path's `{name}` parameters, in path order.
