@@ -57,12 +57,7 @@ pub async fn ready(ctx: &Ctx<'_>) -> AppResult<Ready> {
     } else if let Some(why) = ctx.svc.unready() {
         Some(why)
     } else {
-        ctx.svc
-            .store()
-            .ping()
-            .await
-            .err()
-            .map(|e| format!("database: {e}"))
+        ctx.svc.database_unready().await
     };
     Ok(Ready(match reason {
         None => Readiness::Ready,
