@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use messaging::store::entities::{connections, nodes};
-use sea_orm::{ActiveValue::Set, EntityTrait};
+use sea_orm::{ActiveValue::Set, EntityTrait, TransactionTrait};
 use serde_json::json;
 
 use crate::db_test;
@@ -57,15 +57,18 @@ db_test!(
         let mut watcher = app.ws_with_id().await;
         app.join_one(&room, &watcher.id, "w").await;
         watcher.next_action("attendance").await;
-        // A crashed node: its lease ran out and its row is still there.
+        // A crashed node: its lease ran out and its row is still there. Both rows in one
+        // transaction: a sweep between them would remove the node and leave its row behind
+        // with no expired node to find it by.
         let now = messaging::time::now_ms();
+        let txn = app.db.begin().await.unwrap();
         nodes::Entity::insert(nodes::ActiveModel {
             id: Set("DEADNODE001".into()),
             grpc_address: Set(None),
             started_at: Set(now - 600_000),
             lease_until: Set(now - 1),
         })
-        .exec_without_returning(&app.db)
+        .exec_without_returning(&txn)
         .await
         .unwrap();
         connections::Entity::insert(connections::ActiveModel {
@@ -80,9 +83,10 @@ db_test!(
             node_id: Set("DEADNODE001".into()),
             anonymous_number: Set(None),
         })
-        .exec_without_returning(&app.db)
+        .exec_without_returning(&txn)
         .await
         .unwrap();
+        txn.commit().await.unwrap();
         // The sweep removes it and tells the room.
         let frames = watcher
             .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 1)
