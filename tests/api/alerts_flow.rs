@@ -5,8 +5,8 @@ use messaging::store::entities::{message_reactions, messages, notifications, pri
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
 const PM: &str = "/messaging/privatemessages";
 
@@ -93,7 +93,7 @@ async fn thread(app: &TestApp, from_token: &str, to: &str) -> (String, String) {
     (conv, body[0]["id"].as_str().unwrap().to_string())
 }
 
-db_test!(
+server_test!(
     private_message_alert_reaches_only_the_recipient,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -182,7 +182,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     private_message_notification_is_reused_and_tracks_delivery,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -265,7 +265,7 @@ db_test!(
     }
 );
 
-db_test!(private_message_create_rules, |db: TestDb| async move {
+server_test!(private_message_create_rules, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let (a, b, c) = (
         app.token("C1", "PA", &[]),
@@ -439,7 +439,7 @@ db_test!(private_message_create_rules, |db: TestDb| async move {
     }
 });
 
-db_test!(
+server_test!(
     private_message_get_and_delete_are_for_participants,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -526,7 +526,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     inbox_is_newest_first_with_empty_threads_last,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -582,7 +582,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     notification_create_frames_skips_unread_duplicates_and_marks_read,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -723,7 +723,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     notification_create_validates_and_needs_messaging_admin,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -804,7 +804,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     concurrent_creates_leave_one_unread_notification,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -826,7 +826,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     notification_mark_read_and_delete_permissions,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -962,7 +962,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     concurrent_thread_creates_and_messages_stay_single,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -1010,7 +1010,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     private_message_posted_over_rest_alerts_the_recipient,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;

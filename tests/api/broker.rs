@@ -16,15 +16,9 @@ use messaging::broker::{self, Broker, BrokerError, Handler};
 use tokio::sync::mpsc;
 
 use crate::helpers::{Proxy, WAIT, eventually};
+use crate::server_test;
 
 type Inbox = mpsc::UnboundedReceiver<(String, Bytes)>;
-
-fn server_url(var: &str) -> String {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!("{var} is not set"),
-    }
-}
 
 /// A handler that forwards every delivery to a channel the test reads.
 fn collector() -> (Handler, Inbox) {
@@ -65,24 +59,7 @@ async fn until_marker(inbox: &mut Inbox, channel: &str, marker: &str) -> Vec<(St
     }
 }
 
-macro_rules! broker_test {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(not(with_redis), ignore = "BROKER_URL_REDIS is not set")]
-            async fn redis() {
-                super::$name(&super::server_url("BROKER_URL_REDIS")).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(not(with_nats), ignore = "BROKER_URL_NATS is not set")]
-            async fn nats() {
-                super::$name(&super::server_url("BROKER_URL_NATS")).await
-            }
-        }
-    };
-}
-
-broker_test!(round_trip_between_two_nodes);
+server_test!(round_trip_between_two_nodes, broker);
 async fn round_trip_between_two_nodes(url: &str) {
     let p = prefix();
     let (a, mut a_inbox) = node(url).await;
@@ -106,7 +83,7 @@ async fn round_trip_between_two_nodes(url: &str) {
     assert!(!a.is_connected());
 }
 
-broker_test!(many_channels_exactly_once_in_order);
+server_test!(many_channels_exactly_once_in_order, broker);
 async fn many_channels_exactly_once_in_order(url: &str) {
     const CHANNELS: usize = 20;
     const PER_CHANNEL: usize = 100;
@@ -150,7 +127,7 @@ async fn many_channels_exactly_once_in_order(url: &str) {
     b.close().await;
 }
 
-broker_test!(settled_publishes_of_two_nodes_arrive_in_that_order);
+server_test!(settled_publishes_of_two_nodes_arrive_in_that_order, broker);
 async fn settled_publishes_of_two_nodes_arrive_in_that_order(url: &str) {
     // Two publishers taking turns, each waiting for the other's publish to be settled: every
     // subscriber, the publishers' own connections included, sees them in turn order.
@@ -192,7 +169,7 @@ async fn settled_publishes_of_two_nodes_arrive_in_that_order(url: &str) {
     c.close().await;
 }
 
-broker_test!(unsubscribe_stops_delivery);
+server_test!(unsubscribe_stops_delivery, broker);
 async fn unsubscribe_stops_delivery(url: &str) {
     // Markers go on the same channel as what they vouch for: order is only promised per
     // channel (a NATS node receives each channel on a task of its own).
@@ -227,7 +204,7 @@ async fn unsubscribe_stops_delivery(url: &str) {
     b.close().await;
 }
 
-broker_test!(subscribe_ok_means_next_publish_arrives);
+server_test!(subscribe_ok_means_next_publish_arrives, broker);
 async fn subscribe_ok_means_next_publish_arrives(url: &str) {
     let p = prefix();
     let (a, _a_inbox) = node(url).await;
@@ -247,7 +224,7 @@ async fn subscribe_ok_means_next_publish_arrives(url: &str) {
     b.close().await;
 }
 
-broker_test!(a_channel_nobody_holds_costs_nothing);
+server_test!(a_channel_nobody_holds_costs_nothing, broker);
 async fn a_channel_nobody_holds_costs_nothing(url: &str) {
     let p = prefix();
     let (a, mut a_inbox) = node(url).await;
@@ -307,7 +284,7 @@ async fn an_unreachable_broker_fails_quickly() {
     }
 }
 
-broker_test!(outage_drops_then_resumes_within_5s);
+server_test!(outage_drops_then_resumes_within_5s, broker);
 async fn outage_drops_then_resumes_within_5s(url: &str) {
     let (scheme, rest) = url.split_once("://").expect("scheme://host:port");
     let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));

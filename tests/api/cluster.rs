@@ -11,10 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
-
-fn broker_url(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set"))
-}
+use crate::server_test;
 
 /// `count` nodes on `db`, each with the broker at `broker` and one channel prefix.
 async fn nodes(db: &TestDb, broker: &[String]) -> Vec<TestApp> {
@@ -92,50 +89,6 @@ async fn contents_until(ws: &mut Ws, last: &str) -> Vec<String> {
         .collect()
 }
 
-macro_rules! cluster_test {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(all(with_postgres, with_redis)),
-                ignore = "DATABASE_URL_POSTGRES or BROKER_URL_REDIS is not set"
-            )]
-            async fn postgres_redis() {
-                let db = TestDb::create(Backend::Postgres).await;
-                super::$name(db, broker_url("BROKER_URL_REDIS")).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(all(with_postgres, with_nats)),
-                ignore = "DATABASE_URL_POSTGRES or BROKER_URL_NATS is not set"
-            )]
-            async fn postgres_nats() {
-                let db = TestDb::create(Backend::Postgres).await;
-                super::$name(db, broker_url("BROKER_URL_NATS")).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(all(with_mysql, with_redis)),
-                ignore = "DATABASE_URL_MYSQL or BROKER_URL_REDIS is not set"
-            )]
-            async fn mysql_redis() {
-                let db = TestDb::create(Backend::Mysql).await;
-                super::$name(db, broker_url("BROKER_URL_REDIS")).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(all(with_mysql, with_nats)),
-                ignore = "DATABASE_URL_MYSQL or BROKER_URL_NATS is not set"
-            )]
-            async fn mysql_nats() {
-                let db = TestDb::create(Backend::Mysql).await;
-                super::$name(db, broker_url("BROKER_URL_NATS")).await
-            }
-        }
-    };
-}
-
 /// Frames of action `message` until one per publisher says `end`; returns each publisher's
 /// sequence numbers in arrival order.
 async fn messages_until_ends(ws: &mut Ws, publishers: usize) -> HashMap<u64, Vec<u64>> {
@@ -160,7 +113,7 @@ async fn grpc_send_on(app: &TestApp, room: &str, data: Value) -> u32 {
     app.grpc_send("C1", room, &data).await
 }
 
-cluster_test!(three_nodes_serve_every_call_as_one);
+server_test!(three_nodes_serve_every_call_as_one, cluster);
 async fn three_nodes_serve_every_call_as_one(db: TestDb, broker: String) {
     let n = nodes(&db, &[broker.clone(), broker.clone(), broker]).await;
     let room = n[0].conversation("C1", "streamingLive", true).await;
@@ -298,7 +251,10 @@ async fn three_nodes_serve_every_call_as_one(db: TestDb, broker: String) {
     );
 }
 
-cluster_test!(one_publisher_round_robin_keeps_its_order_on_every_node);
+server_test!(
+    one_publisher_round_robin_keeps_its_order_on_every_node,
+    cluster
+);
 /// One publisher sends consecutive frames to one room, each through the next node (REST and
 /// gRPC mixed) and each only after the previous reply, as behind a round-robin load
 /// balancer: every socket on every node gets every frame exactly once, in publish order.
@@ -388,7 +344,7 @@ async fn one_publisher_round_robin_keeps_its_order_on_every_node(db: TestDb, bro
     }
 }
 
-cluster_test!(alerts_reach_only_that_persons_sockets_on_any_node);
+server_test!(alerts_reach_only_that_persons_sockets_on_any_node, cluster);
 async fn alerts_reach_only_that_persons_sockets_on_any_node(db: TestDb, broker: String) {
     let n = nodes(&db, &[broker.clone(), broker.clone(), broker]).await;
     let p1 = n[0].token("C1", "P1", &[]);
@@ -446,7 +402,10 @@ async fn alerts_reach_only_that_persons_sockets_on_any_node(db: TestDb, broker: 
     );
 }
 
-cluster_test!(a_broker_outage_keeps_sockets_and_local_delivery_then_resumes);
+server_test!(
+    a_broker_outage_keeps_sockets_and_local_delivery_then_resumes,
+    cluster
+);
 async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestDb, broker: String) {
     let upstream = broker
         .split_once("://")
@@ -603,7 +562,10 @@ impl Drop for Process {
     }
 }
 
-cluster_test!(a_killed_node_is_purged_and_a_stopped_one_leaves_at_once);
+server_test!(
+    a_killed_node_is_purged_and_a_stopped_one_leaves_at_once,
+    cluster
+);
 async fn a_killed_node_is_purged_and_a_stopped_one_leaves_at_once(db: TestDb, broker: String) {
     let prefix = format!("test-{}", messaging::ids::new_id());
     let mut s = settings(&db);
@@ -684,7 +646,10 @@ async fn a_broker_with_sqlite_refuses_to_start() {
     );
 }
 
-cluster_test!(a_failed_post_reaches_no_socket_and_holds_up_nothing);
+server_test!(
+    a_failed_post_reaches_no_socket_and_holds_up_nothing,
+    cluster
+);
 /// A post's frames are published held before its write; when the write fails they are
 /// withdrawn on every node. The hold time is far longer than the test's waits, so a frame
 /// left held would stop the room's next frames from arriving at all.
@@ -729,7 +694,10 @@ async fn a_failed_post_reaches_no_socket_and_holds_up_nothing(db: TestDb, broker
     assert_eq!(stored, ["after", "before"]);
 }
 
-cluster_test!(a_held_frame_never_released_expires_and_the_room_goes_on);
+server_test!(
+    a_held_frame_never_released_expires_and_the_room_goes_on,
+    cluster
+);
 /// A node that dies between publishing a post's frames and its commit never releases nor
 /// withdraws them: every node drops them after the hold time, then delivers what waited.
 async fn a_held_frame_never_released_expires_and_the_room_goes_on(db: TestDb, broker: String) {
@@ -758,7 +726,10 @@ async fn a_held_frame_never_released_expires_and_the_room_goes_on(db: TestDb, br
     );
 }
 
-cluster_test!(with_held_frames_off_a_post_publishes_after_its_commit);
+server_test!(
+    with_held_frames_off_a_post_publishes_after_its_commit,
+    cluster
+);
 /// `BROKER_HOLD_MS=0`: a post's frames go out on release, after the commit, so nothing
 /// another node publishes meanwhile waits behind them.
 async fn with_held_frames_off_a_post_publishes_after_its_commit(db: TestDb, broker: String) {

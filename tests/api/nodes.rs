@@ -5,10 +5,10 @@ use messaging::store::entities::{connections, nodes};
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use serde_json::json;
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
-db_test!(
+server_test!(
     two_nodes_never_delete_each_others_rows,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -47,7 +47,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     rows_of_an_expired_node_are_purged,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -105,7 +105,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     shutdown_closes_sockets_1001_and_removes_the_node,
     |db: TestDb| async move {
         let mut app = TestApp::spawn(&db).await;
@@ -129,7 +129,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     a_swept_node_registers_again_and_writes_its_rows_back,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -177,11 +177,11 @@ db_test!(
     }
 );
 
+server_test!(deadlocked_write_units_are_retried, [postgres, mysql]);
 /// A real deadlock (PostgreSQL 40P01, MariaDB 1213): two write units lock two rows in
 /// opposite orders; the database aborts one, `Store::write` sees the driver's code and runs
 /// it again, and both units complete.
-async fn deadlocked_write_units_are_retried(backend: Backend) {
-    let db = TestDb::create(backend).await;
+async fn deadlocked_write_units_are_retried(db: TestDb) {
     let store = messaging::store::Store::connect(&db.url).await.unwrap();
     store.migrate().await.unwrap();
     for id in ["NODE0000001", "NODE0000002"] {
@@ -231,16 +231,4 @@ async fn deadlocked_write_units_are_retried(backend: Backend) {
     let tries = tries_a.load(std::sync::atomic::Ordering::SeqCst)
         + tries_b.load(std::sync::atomic::Ordering::SeqCst);
     assert!(tries >= 3, "one unit was retried ({tries} attempts)");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(with_postgres), ignore = "DATABASE_URL_POSTGRES is not set")]
-async fn deadlocked_write_units_are_retried_postgres() {
-    deadlocked_write_units_are_retried(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(with_mysql), ignore = "DATABASE_URL_MYSQL is not set")]
-async fn deadlocked_write_units_are_retried_mysql() {
-    deadlocked_write_units_are_retried(Backend::Mysql).await;
 }

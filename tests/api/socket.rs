@@ -7,10 +7,10 @@ use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
-db_test!(handshake_and_id_stability, |db: TestDb| async move {
+server_test!(handshake_and_id_stability, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let mut a = app.ws().await;
     // Nothing before the first client frame.
@@ -47,7 +47,7 @@ db_test!(handshake_and_id_stability, |db: TestDb| async move {
     assert_ne!(b.get_id().await, id);
 });
 
-db_test!(inbound_frame_over_4k_closes_1009, |db: TestDb| async move {
+server_test!(inbound_frame_over_4k_closes_1009, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let mut a = app.ws_with_id().await;
     let mut b = app.ws_with_id().await;
@@ -64,7 +64,7 @@ db_test!(inbound_frame_over_4k_closes_1009, |db: TestDb| async move {
     assert_eq!(b.frame().await["data"], b.id);
 });
 
-db_test!(
+server_test!(
     non_upgrade_on_socket_port_gets_426,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -82,7 +82,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     silent_peer_is_dropped_and_room_told,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -110,7 +110,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     stalled_reader_is_evicted_while_200_others_get_everything,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -229,7 +229,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     a_full_socket_gets_every_frame_in_order_once_it_reads_again,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -290,7 +290,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     concurrent_publishers_reach_every_socket_once_in_each_ones_order,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -364,7 +364,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     upgrades_past_max_sockets_get_503_before_the_handshake,
     |db: TestDb| async move {
         let mut s = settings(&db);
