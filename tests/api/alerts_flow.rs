@@ -13,8 +13,9 @@ const PM: &str = "/messaging/privatemessages";
 /// Posts a message as `sender` (of church C1) through `POST /messaging/messages`, which
 /// runs the private-message flow; returns the message id.
 async fn pm_message(app: &TestApp, conv_id: &str, sender: &str, name: &str) -> String {
-    // Strictly increasing times keep "latest message" unambiguous within a test.
-    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    // Strictly increasing times keep "latest message" unambiguous within a test: every
+    // earlier message was written before this call, so this one is stamped after them all.
+    clock_past(messaging::time::now_ms()).await;
     let (status, body) = app
         .post(
             "/messaging/messages",

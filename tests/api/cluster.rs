@@ -435,38 +435,37 @@ async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestD
         .connect()
         .await
         .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status =
-        |s: i32| s == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
-    let mut down = false;
-    for _ in 0..50 {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "messaging.v1.Delivery".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if status(r.status) {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        down,
-        "gRPC health still SERVING while the broker is unreachable"
-    );
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    eventually(
+        "gRPC health NOT_SERVING while the broker is unreachable",
+        || {
+            let mut health = health.clone();
+            async move {
+                let r = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "messaging.v1.Delivery".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                r.status
+                    == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+            }
+        },
+    )
+    .await;
     // Sockets stay open and local delivery goes on.
     assert_eq!(grpc_send_on(&n[0], &room, json!({"during": 1})).await, 1);
     assert_eq!(on_a.next_action("message").await["data"]["during"], 1);
     proxy.restore();
-    let back = tokio::time::Instant::now();
     eventually("node A ready again", || async {
         n[0].get("/ready", None).await.0 == 200
     })
     .await;
-    // Cross-node delivery resumes, both ways, within 5 s of the broker's return.
+    // Cross-node delivery resumes, both ways: B sends probes until one reaches A (each
+    // given 100 ms before the next), within WAIT. How soon after the broker's return is
+    // measured once, on the broker itself (broker::outage_drops_then_resumes_within_5s).
+    let deadline = tokio::time::Instant::now() + WAIT;
     let mut seq = 0;
     loop {
         seq += 1;
@@ -477,8 +476,8 @@ async fn a_broker_outage_keeps_sockets_and_local_delivery_then_resumes(db: TestD
             break;
         }
         assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "no delivery 5 s after the broker came back"
+            tokio::time::Instant::now() < deadline,
+            "no delivery {WAIT:?} after the broker came back"
         );
     }
     grpc_send_on(&n[0], &room, json!({"both": "ways"})).await;
@@ -505,7 +504,8 @@ fn free_port() -> u16 {
 }
 
 impl Process {
-    async fn start(db: &TestDb, broker: &str, prefix: &str) -> Self {
+    /// `sweep_secs`: its `SWEEP_INTERVAL_SECS`; its lease lasts three of them.
+    async fn start(db: &TestDb, broker: &str, prefix: &str, sweep_secs: &str) -> Self {
         let (http, ws, grpc) = (free_port(), free_port(), free_port());
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_messaging"))
             .arg("serve")
@@ -518,7 +518,7 @@ impl Process {
             .env("JWT_SECRET", SECRET)
             .env("BROKER_URL", broker)
             .env("BROKER_PREFIX", prefix)
-            .env("SWEEP_INTERVAL_SECS", "0.5")
+            .env("SWEEP_INTERVAL_SECS", sweep_secs)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -576,8 +576,11 @@ async fn a_killed_node_is_purged_and_a_stopped_one_leaves_at_once(db: TestDb, br
     let room = a.conversation("C1", "streamingLive", true).await;
     let mut watcher = a.ws_with_id().await;
     a.join_one(&room, &watcher.id, "watcher").await;
-    let mut stopped = Process::start(&db, &broker, &prefix).await;
-    let mut killed = Process::start(&db, &broker, &prefix).await;
+    // The one stopped holds a lease of three minutes, far past this test: no sweep can
+    // remove its rows meanwhile, so the room hearing of its leaving shows that the stop did
+    // it. The one killed holds a lease of 1.5 s, which A's sweep finds run out.
+    let mut stopped = Process::start(&db, &broker, &prefix, "60").await;
+    let mut killed = Process::start(&db, &broker, &prefix, "0.5").await;
     // A socket on each process, joined through node A (which forwards to the holder).
     let mut on_stopped = Ws::connect(&format!("ws://{}/", stopped.ws)).await;
     on_stopped.get_id().await;
@@ -589,14 +592,12 @@ async fn a_killed_node_is_purged_and_a_stopped_one_leaves_at_once(db: TestDb, br
         .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 3)
         .await;
     // SIGTERM: the node closes its sockets with 1001, deletes its rows and tells the room
-    // at once, long before any sweep could.
-    let started = tokio::time::Instant::now();
+    // itself (its lease would keep them for minutes).
     stopped.signal("-TERM");
     assert_eq!(on_stopped.close_code().await, Some(1001));
     watcher
         .until(|f| f["action"] == "attendance" && f["data"]["totalViewers"] == 2)
         .await;
-    assert!(started.elapsed() < Duration::from_secs(3));
     assert!(stopped.child.wait().unwrap().success());
     // kill -9: nothing is said; the sweep of a live node purges the rows once the lease
     // (three sweep intervals) has run out, and the room is told.
@@ -710,15 +711,17 @@ async fn a_held_frame_never_released_expires_and_the_room_goes_on(db: TestDb, br
     .await;
     let room = n[0].conversation("C1", "streamingLive", true).await;
     let mut sockets = one_socket_per_node(&n, &room).await;
+    // Taken before the held frame exists, so its whole hold falls after this instant.
+    let sent = std::time::Instant::now();
     let held = hold_message(&n[0], &room, "orphan");
     // As if node 0 died now: no release, no withdrawal.
     std::mem::forget(held);
     n[0].svc.settle().await;
-    let sent = std::time::Instant::now();
     n[1].grpc_send("C1", &room, &json!({"content": "next"}))
         .await;
     every_socket_gets(&mut sockets, &["next"]).await;
-    // "next" waited behind the held frame until that one expired.
+    // "next" waited behind the held frame until that one expired. A lower bound on the
+    // clock, which is what a hold is: a slow machine only makes the wait longer.
     let waited = sent.elapsed();
     assert!(
         waited >= Duration::from_millis(HOLD_MS * 2 / 3),

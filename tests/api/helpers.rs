@@ -514,6 +514,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<Mutex<(bool, Vec<AbortHandle>)>>,
     pub accepted: Arc<AtomicUsize>,
+    /// Connections closed on accept while cut: a client's attempts to reconnect.
+    pub refused: Arc<AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -523,9 +525,10 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy addr");
         let state = Arc::new(Mutex::new((true, Vec::new())));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let accept = {
             let state = state.clone();
-            let accepted = accepted.clone();
+            let (accepted, refused) = (accepted.clone(), refused.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((mut inbound, _)) = listener.accept().await else {
@@ -534,6 +537,7 @@ impl Proxy {
                     // Checked and recorded under one lock, so a cut never misses a connection.
                     let mut guard = state.lock();
                     if !guard.0 {
+                        refused.fetch_add(1, Ordering::Relaxed);
                         continue; // dropping `inbound` closes it
                     }
                     accepted.fetch_add(1, Ordering::Relaxed);
@@ -551,6 +555,7 @@ impl Proxy {
             addr,
             state,
             accepted,
+            refused,
             accept,
         }
     }
@@ -589,6 +594,20 @@ where
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Returns once the clock the service stamps rows with (`messaging::time::now_ms`) reads later
+/// than `ms`, so that what is written next is stamped after anything written at or before
+/// `ms`. It waits on the clock itself (checked every millisecond), not for a guessed delay.
+pub async fn clock_past(ms: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while messaging::time::now_ms() <= ms {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock did not pass {ms} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

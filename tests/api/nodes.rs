@@ -8,6 +8,34 @@ use serde_json::json;
 use crate::helpers::*;
 use crate::server_test;
 
+/// Returns once `node` has run a whole lease renewal and sweep begun after this call. A round
+/// renews the lease (a new `leaseUntil`) and then sweeps, so the second renewal seen from
+/// here comes after a whole round. Polled: a renewal missed between two looks only makes
+/// this wait longer.
+async fn a_whole_sweep_round(conn: &sea_orm::DatabaseConnection, node: &str) {
+    let lease = || async {
+        nodes::Entity::find_by_id(node)
+            .one(conn)
+            .await
+            .unwrap()
+            .expect("the node's row")
+            .lease_until
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (mut last, mut renewals) = (lease().await, 0);
+    while renewals < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {node}: {renewals} lease renewals within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = lease().await;
+        if now != last {
+            (last, renewals) = (now, renewals + 1);
+        }
+    }
+}
+
 server_test!(
     two_nodes_never_delete_each_others_rows,
     |db: TestDb| async move {
@@ -22,10 +50,13 @@ server_test!(
         a.join_one(&room, &on_a.id, "a").await;
         b.join_one(&room, &on_b.id, "b").await;
         // Sends on A reach A's socket and leave B's row alone, across several sweeps of both.
+        let conn = sea_orm::Database::connect(&db.url).await.unwrap();
         for i in 0..5 {
             assert_eq!(a.grpc_send("C1", &room, &json!({"i": i})).await, 1);
             on_a.next_action("message").await;
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            for node in [&a.node_id, &b.node_id] {
+                a_whole_sweep_round(&conn, node).await;
+            }
         }
         let rows = a.store.room_rows("C1", &room).await.unwrap();
         let owners: std::collections::BTreeSet<_> =

@@ -132,18 +132,17 @@ async fn refusing_connections_gives_503_within_seconds(db: TestDb) {
     })
     .await;
     // The first request may find a pooled connection and fail on it at once; the next ones
-    // need a new connection, which is refused until the checkout times out.
-    for _ in 0..3 {
-        let started = std::time::Instant::now();
-        let (status, body) = app.post("/messaging/messages/send", None, &body).await;
+    // need a new connection, which is refused until the checkout times out (5 s). What the
+    // test guards against is a request held past that (no checkout timeout, or retries):
+    // WAIT bounds the wait for the answer, with room for a loaded machine, not its speed.
+    for i in 0..3 {
+        let (status, body) =
+            tokio::time::timeout(WAIT, app.post("/messaging/messages/send", None, &body))
+                .await
+                .unwrap_or_else(|_| panic!("request {i}: no answer within {WAIT:?}"));
         assert_eq!(
             (status, body),
             (503, json!({"error": "Database unavailable"}))
-        );
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(8),
-            "503 took {:?}",
-            started.elapsed()
         );
     }
 }

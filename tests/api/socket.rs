@@ -13,7 +13,8 @@ use crate::server_test;
 server_test!(handshake_and_id_stability, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let mut a = app.ws().await;
-    // Nothing before the first client frame.
+    // Nothing before the first client frame. Absence can only be shown by waiting: a
+    // 300 ms window, not a wait for an event.
     assert!(a.try_text(Duration::from_millis(300)).await.is_none());
     a.stream.send(Message::text("getId")).await.unwrap();
     let raw = a.text().await;
@@ -41,6 +42,7 @@ server_test!(handshake_and_id_stability, |db: TestDb| async move {
         .unwrap();
     assert_eq!(a.frame().await["data"], id);
     assert_eq!(a.frame().await["data"], id);
+    // Once each: a 200 ms window shows no third reply (absence can only be shown by waiting).
     assert!(a.try_text(Duration::from_millis(200)).await.is_none());
     // A new socket, on either entry point, gets a new id.
     let mut b = Ws::connect(&format!("ws://{}/any/path", app.http)).await;
@@ -328,6 +330,8 @@ server_test!(
                 assert_eq!(f["data"]["seq"].as_u64().unwrap(), next[p], "publisher {p}");
                 next[p] += 1;
             }
+            // Exactly once: no further message within a 100 ms window (absence can only be
+            // shown by waiting).
             assert!(
                 ws.try_text(Duration::from_millis(100))
                     .await
@@ -435,6 +439,7 @@ async fn a_paced_socket_waits_its_turn_while_others_go_at_once() {
         before + 1,
         "only B's answer was written"
     );
+    // And A still gets nothing: a 200 ms window (absence can only be shown by waiting).
     assert!(a.try_text(Duration::from_millis(200)).await.is_none());
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
