@@ -255,7 +255,9 @@ impl Settings {
         }
     }
 
-    /// Settings for tests and embedding: every default, no environment.
+    /// Settings for tests: every default, no environment, ports 0 on 127.0.0.1. Only in
+    /// test builds (`test-support`, which the crate's dev-dependency on itself turns on).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn for_tests(database_url: &str, jwt_secret: &str) -> Self {
         let mut s = Cli::parse_from(["messaging"]).settings;
         s.port = Some(0);

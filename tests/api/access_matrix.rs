@@ -46,8 +46,8 @@ use reqwest::Method;
 use sea_orm::{EntityTrait, IntoActiveModel};
 use serde_json::{Value, json};
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
 const C1: &str = "CHURCH-AAA1";
 const C2: &str = "CHURCH-BBB2";
@@ -1826,7 +1826,7 @@ async fn make_callers(app: &TestApp) -> Vec<Caller> {
     callers
 }
 
-db_test!(
+server_test!(
     access_matrix_follows_the_contract,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;

@@ -5,16 +5,17 @@ use messaging::store::entities::{message_reactions, messages, notifications, pri
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
 const PM: &str = "/messaging/privatemessages";
 
 /// Posts a message as `sender` (of church C1) through `POST /messaging/messages`, which
 /// runs the private-message flow; returns the message id.
 async fn pm_message(app: &TestApp, conv_id: &str, sender: &str, name: &str) -> String {
-    // Strictly increasing times keep "latest message" unambiguous within a test.
-    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    // Strictly increasing times keep "latest message" unambiguous within a test: every
+    // earlier message was written before this call, so this one is stamped after them all.
+    clock_past(messaging::time::now_ms()).await;
     let (status, body) = app
         .post(
             "/messaging/messages",
@@ -93,7 +94,7 @@ async fn thread(app: &TestApp, from_token: &str, to: &str) -> (String, String) {
     (conv, body[0]["id"].as_str().unwrap().to_string())
 }
 
-db_test!(
+server_test!(
     private_message_alert_reaches_only_the_recipient,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -182,7 +183,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     private_message_notification_is_reused_and_tracks_delivery,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -265,7 +266,7 @@ db_test!(
     }
 );
 
-db_test!(private_message_create_rules, |db: TestDb| async move {
+server_test!(private_message_create_rules, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let (a, b, c) = (
         app.token("C1", "PA", &[]),
@@ -439,7 +440,7 @@ db_test!(private_message_create_rules, |db: TestDb| async move {
     }
 });
 
-db_test!(
+server_test!(
     private_message_get_and_delete_are_for_participants,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -526,7 +527,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     inbox_is_newest_first_with_empty_threads_last,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -582,7 +583,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     notification_create_frames_skips_unread_duplicates_and_marks_read,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -723,7 +724,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     notification_create_validates_and_needs_messaging_admin,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -804,7 +805,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     concurrent_creates_leave_one_unread_notification,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -826,7 +827,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     notification_mark_read_and_delete_permissions,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -962,7 +963,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     concurrent_thread_creates_and_messages_stay_single,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -1010,7 +1011,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     private_message_posted_over_rest_alerts_the_recipient,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;

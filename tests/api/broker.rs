@@ -16,15 +16,9 @@ use messaging::broker::{self, Broker, BrokerError, Handler};
 use tokio::sync::mpsc;
 
 use crate::helpers::{Proxy, WAIT, eventually};
+use crate::server_test;
 
 type Inbox = mpsc::UnboundedReceiver<(String, Bytes)>;
-
-fn server_url(var: &str) -> String {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!("{var} is not set"),
-    }
-}
 
 /// A handler that forwards every delivery to a channel the test reads.
 fn collector() -> (Handler, Inbox) {
@@ -65,24 +59,7 @@ async fn until_marker(inbox: &mut Inbox, channel: &str, marker: &str) -> Vec<(St
     }
 }
 
-macro_rules! broker_test {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(not(with_redis), ignore = "BROKER_URL_REDIS is not set")]
-            async fn redis() {
-                super::$name(&super::server_url("BROKER_URL_REDIS")).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(not(with_nats), ignore = "BROKER_URL_NATS is not set")]
-            async fn nats() {
-                super::$name(&super::server_url("BROKER_URL_NATS")).await
-            }
-        }
-    };
-}
-
-broker_test!(round_trip_between_two_nodes);
+server_test!(round_trip_between_two_nodes, broker);
 async fn round_trip_between_two_nodes(url: &str) {
     let p = prefix();
     let (a, mut a_inbox) = node(url).await;
@@ -106,7 +83,7 @@ async fn round_trip_between_two_nodes(url: &str) {
     assert!(!a.is_connected());
 }
 
-broker_test!(many_channels_exactly_once_in_order);
+server_test!(many_channels_exactly_once_in_order, broker);
 async fn many_channels_exactly_once_in_order(url: &str) {
     const CHANNELS: usize = 20;
     const PER_CHANNEL: usize = 100;
@@ -150,7 +127,7 @@ async fn many_channels_exactly_once_in_order(url: &str) {
     b.close().await;
 }
 
-broker_test!(settled_publishes_of_two_nodes_arrive_in_that_order);
+server_test!(settled_publishes_of_two_nodes_arrive_in_that_order, broker);
 async fn settled_publishes_of_two_nodes_arrive_in_that_order(url: &str) {
     // Two publishers taking turns, each waiting for the other's publish to be settled: every
     // subscriber, the publishers' own connections included, sees them in turn order.
@@ -192,7 +169,7 @@ async fn settled_publishes_of_two_nodes_arrive_in_that_order(url: &str) {
     c.close().await;
 }
 
-broker_test!(unsubscribe_stops_delivery);
+server_test!(unsubscribe_stops_delivery, broker);
 async fn unsubscribe_stops_delivery(url: &str) {
     // Markers go on the same channel as what they vouch for: order is only promised per
     // channel (a NATS node receives each channel on a task of its own).
@@ -227,7 +204,7 @@ async fn unsubscribe_stops_delivery(url: &str) {
     b.close().await;
 }
 
-broker_test!(subscribe_ok_means_next_publish_arrives);
+server_test!(subscribe_ok_means_next_publish_arrives, broker);
 async fn subscribe_ok_means_next_publish_arrives(url: &str) {
     let p = prefix();
     let (a, _a_inbox) = node(url).await;
@@ -247,16 +224,19 @@ async fn subscribe_ok_means_next_publish_arrives(url: &str) {
     b.close().await;
 }
 
-broker_test!(a_channel_nobody_holds_costs_nothing);
+server_test!(a_channel_nobody_holds_costs_nothing, broker);
 async fn a_channel_nobody_holds_costs_nothing(url: &str) {
     let p = prefix();
     let (a, mut a_inbox) = node(url).await;
     let (b, mut b_inbox) = node(url).await;
-    let started = Instant::now();
+    // `publish` is not async: it cannot wait on the network. Each payload is taken (queued
+    // for the broker), none refused for want of a subscriber.
     for i in 0..1000 {
-        a.publish(&format!("{p}nobody{}", i % 10), Bytes::from_static(b"x"));
+        assert!(
+            a.publish(&format!("{p}nobody{}", i % 10), Bytes::from_static(b"x")),
+            "payload {i} not taken"
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "publish waited");
     // Still connected, still delivering, and none of it surfaced anywhere.
     let live = format!("{p}live");
     b.subscribe(&live).await.expect("subscribe");
@@ -296,18 +276,23 @@ async fn an_unreachable_broker_fails_quickly() {
     };
     for scheme in ["redis", "nats"] {
         let (handler, _inbox) = collector();
-        let started = Instant::now();
-        let result = broker::connect(&format!("{scheme}://127.0.0.1:{port}"), handler).await;
+        // A refused port is answered at once; what could hang is a connect that retried
+        // instead of reporting it. WAIT bounds the wait for the answer, not its speed.
+        let result = tokio::time::timeout(
+            WAIT,
+            broker::connect(&format!("{scheme}://127.0.0.1:{port}"), handler),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{scheme}: connect still waiting after {WAIT:?}"));
         assert!(
             matches!(result, Err(BrokerError::Unreachable(_))),
             "{scheme}: {:?}",
             result.err()
         );
-        assert!(started.elapsed() < Duration::from_secs(5), "{scheme}");
     }
 }
 
-broker_test!(outage_drops_then_resumes_within_5s);
+server_test!(outage_drops_then_resumes_within_5s, broker);
 async fn outage_drops_then_resumes_within_5s(url: &str) {
     let (scheme, rest) = url.split_once("://").expect("scheme://host:port");
     let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -330,15 +315,14 @@ async fn outage_drops_then_resumes_within_5s(url: &str) {
     proxy.cut();
     eventually("A to notice the outage", || async { !a.is_connected() }).await;
     assert!(b.is_connected());
-    // Publishing during the outage neither blocks nor queues for later.
-    let started = Instant::now();
+    // Publishing during the outage neither blocks (`publish` is not async) nor queues for
+    // later: each payload is refused at once, left to the caller.
     for i in 0..20_000 {
-        a.publish(&to_b, Bytes::from(format!("during{i}")));
+        assert!(
+            !a.publish(&to_b, Bytes::from(format!("during{i}"))),
+            "payload {i} taken during the outage"
+        );
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "publish blocked"
-    );
     // Subscribing during the outage fails, but is remembered.
     assert!(matches!(
         a.subscribe(&late).await,
@@ -346,11 +330,21 @@ async fn outage_drops_then_resumes_within_5s(url: &str) {
     ));
 
     // An outage long enough for the reconnect backoff to reach its ceiling (1 s), so the
-    // measured resume time is the worst case, not the first quick retry.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // measured resume time is the worst case, not the first quick retry: the delays before
+    // attempts go 0, 50, 100, 200, 400, 800 ms, then 1 s, so by the eighth attempt refused
+    // (one connection each) A waits its longest between attempts.
+    eventually("A's reconnect backoff at its ceiling", || {
+        let refused = proxy.refused.load(Ordering::Relaxed);
+        async move { refused >= 8 }
+    })
+    .await;
     proxy.restore();
+    // The issue asks for delivery to resume within 5 s of the broker's return, so this bound
+    // on the clock is the requirement itself, measured here and nowhere else. The design
+    // resumes within the backoff ceiling (1 s; `backoff_is_capped_at_one_second` checks it
+    // without a clock), which leaves 4 s for a loaded machine.
     let restored = Instant::now();
-    // B publishes on A's existing subscription until it gets through.
+    // B publishes on A's existing subscription until it gets through (each given 50 ms).
     let mut i = 0u32;
     let resumed = loop {
         b.publish(&to_a, Bytes::from(format!("after{i}")));

@@ -1,8 +1,8 @@
 //! Messages, conversations and blocked IPs: the behaviours of §14 that belong to them.
 use serde_json::{Value, json};
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
 const CE: &str = "Content__Edit";
 
@@ -15,7 +15,7 @@ async fn create_conv(app: &TestApp, token: &str, item: Value) -> Value {
     body[0].clone()
 }
 
-db_test!(anonymous_send_to_public_room, |db: TestDb| async move {
+server_test!(anonymous_send_to_public_room, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let admin = app.token("C1", "ADMIN", &[CE]);
     let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S1", "visibility": "public", "allowAnonymousPosts": true})).await;
@@ -82,7 +82,7 @@ db_test!(anonymous_send_to_public_room, |db: TestDb| async move {
     );
 });
 
-db_test!(
+server_test!(
     anonymous_send_elsewhere_is_refused_and_stores_nothing,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -129,7 +129,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     blocked_ip_toggle_enforces_and_broadcasts,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -227,7 +227,7 @@ db_test!(
     }
 );
 
-db_test!(post_edit_delete_and_stats, |db: TestDb| async move {
+server_test!(post_edit_delete_and_stats, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let admin = app.token("C1", "ADMIN", &[CE]);
     let author = app.token("C1", "AUTHOR", &[]);
@@ -354,7 +354,7 @@ db_test!(post_edit_delete_and_stats, |db: TestDb| async move {
     );
 });
 
-db_test!(reactions_toggle_and_broadcast, |db: TestDb| async move {
+server_test!(reactions_toggle_and_broadcast, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let admin = app.token("C1", "ADMIN", &[CE]);
     let conv = create_conv(
@@ -444,7 +444,7 @@ db_test!(reactions_toggle_and_broadcast, |db: TestDb| async move {
     );
 });
 
-db_test!(
+server_test!(
     catchup_since_is_inclusive_and_checked,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -521,7 +521,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     conversations_create_current_and_listings,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -700,7 +700,7 @@ db_test!(
     }
 );
 
-db_test!(group_posts_start_and_timeline, |db: TestDb| async move {
+server_test!(group_posts_start_and_timeline, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let g_member = app
         .keys
@@ -807,7 +807,7 @@ db_test!(group_posts_start_and_timeline, |db: TestDb| async move {
     );
 });
 
-db_test!(callout_and_reads, |db: TestDb| async move {
+server_test!(callout_and_reads, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let admin = app.token("C1", "ADMIN", &[CE]);
     let member = app.token("C1", "P1", &[]);
@@ -866,7 +866,7 @@ db_test!(callout_and_reads, |db: TestDb| async move {
     );
 });
 
-db_test!(
+server_test!(
     a_post_the_database_refuses_sends_no_frame,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -907,7 +907,7 @@ db_test!(
     }
 );
 
-db_test!(batches_are_atomic, |db: TestDb| async move {
+server_test!(batches_are_atomic, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let admin = app.token("C1", "ADMIN", &[CE]);
     let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S10", "visibility": "public", "allowAnonymousPosts": true})).await;
@@ -963,7 +963,7 @@ db_test!(batches_are_atomic, |db: TestDb| async move {
     );
 });
 
-db_test!(
+server_test!(
     openapi_documents_every_route_and_each_answers,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -1007,7 +1007,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     a_failed_message_batch_stores_nothing_and_frees_its_connection,
     |db: TestDb| async move {
         use messaging::store::entities::messages::Model;
@@ -1067,7 +1067,7 @@ db_test!(
 
 // Two nodes writing into one conversation at once: no post is lost from the count, and the
 // last post is the newest message.
-db_test!(
+server_test!(
     concurrent_writers_of_one_conversation_keep_its_stats,
     |db: TestDb| async move {
         use messaging::store::entities::messages::Model;
@@ -1108,16 +1108,19 @@ db_test!(
     }
 );
 
+server_test!(
+    a_write_that_waited_for_another_sees_its_messages,
+    [postgres, mysql]
+);
 /// A write that waited for another one to commit reads the stats from what that one
 /// committed. Here the other write holds the conversation with a newer message while this
 /// one, with an older message, waits for it; the last post must be the newer one. On
 /// PostgreSQL a write whose statements took their snapshot before the wait would set its
 /// own (checked by hand); InnoDB reads the subqueries of an UPDATE from the latest committed
 /// rows whatever the snapshot, so on MariaDB this checks the procedure's outcome.
-async fn a_write_that_waited_for_another_sees_its_messages(backend: Backend) {
+async fn a_write_that_waited_for_another_sees_its_messages(db: TestDb) {
     use messaging::store::entities::messages::Model;
     use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
-    let db = TestDb::create(backend).await;
     let app = TestApp::spawn(&db).await;
     let id = app.conversation("C1", "sermon", false).await;
     let row = |mid: &str, t: i64| Model {
@@ -1138,7 +1141,7 @@ async fn a_write_that_waited_for_another_sees_its_messages(backend: Backend) {
     let other = sea_orm::Database::connect(app.db_url.as_str())
         .await
         .expect("another connection");
-    let (be, waiting_sql) = match backend {
+    let (be, waiting_sql) = match db.backend {
         Backend::Postgres => (
             DbBackend::Postgres,
             "SELECT count(*) AS n FROM pg_stat_activity \
@@ -1208,23 +1211,11 @@ async fn a_write_that_waited_for_another_sees_its_messages(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(with_postgres), ignore = "DATABASE_URL_POSTGRES is not set")]
-async fn a_write_that_waited_for_another_sees_its_messages_postgres() {
-    a_write_that_waited_for_another_sees_its_messages(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(with_mysql), ignore = "DATABASE_URL_MYSQL is not set")]
-async fn a_write_that_waited_for_another_sees_its_messages_mysql() {
-    a_write_that_waited_for_another_sees_its_messages(Backend::Mysql).await;
-}
-
 // A batch of new messages is one group-commit write (a function call with array parameters
 // on PostgreSQL, a procedure call with JSON parameters on MariaDB, a batch on SQLite):
 // every character that JSON or SQL escapes must come back as it was sent, and the stats of
 // each conversation of the batch must count exactly its own rows.
-db_test!(
+server_test!(
     posts_keep_every_character_and_each_conversations_stats,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -1311,7 +1302,7 @@ db_test!(
 // limits (45 + 255 characters) that is longer than a title may be, and PostgreSQL and
 // MariaDB refused the insert (a 500; Schemathesis found it on MariaDB). The title is cut
 // to 255 characters, on a character boundary.
-db_test!(
+server_test!(
     current_rooms_of_the_longest_ids_get_a_title_that_fits,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;

@@ -1,10 +1,10 @@
 //! The error policy of §9 for the endpoints of this layer.
 use serde_json::{Value, json};
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
-db_test!(
+server_test!(
     bad_bodies_get_exact_errors_and_write_nothing,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -165,7 +165,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     routing_cors_and_operational_endpoints,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -234,7 +234,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     tokens_invalid_or_expired_are_anonymous_or_401,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -279,7 +279,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     typed_bodies_point_at_nested_values_limits_and_flags,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -450,7 +450,7 @@ db_test!(
 // U+0000 cannot be stored in PostgreSQL text: a string holding it got a 500 there (body,
 // path and query alike) and was stored on SQLite and MariaDB. It is refused everywhere,
 // before anything is written, with the field named.
-db_test!(
+server_test!(
     u0000_is_refused_the_same_way_on_every_database,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;

@@ -3,10 +3,10 @@ use messaging::pb;
 use serde_json::json;
 use tonic::Code;
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
-db_test!(
+server_test!(
     connection_service_over_the_network,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -108,7 +108,7 @@ db_test!(
     }
 );
 
-db_test!(health_and_reflection_are_served, |db: TestDb| async move {
+server_test!(health_and_reflection_are_served, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc))
         .unwrap()
@@ -161,7 +161,7 @@ db_test!(health_and_reflection_are_served, |db: TestDb| async move {
     }
 });
 
-db_test!(grpc_token_is_enforced_when_set, |db: TestDb| async move {
+server_test!(grpc_token_is_enforced_when_set, |db: TestDb| async move {
     let mut s = settings(&db);
     s.grpc_token = Some("backend-secret".into());
     let app = TestApp::spawn_with(s).await;
@@ -210,7 +210,7 @@ db_test!(grpc_token_is_enforced_when_set, |db: TestDb| async move {
 
 // U+0000 in any string of a trusted backend's call is refused like on REST
 // (INVALID_ARGUMENT), never an internal error from PostgreSQL, which cannot store it.
-db_test!(
+server_test!(
     u0000_is_an_invalid_argument_on_every_call,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;

@@ -36,6 +36,7 @@ pub enum Backend {
 /// A fresh database, dropped when the test ends.
 pub struct TestDb {
     pub url: String,
+    pub backend: Backend,
     admin: Option<(String, String)>,
     _dir: Option<tempfile_dir::TempDir>,
 }
@@ -66,6 +67,7 @@ impl TestDb {
                 let url = format!("sqlite://{}?mode=rwc", dir.0.join("test.db").display());
                 Self {
                     url,
+                    backend,
                     admin: None,
                     _dir: Some(dir),
                 }
@@ -76,9 +78,7 @@ impl TestDb {
                 } else {
                     "DATABASE_URL_MYSQL"
                 };
-                // Such tests are compiled as ignored when the variable is unset (build.rs);
-                // run anyway (`--include-ignored`), they fail rather than pass untested.
-                let admin_url = std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set"));
+                let admin_url = server_url(var);
                 let name = format!(
                     "msg_{}",
                     messaging::ids::new_id()
@@ -98,6 +98,7 @@ impl TestDb {
                     .unwrap_or(&admin_url);
                 Self {
                     url: format!("{base}/{name}"),
+                    backend,
                     admin: Some((admin_url.clone(), name)),
                     _dir: None,
                 }
@@ -520,6 +521,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<Mutex<(bool, Vec<AbortHandle>)>>,
     pub accepted: Arc<AtomicUsize>,
+    /// Connections closed on accept while cut: a client's attempts to reconnect.
+    pub refused: Arc<AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -529,9 +532,10 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy addr");
         let state = Arc::new(Mutex::new((true, Vec::new())));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let accept = {
             let state = state.clone();
-            let accepted = accepted.clone();
+            let (accepted, refused) = (accepted.clone(), refused.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((mut inbound, _)) = listener.accept().await else {
@@ -540,6 +544,7 @@ impl Proxy {
                     // Checked and recorded under one lock, so a cut never misses a connection.
                     let mut guard = state.lock();
                     if !guard.0 {
+                        refused.fetch_add(1, Ordering::Relaxed);
                         continue; // dropping `inbound` closes it
                     }
                     accepted.fetch_add(1, Ordering::Relaxed);
@@ -557,6 +562,7 @@ impl Proxy {
             addr,
             state,
             accepted,
+            refused,
             accept,
         }
     }
@@ -598,32 +604,161 @@ where
     }
 }
 
-/// Declares one async test per backend: `name::sqlite`, `name::postgres`, `name::mysql`.
-/// PostgreSQL and MariaDB run when `DATABASE_URL_POSTGRES` / `DATABASE_URL_MYSQL` are set.
+/// Returns once the clock the service stamps rows with (`messaging::time::now_ms`) reads later
+/// than `ms`, so that what is written next is stamped after anything written at or before
+/// `ms`. It waits on the clock itself (checked every millisecond), not for a guessed delay.
+pub async fn clock_past(ms: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while messaging::time::now_ms() <= ms {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock did not pass {ms} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The URL of an outside server from its variable. A test that needs it is compiled as
+/// ignored when the variable is unset (build.rs, `server_test!`); run anyway
+/// (`--include-ignored`), it fails here rather than pass untested.
+pub fn server_url(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!("{var} is not set"),
+    }
+}
+
+/// The one scheme for tests that run against the servers of this machine: declares one
+/// async test per variant, named `name::VARIANT`, in a module `name`.
+///
+/// ```ignore
+/// server_test!(name, |db: TestDb| async move { … }); // name::sqlite, name::postgres, name::mysql
+/// server_test!(name, db);      // the same three, running `async fn name(db: TestDb)`
+/// server_test!(name, broker);  // name::redis, name::nats: `async fn name(url: &str)`
+/// server_test!(name, cluster); // name::postgres_redis, …, name::mysql_nats:
+///                              // `async fn name(db: TestDb, broker_url: String)`
+/// server_test!(name, [postgres, mysql]); // any list of variants (`, body` optional)
+/// ```
+///
+/// A body given inline runs on every database; without one, the test runs the `async fn`
+/// of the same name beside the invocation. Each variant, in one arm below, names what it
+/// needs and what it gives the body:
+///
+/// | variant | needs (cfg from build.rs) | the body gets |
+/// |---|---|---|
+/// | `sqlite` | nothing | a fresh `TestDb` |
+/// | `postgres`, `mysql` | `DATABASE_URL_POSTGRES` / `DATABASE_URL_MYSQL` | a fresh `TestDb` |
+/// | `redis`, `nats` | `BROKER_URL_REDIS` / `BROKER_URL_NATS` | the broker URL, `&str` |
+/// | `postgres_redis`, `postgres_nats`, `mysql_redis`, `mysql_nats` | both | `TestDb`, URL `String` |
+///
+/// A variant whose server is not configured is compiled as ignored, with the variable as the
+/// reason, so `cargo test` counts it as ignored, never as passed. A test that needs nothing
+/// outside the process (SQLite only) may be a plain `#[tokio::test]`.
 #[macro_export]
-macro_rules! db_test {
-    ($name:ident, $body:expr) => {
+macro_rules! server_test {
+    // The families: the variants each stands for, running the function of the same name.
+    ($name:ident, db) => {
+        $crate::server_test!($name, [sqlite, postgres, mysql]);
+    };
+    ($name:ident, broker) => {
+        $crate::server_test!($name, [redis, nats]);
+    };
+    ($name:ident, cluster) => {
+        $crate::server_test!($name, [postgres_redis, postgres_nats, mysql_redis, mysql_nats]);
+    };
+    // A list of variants, running the function of the same name or the body given.
+    ($name:ident, [$($variant:ident),+ $(,)?]) => {
+        $crate::server_test!($name, [$($variant),+], super::$name);
+    };
+    ($name:ident, [$($variant:ident),+ $(,)?], $body:expr $(,)?) => {
         mod $name {
+            #[allow(unused_imports)]
             use super::*;
-            async fn run(backend: $crate::helpers::Backend) {
-                let db = $crate::helpers::TestDb::create(backend).await;
-                let f = $body;
-                f(db).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run($crate::helpers::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(not(with_postgres), ignore = "DATABASE_URL_POSTGRES is not set")]
-            async fn postgres() {
-                run($crate::helpers::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(not(with_mysql), ignore = "DATABASE_URL_MYSQL is not set")]
-            async fn mysql() {
-                run($crate::helpers::Backend::Mysql).await
-            }
+            $($crate::server_test!(@variant $variant, $body);)+
+        }
+    };
+    // A body given inline: every database (the `db` family).
+    ($name:ident, $body:expr $(,)?) => {
+        $crate::server_test!($name, [sqlite, postgres, mysql], $body);
+    };
+
+    // The variants: what each needs, with the ignore reason, and what it gives the body.
+    (@variant sqlite, $body:expr) => {
+        $crate::server_test!(@test sqlite, $body, needs nothing,
+            gives ($crate::helpers::TestDb::create($crate::helpers::Backend::Sqlite).await));
+    };
+    (@variant postgres, $body:expr) => {
+        $crate::server_test!(@test postgres, $body,
+            needs (with_postgres) "DATABASE_URL_POSTGRES is not set",
+            gives ($crate::helpers::TestDb::create($crate::helpers::Backend::Postgres).await));
+    };
+    (@variant mysql, $body:expr) => {
+        $crate::server_test!(@test mysql, $body,
+            needs (with_mysql) "DATABASE_URL_MYSQL is not set",
+            gives ($crate::helpers::TestDb::create($crate::helpers::Backend::Mysql).await));
+    };
+    (@variant redis, $body:expr) => {
+        $crate::server_test!(@test redis, $body,
+            needs (with_redis) "BROKER_URL_REDIS is not set",
+            gives (&$crate::helpers::server_url("BROKER_URL_REDIS")));
+    };
+    (@variant nats, $body:expr) => {
+        $crate::server_test!(@test nats, $body,
+            needs (with_nats) "BROKER_URL_NATS is not set",
+            gives (&$crate::helpers::server_url("BROKER_URL_NATS")));
+    };
+    (@variant postgres_redis, $body:expr) => {
+        $crate::server_test!(@test postgres_redis, $body,
+            needs (all(with_postgres, with_redis))
+                "DATABASE_URL_POSTGRES or BROKER_URL_REDIS is not set",
+            gives (
+                $crate::helpers::TestDb::create($crate::helpers::Backend::Postgres).await,
+                $crate::helpers::server_url("BROKER_URL_REDIS")
+            ));
+    };
+    (@variant postgres_nats, $body:expr) => {
+        $crate::server_test!(@test postgres_nats, $body,
+            needs (all(with_postgres, with_nats))
+                "DATABASE_URL_POSTGRES or BROKER_URL_NATS is not set",
+            gives (
+                $crate::helpers::TestDb::create($crate::helpers::Backend::Postgres).await,
+                $crate::helpers::server_url("BROKER_URL_NATS")
+            ));
+    };
+    (@variant mysql_redis, $body:expr) => {
+        $crate::server_test!(@test mysql_redis, $body,
+            needs (all(with_mysql, with_redis))
+                "DATABASE_URL_MYSQL or BROKER_URL_REDIS is not set",
+            gives (
+                $crate::helpers::TestDb::create($crate::helpers::Backend::Mysql).await,
+                $crate::helpers::server_url("BROKER_URL_REDIS")
+            ));
+    };
+    (@variant mysql_nats, $body:expr) => {
+        $crate::server_test!(@test mysql_nats, $body,
+            needs (all(with_mysql, with_nats))
+                "DATABASE_URL_MYSQL or BROKER_URL_NATS is not set",
+            gives (
+                $crate::helpers::TestDb::create($crate::helpers::Backend::Mysql).await,
+                $crate::helpers::server_url("BROKER_URL_NATS")
+            ));
+    };
+
+    // One test. The setup runs inside it, so a missing variable fails the test that needs it.
+    (@test $variant:ident, $body:expr, needs nothing, gives ($($arg:expr),+)) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $variant() {
+            let body = $body;
+            body($($arg),+).await
+        }
+    };
+    (@test $variant:ident, $body:expr, needs ($($cfg:tt)+) $reason:literal,
+        gives ($($arg:expr),+)) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not($($cfg)+), ignore = $reason)]
+        async fn $variant() {
+            let body = $body;
+            body($($arg),+).await
         }
     };
 }

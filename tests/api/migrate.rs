@@ -4,10 +4,10 @@
 use messaging::store::Store;
 use migrations::sea_orm_migration::MigratorTrait;
 
-use crate::db_test;
 use crate::helpers::TestDb;
+use crate::server_test;
 
-db_test!(
+server_test!(
     three_nodes_migrate_one_fresh_database_together,
     |db: TestDb| async move {
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));

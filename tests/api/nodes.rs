@@ -5,10 +5,38 @@ use messaging::store::entities::{connections, nodes};
 use sea_orm::{ActiveValue::Set, EntityTrait, TransactionTrait};
 use serde_json::json;
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
-db_test!(
+/// Returns once `node` has run a whole lease renewal and sweep begun after this call. A round
+/// renews the lease (a new `leaseUntil`) and then sweeps, so the second renewal seen from
+/// here comes after a whole round. Polled: a renewal missed between two looks only makes
+/// this wait longer.
+async fn a_whole_sweep_round(conn: &sea_orm::DatabaseConnection, node: &str) {
+    let lease = || async {
+        nodes::Entity::find_by_id(node)
+            .one(conn)
+            .await
+            .unwrap()
+            .expect("the node's row")
+            .lease_until
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (mut last, mut renewals) = (lease().await, 0);
+    while renewals < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {node}: {renewals} lease renewals within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = lease().await;
+        if now != last {
+            (last, renewals) = (now, renewals + 1);
+        }
+    }
+}
+
+server_test!(
     two_nodes_never_delete_each_others_rows,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -22,10 +50,13 @@ db_test!(
         a.join_one(&room, &on_a.id, "a").await;
         b.join_one(&room, &on_b.id, "b").await;
         // Sends on A reach A's socket and leave B's row alone, across several sweeps of both.
+        let conn = sea_orm::Database::connect(&db.url).await.unwrap();
         for i in 0..5 {
             assert_eq!(a.grpc_send("C1", &room, &json!({"i": i})).await, 1);
             on_a.next_action("message").await;
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            for node in [&a.node_id, &b.node_id] {
+                a_whole_sweep_round(&conn, node).await;
+            }
         }
         let rows = a.store.room_rows("C1", &room).await.unwrap();
         let owners: std::collections::BTreeSet<_> =
@@ -47,7 +78,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     rows_of_an_expired_node_are_purged,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -109,7 +140,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     shutdown_closes_sockets_1001_and_removes_the_node,
     |db: TestDb| async move {
         let mut app = TestApp::spawn(&db).await;
@@ -134,7 +165,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     a_swept_node_registers_again_and_writes_its_rows_back,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -182,11 +213,11 @@ db_test!(
     }
 );
 
+server_test!(deadlocked_write_units_are_retried, [postgres, mysql]);
 /// A real deadlock (PostgreSQL 40P01, MariaDB 1213): two write units lock two rows in
 /// opposite orders; the database aborts one, `Store::write` sees the driver's code and runs
 /// it again, and both units complete.
-async fn deadlocked_write_units_are_retried(backend: Backend) {
-    let db = TestDb::create(backend).await;
+async fn deadlocked_write_units_are_retried(db: TestDb) {
     let store = messaging::store::Store::connect(&db.url).await.unwrap();
     store.migrate().await.unwrap();
     // The units run their own SQL, on a connection of the test's: what is under test is
@@ -239,16 +270,4 @@ async fn deadlocked_write_units_are_retried(backend: Backend) {
     let tries = tries_a.load(std::sync::atomic::Ordering::SeqCst)
         + tries_b.load(std::sync::atomic::Ordering::SeqCst);
     assert!(tries >= 3, "one unit was retried ({tries} attempts)");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(with_postgres), ignore = "DATABASE_URL_POSTGRES is not set")]
-async fn deadlocked_write_units_are_retried_postgres() {
-    deadlocked_write_units_are_retried(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(with_mysql), ignore = "DATABASE_URL_MYSQL is not set")]
-async fn deadlocked_write_units_are_retried_mysql() {
-    deadlocked_write_units_are_retried(Backend::Mysql).await;
 }

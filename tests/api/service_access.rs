@@ -13,8 +13,8 @@ use messaging::store::entities::{blocked_ips, notifications as notification_rows
 use sea_orm::{Database, EntityTrait, PaginatorTrait};
 use serde_json::json;
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
 fn user(church: &str, person: &str, perms: &[&str]) -> Caller {
     Caller::User(Arc::new(claims(church, person, perms)))
@@ -27,7 +27,7 @@ fn unauthorized<T: std::fmt::Debug>(what: &str, r: Result<T, AppError>) {
     }
 }
 
-db_test!(
+server_test!(
     permission_gated_operations_refuse_direct_callers_without_it,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -114,7 +114,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     the_service_decides_who_sees_ip_addresses_and_whose_alerts,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;

@@ -7,13 +7,14 @@ use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::db_test;
 use crate::helpers::*;
+use crate::server_test;
 
-db_test!(handshake_and_id_stability, |db: TestDb| async move {
+server_test!(handshake_and_id_stability, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let mut a = app.ws().await;
-    // Nothing before the first client frame.
+    // Nothing before the first client frame. Absence can only be shown by waiting: a
+    // 300 ms window, not a wait for an event.
     assert!(a.try_text(Duration::from_millis(300)).await.is_none());
     a.stream.send(Message::text("getId")).await.unwrap();
     let raw = a.text().await;
@@ -41,13 +42,14 @@ db_test!(handshake_and_id_stability, |db: TestDb| async move {
         .unwrap();
     assert_eq!(a.frame().await["data"], id);
     assert_eq!(a.frame().await["data"], id);
+    // Once each: a 200 ms window shows no third reply (absence can only be shown by waiting).
     assert!(a.try_text(Duration::from_millis(200)).await.is_none());
     // A new socket, on either entry point, gets a new id.
     let mut b = Ws::connect(&format!("ws://{}/any/path", app.http)).await;
     assert_ne!(b.get_id().await, id);
 });
 
-db_test!(inbound_frame_over_4k_closes_1009, |db: TestDb| async move {
+server_test!(inbound_frame_over_4k_closes_1009, |db: TestDb| async move {
     let app = TestApp::spawn(&db).await;
     let mut a = app.ws_with_id().await;
     let mut b = app.ws_with_id().await;
@@ -64,7 +66,7 @@ db_test!(inbound_frame_over_4k_closes_1009, |db: TestDb| async move {
     assert_eq!(b.frame().await["data"], b.id);
 });
 
-db_test!(
+server_test!(
     non_upgrade_on_socket_port_gets_426,
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
@@ -82,7 +84,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     silent_peer_is_dropped_and_room_told,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -110,7 +112,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     stalled_reader_is_evicted_while_200_others_get_everything,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -229,7 +231,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     a_full_socket_gets_every_frame_in_order_once_it_reads_again,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -290,7 +292,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     concurrent_publishers_reach_every_socket_once_in_each_ones_order,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -328,6 +330,8 @@ db_test!(
                 assert_eq!(f["data"]["seq"].as_u64().unwrap(), next[p], "publisher {p}");
                 next[p] += 1;
             }
+            // Exactly once: no further message within a 100 ms window (absence can only be
+            // shown by waiting).
             assert!(
                 ws.try_text(Duration::from_millis(100))
                     .await
@@ -364,7 +368,7 @@ db_test!(
     }
 );
 
-db_test!(
+server_test!(
     upgrades_past_max_sockets_get_503_before_the_handshake,
     |db: TestDb| async move {
         let mut s = settings(&db);
@@ -435,6 +439,7 @@ async fn a_paced_socket_waits_its_turn_while_others_go_at_once() {
         before + 1,
         "only B's answer was written"
     );
+    // And A still gets nothing: a 200 ms window (absence can only be shown by waiting).
     assert!(a.try_text(Duration::from_millis(200)).await.is_none());
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::new();

@@ -1022,7 +1022,8 @@ async fn server_close_waits_for_the_clients_close() {
     let mut raw = Raw::connect(app.socket).await;
     raw.send(&frame(FIN | 0x40 | TEXT, b"x")).await;
     assert_eq!(raw.close().await, Some(1002));
-    // Still open: the server waits for our close.
+    // Still open: the server waits for our close. Absence can only be shown by waiting: a
+    // window of 300 ms with nothing from the server, neither data nor the end.
     let mut probe = [0u8; 1];
     assert!(
         tokio::time::timeout(Duration::from_millis(300), raw.tcp.peek(&mut probe))
@@ -1034,9 +1035,9 @@ async fn server_close_waits_for_the_clients_close() {
     raw.send(&frames(&[(FIN | TEXT, b"late"), (FIN | PING, b"late")]))
         .await;
     raw.send(&frame(FIN | CLOSE, &close_body(1002, b""))).await;
-    let started = tokio::time::Instant::now();
+    // The connection ends on our close: `eof` waits for it at most WAIT, far less than the
+    // 60 s close wait, so an end at all shows the server did not sit out the close wait.
     raw.eof().await;
-    assert!(started.elapsed() < WAIT);
 }
 
 /// A client that never answers is dropped when the close wait is over.
