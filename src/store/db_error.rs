@@ -64,14 +64,57 @@ pub fn is_transient(e: &DbErr) -> bool {
 /// level, or a new connection got no valid answer (a peer that accepts and closes at once
 /// makes sqlx-postgres read the end of the stream as `unexpected response from SSLRequest`,
 /// a protocol error). Retrying later may work; nothing was written.
+///
+/// Whatever the wrapper: a statement run on a pool directly (a post's write on PostgreSQL,
+/// `Store::append_messages`) opens its connection inside the call, so a failed connect
+/// arrives as an execution error, not as sea-orm's connection error.
 pub fn is_unavailable(e: &DbErr) -> bool {
     use sea_orm::sqlx::Error as X;
     match e {
         DbErr::ConnectionAcquire(_) => true,
-        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)) if matches!(**e, X::Protocol(_)) => true,
         _ => matches!(
             sqlx_error(e),
-            Some(X::Io(_) | X::PoolTimedOut | X::PoolClosed | X::WorkerCrashed | X::Tls(_))
+            Some(
+                X::Io(_)
+                    | X::Protocol(_)
+                    | X::PoolTimedOut
+                    | X::PoolClosed
+                    | X::WorkerCrashed
+                    | X::Tls(_)
+            )
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+    use super::is_unavailable;
+
+    #[test]
+    fn a_failed_connect_is_unavailable_whichever_call_saw_it() {
+        let refused = || {
+            Arc::new(sqlx::Error::Protocol(
+                "unexpected response from SSLRequest".into(),
+            ))
+        };
+        assert!(is_unavailable(&DbErr::Conn(RuntimeErr::SqlxError(
+            refused()
+        ))));
+        // A statement run on a pool directly connects inside the call (issue: a post sent
+        // right after the database went away answered 500 instead of 503).
+        assert!(is_unavailable(&DbErr::Exec(RuntimeErr::SqlxError(
+            refused()
+        ))));
+        assert!(is_unavailable(&DbErr::Query(RuntimeErr::SqlxError(
+            refused()
+        ))));
+        assert!(!is_unavailable(&DbErr::Custom("a bug".into())));
+        assert!(!is_unavailable(&DbErr::Exec(RuntimeErr::SqlxError(
+            Arc::new(sqlx::Error::RowNotFound)
+        ))));
     }
 }

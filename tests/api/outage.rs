@@ -54,11 +54,16 @@ async fn an_outage_gives_503_and_recovers(db: TestDb) {
     assert_eq!(ws.next_action("message").await["data"]["content"], "before");
 
     proxy.cut();
-    // REST: a write and a read, each 503 with Retry-After and the contract's body.
+    // REST: writes and a read, each 503 with Retry-After and the contract's body. The
+    // second write finds its connection gone and must connect anew: the refused connect is
+    // the database being unavailable too, not an internal error.
     for req in [
         app.client
             .post(app.url("/messaging/messages/send"))
             .json(&json!([{"conversationId": room, "content": "during"}])),
+        app.client
+            .post(app.url("/messaging/messages/send"))
+            .json(&json!([{"conversationId": room, "content": "during again"}])),
         app.client
             .get(app.url(&format!("/messaging/messages/catchup/C1/{room}"))),
     ] {
