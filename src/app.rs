@@ -175,6 +175,7 @@ impl Application {
             dev: settings.dev,
             ready: ready.clone(),
             metrics: crate::telemetry::metrics_handle(),
+            openapi: edge::openapi::document(),
         });
         Ok(Self {
             listeners,

@@ -46,6 +46,8 @@ pub struct EdgeState {
     pub dev: bool,
     pub ready: Arc<AtomicBool>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The OpenAPI document (`openapi::document`), built once.
+    pub openapi: &'static serde_json::Value,
 }
 
 /// One REST request, after routing, the body-size check and authentication (an operational

@@ -1,32 +1,17 @@
-//! The OpenAPI 3.1 document of the REST edge, generated at first use from the endpoint
+//! The OpenAPI 3.1 document of the REST edge, generated once (at start, into `EdgeState`,
+//! which `ops::openapi` serves) from the endpoint
 //! declaration (`routes::ROUTES`: paths, methods, auth, summaries, extra error statuses) and
 //! from the types its handlers take and return (`edge::api`): the request types
 //! (`edge::bodies`: bodies and query strings, with their limits) and the response types, as
 //! JSON Schema 2020-12 through schemars, which OpenAPI 3.1 uses as is.
 use std::sync::OnceLock;
 
-use axum::response::Response;
 use schemars::Schema;
-use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use super::api::{Reply, json_content};
+use super::bodies;
 use super::routes::{Auth, Endpoint, ROUTES};
-use super::{bodies, ok_json};
-
-/// The document, as `GET /messaging/openapi.json` sends it. Its schema says only `object`:
-/// the document does not describe OpenAPI itself.
-pub struct Document(pub &'static Value);
-
-impl Reply for Document {
-    fn responses(_: &mut SchemaGenerator) -> Map<String, Value> {
-        Map::from_iter([("200".into(), json_content("OK", json!({"type": "object"})))])
-    }
-
-    fn into_response(self) -> Response {
-        ok_json(self.0)
-    }
-}
 
 /// One `in: query` parameter per property of a query type's schema; its `description`
 /// moves to the parameter. An array is written `name=a,b,c` (form style, not exploded).
@@ -315,6 +300,11 @@ pub fn document() -> &'static Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_document_is_sent_as_documented() {
+        super::super::api::tests::documented_as_sent(super::super::ops::Document(document()));
+    }
 
     #[test]
     fn every_route_is_documented_with_resolvable_refs() {

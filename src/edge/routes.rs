@@ -15,7 +15,7 @@ use super::bodies::*;
 use super::connections::{self, ConnectionJson};
 use super::conversations::{self, GroupPost, TimelineItem};
 use super::messages::{self, Deleted, Emoji, ReactionResult};
-use super::{Ctx, blocked_ips, notifications, openapi, ops, private_messages};
+use super::{Ctx, blocked_ips, notifications, ops, private_messages};
 use crate::error::AppResult;
 use crate::service::model::*;
 
@@ -110,7 +110,7 @@ endpoints! {
     /// Prometheus metrics
     Metrics: GET "/metrics", Open, [], ops::metrics() -> ops::Metrics;
     /// This OpenAPI 3.1 document
-    OpenApi: GET "/messaging/openapi.json", Open, [], ops::openapi() -> openapi::Document;
+    OpenApi: GET "/messaging/openapi.json", Open, [], ops::openapi() -> ops::Document;
 
     /// Rows of a room by timeJoined (alerts: only the caller's own)
     ConnectionsList: GET "/messaging/connections/{churchId}/{roomId}", Optional, [404],
