@@ -106,6 +106,9 @@ impl Application {
         settings: Settings,
         listeners: Listeners,
     ) -> anyhow::Result<Self> {
+        // The recorder first: series that start at 0 (`Hub::new` registers the eviction
+        // causes) are lost if they are recorded before it is installed.
+        let metrics = crate::telemetry::metrics_handle();
         let keys = TokenKeys::new(settings.jwt_secret()?);
         if settings.dev {
             tracing::warn!(
@@ -174,7 +177,7 @@ impl Application {
             trust_proxy: settings.trust_proxy,
             dev: settings.dev,
             ready: ready.clone(),
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
             openapi: edge::openapi::document(),
         });
         Ok(Self {

@@ -286,11 +286,12 @@ impl Hub {
             handle.spawn(fanout::run_flusher(q.clone(), config.flush_interval));
         }
         // Every eviction cause is a series from the start, so that a rate over it reads 0,
-        // not "no data", until the first eviction.
+        // not "no data", until the first eviction; likewise the open sockets until the first.
         for cause in EvictionCause::ALL {
             metrics::counter!("messaging_sockets_evicted_total", "cause" => cause.as_str())
                 .increment(0);
         }
+        metrics::gauge!("messaging_sockets_open").set(0.0);
         Ok(Arc::new(Self {
             config,
             runtime: Mutex::new(Some(runtime)),
