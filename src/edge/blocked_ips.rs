@@ -21,11 +21,11 @@ pub async fn toggle(
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    ctx.svc.toggle_blocked_ips(&ctx.caller, items).await
+    ctx.svc().toggle_blocked_ips(&ctx.caller, items).await
 }
 
 pub async fn list(ctx: &Ctx<'_>) -> AppResult<Vec<String>> {
-    ctx.svc
+    ctx.svc()
         .list_blocked_ips(&ctx.caller, ctx.param(0), ctx.param(1))
         .await
 }
@@ -38,6 +38,8 @@ pub async fn clear(
         .into_iter()
         .map(|Obj(item)| item.service_id.into())
         .collect();
-    ctx.svc.clear_blocked_ips(&ctx.caller, service_ids).await?;
+    ctx.svc()
+        .clear_blocked_ips(&ctx.caller, service_ids)
+        .await?;
     Ok(NoContent)
 }

@@ -41,7 +41,7 @@ fn to_json(rows: Vec<Connection>) -> Vec<ConnectionJson> {
 
 pub async fn list(ctx: &Ctx<'_>) -> AppResult<Vec<ConnectionJson>> {
     let rows = ctx
-        .svc
+        .svc()
         .list_room(&ctx.caller, ctx.param(0), ctx.param(1))
         .await?;
     Ok(to_json(rows))
@@ -68,14 +68,14 @@ pub async fn join(
         return Ok(Vec::new());
     }
     let rows = ctx
-        .svc
+        .svc()
         .join(&ctx.caller, ctx.client_ip.as_deref(), parsed)
         .await?;
     Ok(to_json(rows))
 }
 
 pub async fn leave(ctx: &Ctx<'_>) -> AppResult<Success> {
-    ctx.svc
+    ctx.svc()
         .leave(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
         .await?;
     Ok(SUCCESS)
@@ -86,7 +86,7 @@ pub async fn set_name(
     Body(Obj(body)): Body<bodies::SetNameBody>,
 ) -> AppResult<Vec<ConnectionJson>> {
     let rows = ctx
-        .svc
+        .svc()
         .set_name(&ctx.caller, &body.socket_id, &body.name)
         .await?;
     Ok(to_json(rows))

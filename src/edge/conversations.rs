@@ -12,7 +12,7 @@ use crate::service::model::{
 };
 
 pub async fn current(ctx: &Ctx<'_>) -> AppResult<Conversation> {
-    ctx.svc
+    ctx.svc()
         .current_conversation(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
         .await
 }
@@ -23,7 +23,7 @@ pub async fn ensure(
 ) -> AppResult<Conversation> {
     let t = body.content_type.map(String::from).unwrap_or_default();
     let id = body.content_id.map(String::from).unwrap_or_default();
-    ctx.svc.ensure_conversation(&ctx.caller, &t, &id).await
+    ctx.svc().ensure_conversation(&ctx.caller, &t, &id).await
 }
 
 pub async fn save(
@@ -46,17 +46,17 @@ pub async fn save(
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    ctx.svc.save_conversations(&ctx.caller, items).await
+    ctx.svc().save_conversations(&ctx.caller, items).await
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> AppResult<Conversation> {
-    ctx.svc
+    ctx.svc()
         .get_conversation(&ctx.caller, ctx.param(0), ctx.param(1))
         .await
 }
 
 pub async fn by_content(ctx: &Ctx<'_>) -> AppResult<Vec<Conversation>> {
-    ctx.svc
+    ctx.svc()
         .conversations_for_content(&ctx.caller, ctx.param(0), ctx.param(1), ctx.param(2))
         .await
 }
@@ -66,7 +66,7 @@ pub async fn messages_by_content(
     Query(q): Query<bodies::PageQuery>,
 ) -> AppResult<Vec<ConversationWithMessages<MessageWithReactions>>> {
     let (page, limit) = (q.page.0, q.limit.0);
-    ctx.svc
+    ctx.svc()
         .conversations_with_messages(&ctx.caller, ctx.param(0), ctx.param(1), page, limit)
         .await
 }
@@ -84,7 +84,7 @@ pub async fn timeline(
     ctx: &Ctx<'_>,
     Query(q): Query<bodies::TimelineQuery>,
 ) -> AppResult<Vec<TimelineItem>> {
-    let list = ctx.svc.timeline(&ctx.caller, q.ids.0).await?;
+    let list = ctx.svc().timeline(&ctx.caller, q.ids.0).await?;
     Ok(list
         .into_iter()
         .map(|t| TimelineItem {
@@ -133,12 +133,15 @@ impl From<Timeline> for GroupPost {
 }
 
 pub async fn posts(ctx: &Ctx<'_>) -> AppResult<Vec<GroupPost>> {
-    let list = ctx.svc.group_posts(&ctx.caller, None).await?;
+    let list = ctx.svc().group_posts(&ctx.caller, None).await?;
     Ok(list.into_iter().map(GroupPost::from).collect())
 }
 
 pub async fn posts_by_group(ctx: &Ctx<'_>) -> AppResult<Vec<GroupPost>> {
-    let list = ctx.svc.group_posts(&ctx.caller, Some(ctx.param(0))).await?;
+    let list = ctx
+        .svc()
+        .group_posts(&ctx.caller, Some(ctx.param(0)))
+        .await?;
     Ok(list.into_iter().map(GroupPost::from).collect())
 }
 
@@ -153,11 +156,11 @@ pub async fn start(
         title: body.title.map(String::from),
         comment: body.comment.into(),
     };
-    ctx.svc.start_conversation(&ctx.caller, input).await
+    ctx.svc().start_conversation(&ctx.caller, input).await
 }
 
 pub async fn delete(ctx: &Ctx<'_>) -> AppResult<NoContent> {
-    ctx.svc
+    ctx.svc()
         .delete_conversation(&ctx.caller, ctx.param(0), ctx.param(1))
         .await?;
     Ok(NoContent)

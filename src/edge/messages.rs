@@ -40,7 +40,7 @@ fn post_items(body: bodies::PostBody) -> Vec<MessageInput> {
 }
 
 pub async fn by_conversation(ctx: &Ctx<'_>) -> AppResult<Vec<Message>> {
-    ctx.svc
+    ctx.svc()
         .conversation_messages(&ctx.caller, ctx.param(0))
         .await
 }
@@ -49,7 +49,7 @@ pub async fn catchup(
     ctx: &Ctx<'_>,
     Query(q): Query<bodies::CatchupQuery>,
 ) -> AppResult<Vec<Message>> {
-    ctx.svc
+    ctx.svc()
         .catchup(&ctx.caller, ctx.param(0), ctx.param(1), q.since.0)
         .await
 }
@@ -59,7 +59,7 @@ pub async fn send(ctx: &Ctx<'_>, Body(body): Body<bodies::SendBody>) -> AppResul
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    ctx.svc
+    ctx.svc()
         .send_messages(&ctx.caller, ctx.client_ip.as_deref(), items)
         .await
 }
@@ -69,7 +69,7 @@ pub async fn post(ctx: &Ctx<'_>, Body(body): Body<bodies::PostBody>) -> AppResul
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    ctx.svc
+    ctx.svc()
         .post_messages(&ctx.caller, ctx.client_ip.as_deref(), items)
         .await
 }
@@ -89,11 +89,11 @@ pub async fn set_callout(
         message_type: c.message_type.map(String::from),
         content: c.content.map(String::from),
     };
-    ctx.svc.set_callout(&ctx.caller, callout).await
+    ctx.svc().set_callout(&ctx.caller, callout).await
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> AppResult<Message> {
-    ctx.svc
+    ctx.svc()
         .get_message(&ctx.caller, ctx.param(0), ctx.param(1))
         .await
 }
@@ -129,7 +129,7 @@ pub struct ReactionResult {
 
 pub async fn react(ctx: &Ctx<'_>, Emoji(emoji): Emoji) -> AppResult<ReactionResult> {
     let message_id = ctx.param(0);
-    let added = ctx.svc.react(&ctx.caller, message_id, &emoji).await?;
+    let added = ctx.svc().react(&ctx.caller, message_id, &emoji).await?;
     Ok(ReactionResult {
         message_id: message_id.to_string(),
         emoji,
@@ -144,7 +144,7 @@ pub struct Deleted {
 }
 
 pub async fn delete(ctx: &Ctx<'_>) -> AppResult<Deleted> {
-    ctx.svc.delete_message(&ctx.caller, ctx.param(0)).await?;
+    ctx.svc().delete_message(&ctx.caller, ctx.param(0)).await?;
     Ok(Deleted {
         message: "Message deleted successfully",
     })

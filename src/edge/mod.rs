@@ -59,12 +59,15 @@ pub struct Ctx<'a> {
     pub params: Vec<String>,
     query: Option<String>,
     pub body: Bytes,
-    pub svc: &'a Services,
-    /// The rest of the edge's state, for the operational endpoints.
     pub state: &'a EdgeState,
 }
 
 impl Ctx<'_> {
+    /// The service layer the handlers call.
+    pub fn svc(&self) -> &Services {
+        &self.state.services
+    }
+
     /// The `i`-th path parameter.
     pub fn param(&self, i: usize) -> &str {
         self.params.get(i).map(String::as_str).unwrap_or_default()
@@ -295,7 +298,6 @@ async fn handle(
             params: matched.params,
             query: None,
             body: Bytes::new(),
-            svc: &state.services,
             state,
         })
     } else {
@@ -341,7 +343,6 @@ async fn context<'a>(
         params: matched.params,
         query: parts.uri.query().map(str::to_string),
         body: raw,
-        svc: &state.services,
         state,
     })
 }

@@ -7,18 +7,18 @@ use crate::service::model::{Counts, Notification};
 use crate::service::notifications as ns;
 
 pub async fn unread_count(ctx: &Ctx<'_>) -> AppResult<Counts> {
-    ns::unread_count(ctx.svc, &ctx.caller).await
+    ns::unread_count(ctx.svc(), &ctx.caller).await
 }
 
 pub async fn my(ctx: &Ctx<'_>) -> AppResult<Vec<Notification>> {
-    ns::my(ctx.svc, &ctx.caller).await
+    ns::my(ctx.svc(), &ctx.caller).await
 }
 
 pub async fn create(
     ctx: &Ctx<'_>,
     Person(Body(body)): Person<Body<bodies::NotificationsBody>>,
 ) -> AppResult<Vec<Notification>> {
-    ns::create(ctx.svc, &ctx.caller, &new_notifications(body)).await
+    ns::create(ctx.svc(), &ctx.caller, &new_notifications(body)).await
 }
 
 fn new_notifications(Obj(body): bodies::NotificationsBody) -> ns::NewNotifications {
@@ -32,17 +32,17 @@ fn new_notifications(Obj(body): bodies::NotificationsBody) -> ns::NewNotificatio
 }
 
 pub async fn mark_read(ctx: &Ctx<'_>) -> AppResult<Success> {
-    ns::mark_read(ctx.svc, &ctx.caller, ctx.param(0), ctx.param(1)).await?;
+    ns::mark_read(ctx.svc(), &ctx.caller, ctx.param(0), ctx.param(1)).await?;
     Ok(SUCCESS)
 }
 
 pub async fn delete_my(ctx: &Ctx<'_>) -> AppResult<Success> {
-    ns::delete_my(ctx.svc, &ctx.caller).await?;
+    ns::delete_my(ctx.svc(), &ctx.caller).await?;
     Ok(SUCCESS)
 }
 
 pub async fn delete(ctx: &Ctx<'_>) -> AppResult<Success> {
-    ns::delete(ctx.svc, &ctx.caller, ctx.param(0), ctx.param(1)).await?;
+    ns::delete(ctx.svc(), &ctx.caller, ctx.param(0), ctx.param(1)).await?;
     Ok(SUCCESS)
 }
 

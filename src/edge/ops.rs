@@ -54,10 +54,10 @@ impl Reply for Ready {
 pub async fn ready(ctx: &Ctx<'_>) -> AppResult<Ready> {
     let reason = if !ctx.state.ready.load(Ordering::Acquire) {
         Some("starting".to_string())
-    } else if let Some(why) = ctx.svc.unready() {
+    } else if let Some(why) = ctx.svc().unready() {
         Some(why)
     } else {
-        ctx.svc.database_unready().await
+        ctx.svc().database_unready().await
     };
     Ok(Ready(match reason {
         None => Readiness::Ready,

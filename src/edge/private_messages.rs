@@ -17,18 +17,18 @@ pub async fn create(
             conversation_id: item.conversation_id.into(),
         })
         .collect();
-    pms::create(ctx.svc, &ctx.caller, &parsed).await
+    pms::create(ctx.svc(), &ctx.caller, &parsed).await
 }
 
 pub async fn list(ctx: &Ctx<'_>) -> AppResult<Vec<PrivateMessageView>> {
-    pms::list(ctx.svc, &ctx.caller).await
+    pms::list(ctx.svc(), &ctx.caller).await
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> AppResult<PrivateMessageView> {
-    pms::get(ctx.svc, &ctx.caller, ctx.param(0)).await
+    pms::get(ctx.svc(), &ctx.caller, ctx.param(0)).await
 }
 
 pub async fn delete(ctx: &Ctx<'_>) -> AppResult<Success> {
-    pms::delete(ctx.svc, &ctx.caller, ctx.param(0)).await?;
+    pms::delete(ctx.svc(), &ctx.caller, ctx.param(0)).await?;
     Ok(SUCCESS)
 }
