@@ -1,7 +1,9 @@
 //! The `blockedIps` table: addresses barred from posting in a conversation (§10.7).
 use std::collections::BTreeSet;
 
-use sea_orm::{ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+};
 
 use super::entities::blocked_ips;
 use super::{Store, Tx};
@@ -58,15 +60,9 @@ impl Tx {
             service_id: service_id.map(str::to_string),
             ip_address: ip.to_string(),
         };
-        blocked_ips::Entity::insert(blocked_ips::ActiveModel {
-            id: Set(row.id.clone()),
-            church_id: Set(row.church_id.clone()),
-            conversation_id: Set(row.conversation_id.clone()),
-            service_id: Set(row.service_id.clone()),
-            ip_address: Set(row.ip_address.clone()),
-        })
-        .exec_without_returning(&self.0)
-        .await?;
+        blocked_ips::Entity::insert(row.clone().into_active_model().reset_all())
+            .exec_without_returning(&self.0)
+            .await?;
         Ok(BlockedIpToggle { row, added: true })
     }
 

@@ -2,8 +2,9 @@
 //! every write of a message.
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnAcquireErr, ConnectionTrait, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnAcquireErr, ConnectionTrait, DbBackend,
+    DbErr, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Statement,
 };
 
 use super::entities::{conversations, message_reactions, messages};
@@ -335,17 +336,7 @@ impl Tx {
 
 /// A message row as an insert or an update of every column.
 fn active(m: &messages::Model) -> messages::ActiveModel {
-    messages::ActiveModel {
-        id: Set(m.id.clone()),
-        church_id: Set(m.church_id.clone()),
-        conversation_id: Set(m.conversation_id.clone()),
-        person_id: Set(m.person_id.clone()),
-        display_name: Set(m.display_name.clone()),
-        time_sent: Set(m.time_sent),
-        time_updated: Set(m.time_updated),
-        message_type: Set(m.message_type.clone()),
-        content: Set(m.content.clone()),
-    }
+    m.clone().into_active_model().reset_all()
 }
 
 /// The stats statement of `bump_stats` (placeholders of `backend`).

@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::entities::{notifications, private_messages as pm};
@@ -212,9 +212,13 @@ impl Tx {
         if rows.is_empty() {
             return Ok(());
         }
-        notifications::Entity::insert_many(rows.iter().cloned().map(active))
-            .exec_without_returning(&self.0)
-            .await?;
+        notifications::Entity::insert_many(
+            rows.iter()
+                .cloned()
+                .map(|n| n.into_active_model().reset_all()),
+        )
+        .exec_without_returning(&self.0)
+        .await?;
         Ok(())
     }
 
@@ -284,23 +288,6 @@ pub(super) async fn delete_thread_notifications<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(())
-}
-
-fn active(n: notifications::Model) -> notifications::ActiveModel {
-    notifications::ActiveModel {
-        id: Set(n.id),
-        church_id: Set(n.church_id),
-        person_id: Set(n.person_id),
-        content_type: Set(n.content_type),
-        content_id: Set(n.content_id),
-        time_sent: Set(n.time_sent),
-        is_new: Set(n.is_new),
-        message: Set(n.message),
-        link: Set(n.link),
-        delivery_method: Set(n.delivery_method),
-        triggered_by_person_id: Set(n.triggered_by_person_id),
-        category: Set(n.category),
-    }
 }
 
 #[cfg(test)]
