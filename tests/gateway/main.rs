@@ -14,4 +14,6 @@ mod helpers;
 mod support;
 
 mod events;
+mod rest_front;
+mod scenarios;
 mod selftest;

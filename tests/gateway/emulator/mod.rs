@@ -479,6 +479,8 @@ impl Gateway {
             ("JWT_SECRET", o.jwt_secret.clone()),
             ("WS_MANAGEMENT_ENDPOINT", self.management_url()),
             ("TZ", "UTC".into()),
+            // Plain log lines in the captured output.
+            ("NO_COLOR", "1".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
