@@ -15,7 +15,7 @@ use crate::emulator::{
     AwsCredentials, Fault, Gateway, GatewayOptions, InvokeError, Payload, SigFailure,
 };
 use crate::helpers::Ws;
-use crate::support::{WAIT, close, connection_url, drain, signed, signed_post};
+use crate::support::{WAIT, close, closed_by_server, connection_url, drain, signed, signed_post};
 
 /// A function played by the test: polls `next`, answers each event as the binary would in
 /// spirit (the `getId` reply over `@connections`), echoes REST events back, and records what
@@ -449,7 +449,7 @@ async fn sigv4_accepts_what_a_client_signs_and_refuses_anything_else() {
     assert!(info["LastActiveAt"].is_string());
     let (s, _, _) = signed("DELETE", &url, b"", b"", &creds, default(), now()).await;
     assert_eq!(s, 204);
-    assert_eq!(ws.close_code().await, Some(1000));
+    assert_eq!(closed_by_server(&mut ws).await, Some(1000));
     gateway.wait_disconnected(&ws.id, WAIT).await.unwrap();
     let (s, h, body) = signed("POST", &url, b"x", b"x", &creds, default(), now()).await;
     assert_eq!((s, &body), (410, &json!({"message": "GoneException"})));
@@ -621,7 +621,7 @@ async fn websocket_front_sends_connect_message_disconnect_as_api_gateway() {
         .send(Message::Binary(vec![1u8, 2, 3].into()))
         .await
         .unwrap();
-    assert_eq!(b.close_code().await, Some(1003));
+    assert_eq!(closed_by_server(&mut b).await, Some(1003));
     gateway.wait_disconnected(&b.id, WAIT).await.unwrap();
     assert_eq!(
         gateway

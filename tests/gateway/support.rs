@@ -230,6 +230,14 @@ pub fn with_action<'a>(frames: &'a [Value], action: &str) -> Vec<&'a Value> {
     frames.iter().filter(|f| f["action"] == action).collect()
 }
 
+/// Reads until the server's close frame and answers it, as a browser does at once
+/// (tungstenite queues its answer until the stream is polled again); returns the code.
+pub async fn closed_by_server(ws: &mut Ws) -> Option<u16> {
+    let code = ws.close_code().await;
+    let _ = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut ws.stream)).await;
+    code
+}
+
 /// Closes a client socket with a close frame (code 1000).
 pub async fn close(ws: &mut Ws) {
     ws.stream
