@@ -177,8 +177,8 @@ pub struct GatewaySettings {
     #[arg(long, env = "WEBSOCKET_API_ID", global = true)]
     pub websocket_api_id: Option<String>,
     /// The WebSocket API's stage (gateway mode, when WS_MANAGEMENT_ENDPOINT is unset).
-    #[arg(long, env = "STAGE", default_value = "dev", global = true)]
-    pub stage: String,
+    #[arg(long, env = "STAGE", global = true)]
+    pub stage: Option<String>,
     /// Most `@connections` posts in flight per invocation.
     #[arg(long, env = "GATEWAY_CONCURRENCY", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=1024), global = true)]

@@ -82,7 +82,7 @@ impl Door {
         let api = Management::from_env(
             g.ws_management_endpoint.as_deref(),
             g.websocket_api_id.as_deref(),
-            &g.stage,
+            g.stage.as_deref(),
             POST_TIMEOUT,
         )?;
         let store = Store::connect(&settings.database_url).await.map_err(|e| {

@@ -61,21 +61,22 @@ impl Management {
     pub fn from_env(
         endpoint: Option<&str>,
         api_id: Option<&str>,
-        stage: &str,
+        stage: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let region = var("AWS_REGION")
             .or_else(|| var("AWS_DEFAULT_REGION"))
             .ok_or_else(|| anyhow::anyhow!("AWS_REGION is not set"))?;
-        let endpoint = match (endpoint.filter(|e| !e.is_empty()), api_id) {
-            (Some(e), _) => e.trim_end_matches('/').to_string(),
-            (None, Some(api)) if !api.is_empty() => {
+        let nonempty = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
+        let endpoint = match (nonempty(endpoint), nonempty(api_id), nonempty(stage)) {
+            (Some(e), _, _) => e.trim_end_matches('/').to_string(),
+            (None, Some(api), Some(stage)) => {
                 format!("https://{api}.execute-api.{region}.amazonaws.com/{stage}")
             }
             _ => anyhow::bail!(
-                "gateway mode needs WS_MANAGEMENT_ENDPOINT or WEBSOCKET_API_ID to reach the \
-                 sockets"
+                "gateway mode needs WS_MANAGEMENT_ENDPOINT, or WEBSOCKET_API_ID and STAGE, to \
+                 reach the sockets"
             ),
         };
         let key = var("AWS_ACCESS_KEY_ID")
