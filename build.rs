@@ -8,10 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(["proto/messaging.proto"])?;
     // compile_fds ignores file_descriptor_set_path: write the set for reflection ourselves.
-    std::fs::write(
-        out_dir.join("messaging_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
+    let descriptors = compiler.encode_file_descriptor_set();
+    std::fs::write(out_dir.join("messaging_descriptor.bin"), &descriptors)?;
+    // Protobuf's JSON mapping (serde) for every message: Lambda's direct invocations carry
+    // requests and replies in it (§5.5). Written next to prost's code as `messaging.v1.serde.rs`.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .out_dir(&out_dir)
+        .build(&[".messaging.v1"])?;
     tonic_prost_build::configure()
         .type_attribute(".", "#[allow(clippy::all)]")
         .compile_fds(compiler.file_descriptor_set())?;

@@ -160,6 +160,38 @@ pub struct Settings {
         global = true
     )]
     pub sweep_interval_secs: f64,
+    #[command(flatten)]
+    pub gateway: GatewaySettings,
+}
+
+/// Gateway mode (§5.5): what the process needs when it runs as a Lambda function behind API
+/// Gateway (`AWS_LAMBDA_RUNTIME_API` set). Ignored otherwise.
+#[derive(Clone, Debug, Args)]
+pub struct GatewaySettings {
+    /// API Gateway management endpoint for `@connections` calls, e.g. a custom domain or a
+    /// local emulator (`http://127.0.0.1:28085/dev`). Unset: built from WEBSOCKET_API_ID,
+    /// AWS_REGION and STAGE.
+    #[arg(long, env = "WS_MANAGEMENT_ENDPOINT", global = true)]
+    pub ws_management_endpoint: Option<String>,
+    /// The WebSocket API's id (gateway mode, when WS_MANAGEMENT_ENDPOINT is unset).
+    #[arg(long, env = "WEBSOCKET_API_ID", global = true)]
+    pub websocket_api_id: Option<String>,
+    /// The WebSocket API's stage (gateway mode, when WS_MANAGEMENT_ENDPOINT is unset).
+    #[arg(long, env = "STAGE", global = true)]
+    pub stage: Option<String>,
+    /// Most `@connections` posts in flight per invocation.
+    #[arg(long, env = "GATEWAY_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=1024), global = true)]
+    pub gateway_concurrency: u32,
+    /// Rows older than this many seconds are deleted by the scheduled sweep (API Gateway's
+    /// 2 h connection limit plus a margin).
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONNECTION_SECS",
+        default_value_t = 7500,
+        global = true
+    )]
+    pub gateway_max_connection_secs: u64,
 }
 
 impl std::fmt::Debug for Settings {

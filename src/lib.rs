@@ -10,6 +10,7 @@ pub mod error;
 pub mod grpc;
 pub mod hub;
 pub mod ids;
+pub mod lambda;
 pub mod service;
 pub mod store;
 pub mod telemetry;
@@ -18,6 +19,8 @@ pub mod time;
 pub mod pb {
     //! Generated from `proto/messaging.proto`, and the service's `Connection` as a row.
     tonic::include_proto!("messaging.v1");
+    // Protobuf's JSON mapping of the messages above (pbjson), for Lambda's direct invocations.
+    include!(concat!(env!("OUT_DIR"), "/messaging.v1.serde.rs"));
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("messaging_descriptor");
 

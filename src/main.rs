@@ -25,6 +25,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     messaging::telemetry::init_logging();
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve if messaging::lambda::is_lambda() => {
+            messaging::lambda::run(cli.settings).await
+        }
         Command::Serve => {
             let app = messaging::Application::build(cli.settings).await?;
             app.run_until_stopped(messaging::app::shutdown_signal())

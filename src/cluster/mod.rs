@@ -18,12 +18,14 @@ use crate::store::NewRow;
 use crate::store::entities::connections;
 
 mod brokered;
+pub mod gateway;
 mod held;
 mod inbox;
 mod peers;
 mod wire;
 
 pub use brokered::Cluster;
+pub use gateway::Gateway;
 pub use inbox::RoomChange;
 
 /// A frame published ahead of the write it announces (see [`Seam::publish_held`]).
@@ -126,6 +128,29 @@ pub trait Seam: Send + Sync + 'static {
 
     /// Whether frames reach other nodes at all.
     fn crosses_nodes(&self) -> bool;
+
+    /// Whether the sockets live outside every node (API Gateway holds them, §5.5): then an
+    /// audience is its rows, any instance writes any socket's rows, and attendance is sent
+    /// once per invocation rather than on a timer.
+    fn socketless(&self) -> bool {
+        false
+    }
+
+    /// Resolves once every frame published so far has reached its sockets (or failed for
+    /// good), with what that took. A socketless door awaits it before it replies: nothing
+    /// may run after an invocation has returned. Immediate elsewhere.
+    fn drain(&self) -> BoxFuture<'_, Drained> {
+        Box::pin(std::future::ready(Drained::default()))
+    }
+}
+
+/// What [`Seam::drain`] found since the previous drain.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Rows a frame was posted toward.
+    pub posts: usize,
+    /// Rooms that lost rows because their socket was gone: their attendance is due.
+    pub pruned: Vec<(String, String)>,
 }
 
 /// One node: delivery is the local hub's.

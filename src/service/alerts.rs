@@ -173,14 +173,18 @@ impl Services {
     /// `local` of this node's sockets, or, across nodes, any alerts row another node holds
     /// (that node queues the frame as it arrives through the broker).
     async fn reached_person(&self, church: &str, person: &str, local: usize) -> AppResult<bool> {
-        if local > 0 || !self.seam.crosses_nodes() {
+        let socketless = self.seam.socketless();
+        if local > 0 || !(self.seam.crosses_nodes() || socketless) {
             return Ok(local > 0);
         }
         let rows = self
             .store()
             .person_rows(church, super::rooms::ALERTS, person)
             .await?;
-        Ok(rows.iter().any(|r| *r.node_id != *self.node_id))
+        // Socketless, every row is posted to (a gone one is pruned by that post).
+        Ok(rows
+            .iter()
+            .any(|r| socketless || *r.node_id != *self.node_id))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod blocked_ips;
 pub mod conversations;
 pub mod delivery;
+pub mod gateway;
 pub mod limits;
 pub mod messages;
 pub mod model;

@@ -20,7 +20,7 @@ use crate::hub::{Action, Audience, encode_frame};
 use crate::store::entities::connections;
 
 /// A room: `(churchId, roomId)`.
-type RoomKey = (String, String);
+pub(super) type RoomKey = (String, String);
 
 #[derive(Default)]
 pub struct Coalescer {
@@ -108,6 +108,10 @@ impl Services {
             }
             pending.insert(key.clone(), with_blocked_ip);
         }
+        if self.seam.socketless() {
+            // No timer: the invocation sends it before it returns (`finish_invocation`).
+            return;
+        }
         let audience = Audience::room(church, room);
         let rows = self.seam.local_members(&audience).max(
             self.presence
@@ -129,10 +133,10 @@ impl Services {
         });
     }
 
-    async fn flush_attendance(&self, key: RoomKey, audience: Audience) {
+    pub(super) async fn flush_attendance(&self, key: RoomKey, audience: Audience) {
         // Taking the flag first means a trigger from now on schedules a new flush.
         let with_blocked_ip = self.presence.pending.lock().remove(&key).unwrap_or(false);
-        if self.seam.local_members(&audience) == 0 {
+        if self.seam.local_members(&audience) == 0 && !self.seam.socketless() {
             self.presence.last_total.lock().remove(&key);
             return;
         }
@@ -170,6 +174,17 @@ impl Services {
             let frame = encode_frame(church, room, Action::BlockedIp, &ips);
             self.seam.publish_local(&audience, &frame);
         }
+    }
+
+    /// Every room whose attendance is due, as flushes to run now (gateway mode, where no
+    /// timer runs them).
+    pub(super) fn due_attendance(&self) -> Vec<(RoomKey, Audience)> {
+        self.presence
+            .pending
+            .lock()
+            .keys()
+            .map(|k| (k.clone(), Audience::room(&k.0, &k.1)))
+            .collect()
     }
 
     /// The current attendance of a room, read now (the `Attendance` RPC).

@@ -321,6 +321,13 @@ impl Services {
             }
             let holder = if self.hub.has_socket(socket) {
                 None
+            } else if self.seam.socketless() {
+                // API Gateway holds it: this instance writes its rows, if it exists.
+                self.seam
+                    .locate(socket)
+                    .await?
+                    .ok_or(AppError::NotFound("Socket not found"))?;
+                None
             } else {
                 let node = self.seam.locate(socket).await?;
                 Some(node.ok_or(AppError::NotFound("Socket not found"))?)
@@ -400,6 +407,21 @@ impl Services {
     }
 
     async fn join_here(&self, rows: Vec<NewRow>) -> AppResult<Vec<connections::Model>> {
+        if self.seam.socketless() {
+            // No socket here to lock or to add to an audience: the rows are the membership.
+            let stored = self
+                .store()
+                .upsert_connections(&self.node_id, &rows)
+                .await?;
+            let rooms: BTreeSet<_> = stored
+                .iter()
+                .map(|r| (r.church_id.as_str(), r.conversation_id.as_str()))
+                .collect();
+            for (church, room) in rooms {
+                self.room_changed(church, room, true);
+            }
+            return Ok(stored);
+        }
         let mut sockets = BTreeMap::new();
         for row in &rows {
             let h = self

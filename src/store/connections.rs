@@ -307,6 +307,34 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes every row joined before `before` (epoch ms): the scheduled sweep of gateway
+    /// mode (§5.5), where no node lease tells a dead connection from a live one. Returns the
+    /// distinct rooms that lost a row.
+    pub async fn delete_rows_joined_before(
+        &self,
+        before: i64,
+    ) -> Result<Vec<(String, String)>, DbErr> {
+        let rows = connections::Entity::find()
+            .filter(connections::Column::TimeJoined.lt(before))
+            .all(&self.db)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // By id and age: a row joined again meanwhile is not swept.
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        for chunk in ids.chunks(500) {
+            connections::Entity::delete_many()
+                .filter(connections::Column::Id.is_in(chunk.to_vec()))
+                .filter(connections::Column::TimeJoined.lt(before))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(distinct_rooms(rows))
+    }
+}
+
 /// The N of a display name `Anonymous_<N>`: ASCII digits only, within BIGINT. Anything
 /// else (`Anonymous_x`, `Anonymous_+1`, a number past BIGINT) takes no part in numbering.
 pub fn anonymous_number(name: &str) -> Option<i64> {
