@@ -44,51 +44,84 @@ async fn rest_front_answers_as_the_http_edge(db: TestDb) {
     let edge = TestApp::spawn(&db).await;
     let http = reqwest::Client::new();
     let member = token("C1", "P1", &[]);
+    // (what, method, path, body, with a token, extra header)
     type Case = (
         &'static str,
         reqwest::Method,
         &'static str,
-        Option<&'static str>,
+        Option<Vec<u8>>,
         bool,
+        Option<(&'static str, &'static str)>,
     );
-    // (what, method, path, raw body, with a token)
-    let cases: [Case; 8] = [
-        ("health", reqwest::Method::GET, "/health", None, false),
-        ("ready", reqwest::Method::GET, "/ready", None, false),
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let cases: Vec<Case> = vec![
+        ("health", get.clone(), "/health", None, false, None),
+        ("ready", get.clone(), "/ready", None, false, None),
+        ("root", get.clone(), "/", None, false, None),
+        (
+            "a static file",
+            get.clone(),
+            "/client/messaging.d.ts",
+            None,
+            false,
+            None,
+        ),
         (
             "unknown route",
-            reqwest::Method::GET,
+            get.clone(),
             "/messaging/nope",
             None,
             false,
+            None,
         ),
         (
             "malformed JSON",
-            reqwest::Method::POST,
+            post.clone(),
             "/messaging/connections",
-            Some("[{"),
+            Some(b"[{".to_vec()),
             false,
+            None,
         ),
         (
             "empty body",
-            reqwest::Method::POST,
+            post.clone(),
             "/messaging/connections",
-            Some(""),
+            Some(Vec::new()),
             false,
+            None,
+        ),
+        (
+            "body not UTF-8",
+            post.clone(),
+            "/messaging/connections",
+            Some(vec![0xff, 0xfe, b'[']),
+            false,
+            None,
+        ),
+        (
+            "body over 1 MiB",
+            post.clone(),
+            "/messaging/connections",
+            Some(format!("[\"{}\"]", "x".repeat(1024 * 1024)).into_bytes()),
+            false,
+            None,
         ),
         (
             "missing token",
-            reqwest::Method::GET,
+            get.clone(),
             "/messaging/messages/conversation/CONV0000001",
             None,
             false,
+            None,
         ),
         (
             "unknown conversation",
-            reqwest::Method::GET,
+            get.clone(),
             "/messaging/messages/conversation/CONV0000001",
             None,
             true,
+            None,
         ),
         (
             "other method",
@@ -96,18 +129,32 @@ async fn rest_front_answers_as_the_http_edge(db: TestDb) {
             "/messaging/connections",
             None,
             false,
+            None,
+        ),
+        (
+            "CORS preflight",
+            reqwest::Method::OPTIONS,
+            "/messaging/connections",
+            None,
+            false,
+            Some(("access-control-request-method", "POST")),
         ),
     ];
     for payload in [Payload::V1, Payload::V2] {
         let base = gateway.rest_url_for(payload);
-        for (what, method, path, body, with_token) in &cases {
+        for (what, method, path, body, with_token, header) in &cases {
             let build = |url: String| {
                 let mut req = http.request(method.clone(), url);
                 if let Some(b) = body {
-                    req = req.body(*b);
+                    req = req.body(b.clone());
                 }
                 if *with_token {
                     req = req.bearer_auth(&member);
+                }
+                if let Some((name, value)) = header {
+                    req = req
+                        .header(*name, *value)
+                        .header("origin", "https://example.org");
                 }
                 req
             };
@@ -117,6 +164,19 @@ async fn rest_front_answers_as_the_http_edge(db: TestDb) {
         }
         // The statuses the contract names, so that equal-but-wrong cannot pass.
         let get = |path: &str| answer(http.get(format!("{base}{path}")));
+        let preflight = answer(
+            http.request(
+                reqwest::Method::OPTIONS,
+                format!("{base}/messaging/connections"),
+            )
+            .header("origin", "https://example.org")
+            .header("access-control-request-method", "POST"),
+        )
+        .await;
+        assert_eq!(
+            (preflight.status, preflight.cors.as_deref()),
+            (204, Some("*"))
+        );
         assert_eq!(get("/health").await.body, json!({"status": "ok"}));
         assert_eq!(get("/ready").await.body, json!({"status": "ready"}));
         let unknown = get("/messaging/nope").await;
