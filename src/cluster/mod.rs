@@ -149,6 +149,10 @@ pub trait Seam: Send + Sync + 'static {
 pub struct Drained {
     /// Rows a frame was posted toward.
     pub posts: usize,
+    /// Posts the gateway took (2xx).
+    pub delivered: usize,
+    /// Audiences at least one of whose rows took a frame.
+    pub reached: std::collections::BTreeSet<Audience>,
     /// Rooms that lost rows because their socket was gone: their attendance is due.
     pub pruned: Vec<(String, String)>,
 }

@@ -246,6 +246,17 @@ pub async fn respond(state: &EdgeState, req: Request, peer: Option<SocketAddr>) 
     resp
 }
 
+/// `404 Endpoint not found` in the shape of §9, with the CORS header every answer carries:
+/// for a route a door does not serve (`/metrics` in gateway mode).
+pub fn endpoint_not_found(path: &str) -> Response {
+    let mut resp = framework_error(404, "Endpoint not found", path);
+    resp.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp
+}
+
 /// A request no route takes: `405` with `Allow` when another method has a route for the path
 /// (§9), else `404`. Preflights never get here: the CORS layer answers every `OPTIONS`.
 fn unrouted(method: &str, path: &str) -> Response {

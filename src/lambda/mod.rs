@@ -195,7 +195,7 @@ impl Door {
         };
         if path.eq_ignore_ascii_case("/metrics") {
             // Not in this mode: the platform's logs and metrics serve (§5.5).
-            return json_reply(StatusCode::NOT_FOUND, &json!({"error": "Not Found"}));
+            return edge::endpoint_not_found(&path);
         }
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
@@ -257,9 +257,10 @@ impl Door {
             let delivers = inv.method.contains(".Delivery/");
             let mut reply = invoke::call(&self.delivery, &self.connection, inv).await;
             if delivers && reply.get("error").is_none() {
-                // The frame's posts: the rows it was sent toward, known once they ran.
-                let posts = self.services().finish_invocation().await;
-                reply = json!({"delivered": posts});
+                // The rows the frame reached, known once its posts ran (attendance that a
+                // 410 makes due follows in `handle`, and is not this frame).
+                let drained = self.services().drain_published().await;
+                reply = json!({"delivered": drained.delivered});
             }
             return json_reply(StatusCode::OK, &reply);
         }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::Services;
 use super::model::Counts;
 use crate::error::AppResult;
-use crate::hub::Action;
+use crate::hub::{Action, Audience};
 use crate::store::Tx;
 use crate::store::entities::{conversations, notifications};
 
@@ -173,18 +173,19 @@ impl Services {
     /// `local` of this node's sockets, or, across nodes, any alerts row another node holds
     /// (that node queues the frame as it arrives through the broker).
     async fn reached_person(&self, church: &str, person: &str, local: usize) -> AppResult<bool> {
-        let socketless = self.seam.socketless();
-        if local > 0 || !(self.seam.crosses_nodes() || socketless) {
+        if self.seam.socketless() {
+            // The posts tell: wait for them (a gone connection's 410 is no delivery).
+            let drained = self.drain_published().await;
+            return Ok(drained.reached.contains(&Audience::person(church, person)));
+        }
+        if local > 0 || !self.seam.crosses_nodes() {
             return Ok(local > 0);
         }
         let rows = self
             .store()
             .person_rows(church, super::rooms::ALERTS, person)
             .await?;
-        // Socketless, every row is posted to (a gone one is pruned by that post).
-        Ok(rows
-            .iter()
-            .any(|r| socketless || *r.node_id != *self.node_id))
+        Ok(rows.iter().any(|r| *r.node_id != *self.node_id))
     }
 }
 

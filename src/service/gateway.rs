@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::Services;
+use crate::cluster::Drained;
 use crate::error::AppResult;
 
 /// Rounds of attendance at the end of one invocation: a post answered `410` prunes rows and
@@ -38,6 +39,17 @@ impl Services {
         Ok(rooms.len())
     }
 
+    /// Waits until every frame published so far has been posted, and makes attendance due
+    /// in the rooms whose rows a `410` pruned. What the posts came to, for a caller that must
+    /// know whether (or how often) its frame reached a socket.
+    pub async fn drain_published(&self) -> Drained {
+        let drained = self.seam.drain().await;
+        for (church, room) in &drained.pruned {
+            self.room_changed(church, room, false);
+        }
+        drained
+    }
+
     /// The end of an invocation: sends the attendance it made due, once per room, and waits
     /// until every frame has been posted. Returns the rows posted toward.
     pub async fn finish_invocation(&self) -> usize {
@@ -46,13 +58,10 @@ impl Services {
             for (key, audience) in self.due_attendance() {
                 self.flush_attendance(key, audience).await;
             }
-            let drained = self.seam.drain().await;
+            let drained = self.drain_published().await;
             posts += drained.posts;
             if drained.pruned.is_empty() {
                 return posts;
-            }
-            for (church, room) in &drained.pruned {
-                self.room_changed(church, room, false);
             }
         }
         // What is still due is sent by the next invocation that touches the room.

@@ -556,6 +556,10 @@ impl Services {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        if self.seam.socketless() && self.seam.locate(socket).await?.is_none() {
+            // API Gateway no longer knows it (§5.5): as for a join.
+            return Err(AppError::NotFound("Socket not found"));
+        }
         let mut readable = Vec::new();
         for r in rows {
             if self

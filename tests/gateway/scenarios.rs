@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::emulator::events::{self, EventKind};
 use crate::emulator::{Fault, Gateway, Payload};
 use crate::helpers::{TestDb, Ws};
+use crate::server_test;
 use crate::support::*;
-use crate::{known_bug, server_test};
 
 const CHURCH: &str = "C1";
 
@@ -422,9 +422,9 @@ async fn a_join_batch_and_a_rename_send_one_attendance(db: TestDb) {
     assert_eq!(gateway.bad_signatures(), 0);
 }
 
-known_bug!(
+server_test!(
     set_name_naming_a_gone_connection_is_socket_not_found,
-    "gateway mode: setName does not ask GET @connections; a gone connection is renamed (200) instead of 404 Socket not found (§5.5)"
+    [postgres, mysql]
 );
 async fn set_name_naming_a_gone_connection_is_socket_not_found(db: TestDb) {
     let (gateway, rest, room) = setup(&db, &[]).await;
@@ -454,9 +454,9 @@ async fn set_name_naming_a_gone_connection_is_socket_not_found(db: TestDb) {
     );
 }
 
-known_bug!(
+server_test!(
     delivered_counts_the_rows_the_frame_reached,
-    "gateway mode: SendConversationMessages reports {\"delivered\":3} for a 2-row room where one post got 410 (it counts every post of the invocation, attendance included)"
+    [postgres, mysql]
 );
 async fn delivered_counts_the_rows_the_frame_reached(db: TestDb) {
     let (gateway, rest, room) = setup(&db, &[]).await;
@@ -483,10 +483,7 @@ async fn delivered_counts_the_rows_the_frame_reached(db: TestDb) {
     assert_eq!(one_attendance(&frames)["data"]["totalViewers"], 1);
 }
 
-known_bug!(
-    notifications_reach_the_alerts_connection,
-    "gateway mode: deliveryMethod is \"socket\" when the only alerts row's post is answered 410 (decided before posting)"
-);
+server_test!(notifications_reach_the_alerts_connection, [postgres, mysql]);
 async fn notifications_reach_the_alerts_connection(db: TestDb) {
     let (gateway, rest, _room) = setup(&db, &[]).await;
     let person = token(CHURCH, "P1", &[]);
@@ -873,5 +870,37 @@ async fn metrics_is_not_served_in_gateway_mode(db: TestDb) {
             .get("/metrics", None, None)
             .await;
         assert_eq!(s, 404, "{payload:?}: {body}");
+        // The shape of any unrouted path (§9).
+        assert_eq!(body["error"]["message"], "Endpoint not found", "{body}");
+        assert_eq!(body["error"]["status"], 404, "{body}");
+        assert_eq!(body["error"]["path"], "/metrics", "{body}");
     }
+}
+
+server_test!(
+    concurrent_joins_on_two_instances_write_one_row,
+    [postgres, mysql]
+);
+/// The same join sent to both instances at once (a client retrying on a slow answer):
+/// one row (the unique key), both answers name it, and the attendance that follows counts
+/// one viewer.
+async fn concurrent_joins_on_two_instances_write_one_row(db: TestDb) {
+    let (gateway, rest, room) = setup(&db, &[]).await;
+    let mut a = socket(&gateway).await;
+    let (r0, r1) = tokio::join!(
+        rest.join(&room, &a.id, "A", Some(0)),
+        rest.join(&room, &a.id, "A", Some(1))
+    );
+    assert_eq!(r0["id"], r1["id"], "both joins answer the one row");
+    assert_eq!(rest.room_sockets(CHURCH, &room).await, [a.id.clone()]);
+    let frames = drain(&gateway, &mut a).await;
+    let attendance = with_action(&frames, "attendance");
+    assert!(
+        !attendance.is_empty(),
+        "attendance after the joins: {frames:?}"
+    );
+    for att in attendance {
+        assert_eq!(att["data"]["totalViewers"], 1, "{att}");
+    }
+    assert_eq!(gateway.bad_signatures(), 0);
 }

@@ -330,30 +330,3 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
     }
     ports
 }
-
-/// A scenario the binary does not pass yet, for PostgreSQL and MariaDB like
-/// `server_test!(name, [postgres, mysql])`, but compiled as ignored with the bug as the reason:
-/// `cargo test` counts it as ignored (never passed), `--include-ignored` runs it.
-#[macro_export]
-macro_rules! known_bug {
-    ($name:ident, $reason:literal) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = $reason]
-            async fn postgres() {
-                super::$name(
-                    $crate::helpers::TestDb::create($crate::helpers::Backend::Postgres).await,
-                )
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = $reason]
-            async fn mysql() {
-                super::$name($crate::helpers::TestDb::create($crate::helpers::Backend::Mysql).await)
-                    .await
-            }
-        }
-    };
-}

@@ -56,8 +56,11 @@ struct Pending {
     queue: VecDeque<(Audience, Bytes)>,
     /// A worker is posting the queue.
     running: bool,
-    /// Since the last drain: rows a frame was posted toward, and rooms that lost rows to a 410.
+    /// Since the last drain: rows a frame was posted toward, posts taken, audiences reached,
+    /// and rooms that lost rows to a 410.
     posts: usize,
+    delivered: usize,
+    reached: BTreeSet<Audience>,
     pruned: BTreeSet<(String, String)>,
 }
 
@@ -185,6 +188,10 @@ impl Shared {
         tracing::debug!(?audience, count, delivered, "gateway delivery");
         let mut p = self.state.lock();
         p.posts += count;
+        p.delivered += delivered;
+        if delivered > 0 {
+            p.reached.insert(audience);
+        }
         p.pruned.extend(pruned);
     }
 }
@@ -351,6 +358,8 @@ impl Seam for Gateway {
                     if !p.running && p.queue.is_empty() {
                         return Drained {
                             posts: std::mem::take(&mut p.posts),
+                            delivered: std::mem::take(&mut p.delivered),
+                            reached: std::mem::take(&mut p.reached),
                             pruned: std::mem::take(&mut p.pruned).into_iter().collect(),
                         };
                     }
