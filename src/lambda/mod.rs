@@ -69,15 +69,10 @@ pub struct Door {
 }
 
 impl Door {
+    /// The door of a Lambda instance: the management endpoint and credentials from the
+    /// settings and the environment Lambda provides.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        if settings.database_url.starts_with("sqlite:") {
-            anyhow::bail!(
-                "gateway mode (AWS_LAMBDA_RUNTIME_API is set) needs a database every instance \
-                 shares: set DATABASE_URL to postgres:// or mysql://; SQLite is one process's file"
-            );
-        }
-        let metrics = crate::telemetry::metrics_handle();
-        let keys = TokenKeys::new(settings.jwt_secret()?);
+        refuse_sqlite(&settings)?;
         let g = &settings.gateway;
         let api = Management::from_env(
             g.ws_management_endpoint.as_deref(),
@@ -85,6 +80,15 @@ impl Door {
             g.stage.as_deref(),
             POST_TIMEOUT,
         )?;
+        Self::build_with(settings, api).await
+    }
+
+    /// The door with a management client given (tests run one in-process beside the
+    /// instances, as one more of them).
+    pub async fn build_with(settings: Settings, api: Management) -> anyhow::Result<Self> {
+        refuse_sqlite(&settings)?;
+        let metrics = crate::telemetry::metrics_handle();
+        let keys = TokenKeys::new(settings.jwt_secret()?);
         let store = Store::connect(&settings.database_url).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot open database {}: {e}",
@@ -140,7 +144,8 @@ impl Door {
         })
     }
 
-    fn services(&self) -> &Services {
+    /// The domain layer this door serves.
+    pub fn services(&self) -> &Services {
         &self.state.services
     }
 
@@ -156,7 +161,8 @@ impl Door {
             Some(RequestContext::ApiGatewayV1(ctx)) => {
                 let ip = ctx.identity.source_ip.clone();
                 let path = req.raw_http_path().to_string();
-                self.rest(req, path, ip).await
+                let query = v1_query(&req.query_string_parameters());
+                self.rest(req, path, query, ip).await
             }
             Some(RequestContext::ApiGatewayV2(ctx)) => {
                 let ip = ctx.http.source_ip.clone();
@@ -166,7 +172,8 @@ impl Door {
                     Some(stage) if stage != "$default" => strip_stage(&raw, stage),
                     _ => raw,
                 };
-                self.rest(req, path, ip).await
+                let query = req.uri().query().map(str::to_string);
+                self.rest(req, path, query, ip).await
             }
             Some(RequestContext::PassThrough) => self.pass_through(req).await,
             _ => json_reply(
@@ -185,6 +192,7 @@ impl Door {
         &self,
         req: lambda_http::Request,
         path: String,
+        query: Option<String>,
         source_ip: Option<String>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
@@ -197,7 +205,7 @@ impl Door {
             // Not in this mode: the platform's logs and metrics serve (§5.5).
             return edge::endpoint_not_found(&path);
         }
-        let path_and_query = match parts.uri.query() {
+        let path_and_query = match query.filter(|q| !q.is_empty()) {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
@@ -286,8 +294,39 @@ impl Door {
     }
 }
 
+fn refuse_sqlite(settings: &Settings) -> anyhow::Result<()> {
+    if settings.database_url.starts_with("sqlite:") {
+        anyhow::bail!(
+            "gateway mode (AWS_LAMBDA_RUNTIME_API is set) needs a database every instance \
+             shares: set DATABASE_URL to postgres:// or mysql://; SQLite is one process's file"
+        );
+    }
+    Ok(())
+}
+
 fn json_reply(status: StatusCode, body: &Value) -> Response<Body> {
     edge::json_response(status, body)
+}
+
+/// Everything but RFC 3986's unreserved characters and `,`.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b',');
+
+/// A REST (payload 1.0) event's query as a query string. API Gateway hands the parameters
+/// over decoded, so `a%2Cb` and `a,b` arrive alike; lambda_http would encode the comma back
+/// (`a%2Cb`), which the edge reads as one id. Commas stay commas here: list parameters
+/// (`ids=a,b`) mean on this door what they mean on the HTTP edge.
+fn v1_query(params: &lambda_http::aws_lambda_events::query_map::QueryMap) -> Option<String> {
+    use percent_encoding::utf8_percent_encode as enc;
+    let pairs: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k, QUERY_VALUE), enc(v, QUERY_VALUE)))
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("&"))
 }
 
 /// `/{stage}/rest` → `/rest` (and `/{stage}` → `/`).

@@ -51,9 +51,19 @@ impl PostCache {
 }
 
 impl Services {
+    /// Gateway mode keeps no cache: its instances come and go, nothing tells one of them
+    /// what another changed, and a frozen instance's clock may not count the time it was
+    /// frozen, so "fresh" would mean nothing. Each invocation reads.
+    fn caches_off(&self) -> bool {
+        self.seam.socketless()
+    }
+
     /// A conversation for a post, from the cache when fresh. Private conversations are never
     /// cached: their access hangs on the participants row, which changes separately.
     pub async fn hot_conversation(&self, id: &str) -> AppResult<ConvAccess> {
+        if self.caches_off() {
+            return self.load_conversation(id).await;
+        }
         let cached = fresh(self.post_cache.conversations.lock().get(id));
         if let Some(c) = cached {
             return Ok(c);
@@ -86,7 +96,11 @@ impl Services {
         ip: &str,
     ) -> AppResult<bool> {
         let key = (church.to_string(), conversation.to_string());
-        let cached = fresh(self.post_cache.blocked.lock().get(&key));
+        let cached = if self.caches_off() {
+            None
+        } else {
+            fresh(self.post_cache.blocked.lock().get(&key))
+        };
         let set = match cached {
             Some(set) => set,
             None => {

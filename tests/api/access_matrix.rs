@@ -1828,6 +1828,7 @@ async fn make_callers(app: &TestApp) -> Vec<Caller> {
 
 server_test!(
     access_matrix_follows_the_contract,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let started = Instant::now();

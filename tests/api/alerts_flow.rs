@@ -96,6 +96,7 @@ async fn thread(app: &TestApp, from_token: &str, to: &str) -> (String, String) {
 
 server_test!(
     private_message_alert_reaches_only_the_recipient,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let (a, b, x) = (
@@ -185,6 +186,7 @@ server_test!(
 
 server_test!(
     private_message_notification_is_reused_and_tracks_delivery,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let (a, b) = (app.token("C1", "PA", &[]), app.token("C1", "PB", &[]));
@@ -266,182 +268,187 @@ server_test!(
     }
 );
 
-server_test!(private_message_create_rules, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let (a, b, c) = (
-        app.token("C1", "PA", &[]),
-        app.token("C1", "PB", &[]),
-        app.token("C1", "PC", &[]),
-    );
-    let conv = app.conversation("C1", "privateMessage", false).await;
-    let item = json!([{"toPersonId": "PB", "conversationId": conv}]);
-    let (status, body) = app.post(PM, Some(&a), &item).await;
-    assert_eq!(status, 200, "{body}");
-    let row = &body[0];
-    assert_eq!(
-        keys(row),
-        [
-            "id",
-            "churchId",
-            "fromPersonId",
-            "toPersonId",
-            "conversationId",
-            "notifyPersonId"
-        ]
-    );
-    assert_eq!(
-        (
-            &row["churchId"],
-            &row["fromPersonId"],
-            &row["toPersonId"],
-            &row["notifyPersonId"]
-        ),
-        (&json!("C1"), &json!("PA"), &json!("PB"), &Value::Null)
-    );
-    assert_eq!(row["id"].as_str().unwrap().len(), 11);
+server_test!(
+    private_message_create_rules,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let (a, b, c) = (
+            app.token("C1", "PA", &[]),
+            app.token("C1", "PB", &[]),
+            app.token("C1", "PC", &[]),
+        );
+        let conv = app.conversation("C1", "privateMessage", false).await;
+        let item = json!([{"toPersonId": "PB", "conversationId": conv}]);
+        let (status, body) = app.post(PM, Some(&a), &item).await;
+        assert_eq!(status, 200, "{body}");
+        let row = &body[0];
+        assert_eq!(
+            keys(row),
+            [
+                "id",
+                "churchId",
+                "fromPersonId",
+                "toPersonId",
+                "conversationId",
+                "notifyPersonId"
+            ]
+        );
+        assert_eq!(
+            (
+                &row["churchId"],
+                &row["fromPersonId"],
+                &row["toPersonId"],
+                &row["notifyPersonId"]
+            ),
+            (&json!("C1"), &json!("PA"), &json!("PB"), &Value::Null)
+        );
+        assert_eq!(row["id"].as_str().unwrap().len(), 11);
 
-    // The same pair, in either direction, gets the existing row back.
-    let (status, again) = app.post(PM, Some(&a), &item).await;
-    assert_eq!((status, &again[0]), (200, row));
-    let (status, reverse) = app
-        .post(
-            PM,
-            Some(&b),
-            &json!([{"toPersonId": "PA", "conversationId": conv}]),
-        )
-        .await;
-    assert_eq!((status, &reverse[0]), (200, row));
+        // The same pair, in either direction, gets the existing row back.
+        let (status, again) = app.post(PM, Some(&a), &item).await;
+        assert_eq!((status, &again[0]), (200, row));
+        let (status, reverse) = app
+            .post(
+                PM,
+                Some(&b),
+                &json!([{"toPersonId": "PA", "conversationId": conv}]),
+            )
+            .await;
+        assert_eq!((status, &reverse[0]), (200, row));
 
-    // A different pair: 409, also when the clashing item is the second of a batch.
-    let conv2 = app.conversation("C1", "privateMessage", false).await;
-    let (status, body) = app
-        .post(
-            PM,
-            Some(&c),
-            &json!([{"toPersonId": "PA", "conversationId": conv}]),
-        )
-        .await;
-    assert_eq!(
-        (status, body),
-        (
-            409,
-            json!({"error": "Conversation already has participants"})
-        )
-    );
-    let (status, _) = app
-        .post(
-            PM,
-            Some(&c),
-            &json!([
-                {"toPersonId": "PA", "conversationId": conv2},
-                {"toPersonId": "PA", "conversationId": conv},
-            ]),
-        )
-        .await;
-    assert_eq!(status, 409);
-    assert!(
-        app.store
-            .private_message_of(&conv2)
-            .await
-            .unwrap()
-            .is_none()
-    );
-
-    // Unknown conversations and other churches' conversations are 404, nothing written.
-    let foreign = app.conversation("C2", "privateMessage", false).await;
-    for missing in ["NOPE0000000", foreign.as_str()] {
+        // A different pair: 409, also when the clashing item is the second of a batch.
+        let conv2 = app.conversation("C1", "privateMessage", false).await;
         let (status, body) = app
+            .post(
+                PM,
+                Some(&c),
+                &json!([{"toPersonId": "PA", "conversationId": conv}]),
+            )
+            .await;
+        assert_eq!(
+            (status, body),
+            (
+                409,
+                json!({"error": "Conversation already has participants"})
+            )
+        );
+        let (status, _) = app
             .post(
                 PM,
                 Some(&c),
                 &json!([
                     {"toPersonId": "PA", "conversationId": conv2},
-                    {"toPersonId": "PA", "conversationId": missing},
+                    {"toPersonId": "PA", "conversationId": conv},
                 ]),
             )
             .await;
-        assert_eq!(
-            (status, body),
-            (404, json!({"error": "Conversation not found"}))
+        assert_eq!(status, 409);
+        assert!(
+            app.store
+                .private_message_of(&conv2)
+                .await
+                .unwrap()
+                .is_none()
         );
-    }
-    assert!(
-        app.store
-            .private_message_of(&conv2)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        app.store
-            .private_message_of(&foreign)
-            .await
-            .unwrap()
-            .is_none()
-    );
 
-    // Shape errors name the first offending value; nothing is written.
-    let (status, body) = app
+        // Unknown conversations and other churches' conversations are 404, nothing written.
+        let foreign = app.conversation("C2", "privateMessage", false).await;
+        for missing in ["NOPE0000000", foreign.as_str()] {
+            let (status, body) = app
+                .post(
+                    PM,
+                    Some(&c),
+                    &json!([
+                        {"toPersonId": "PA", "conversationId": conv2},
+                        {"toPersonId": "PA", "conversationId": missing},
+                    ]),
+                )
+                .await;
+            assert_eq!(
+                (status, body),
+                (404, json!({"error": "Conversation not found"}))
+            );
+        }
+        assert!(
+            app.store
+                .private_message_of(&conv2)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            app.store
+                .private_message_of(&foreign)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Shape errors name the first offending value; nothing is written.
+        let (status, body) = app
         .post(
             PM,
             Some(&c),
             &json!([{"toPersonId": "PA", "conversationId": conv2}, {"toPersonId": 5, "conversationId": conv2}]),
         )
         .await;
-    assert_eq!(
-        (status, body),
-        (
-            400,
-            json!({"error": "Invalid request body", "field": "/1/toPersonId"})
-        )
-    );
-    let (status, body) = app.post(PM, Some(&c), &json!({"toPersonId": "PA"})).await;
-    assert_eq!(
-        (status, body),
-        (400, json!({"error": "Invalid request body", "field": ""}))
-    );
-    let many: Vec<Value> = (0..101)
-        .map(|_| json!({"toPersonId": "PA", "conversationId": conv2}))
-        .collect();
-    let (status, body) = app.post(PM, Some(&c), &Value::Array(many)).await;
-    assert_eq!((status, body), (400, json!({"error": "Too many items"})));
-    assert!(
-        app.store
-            .private_message_of(&conv2)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let (status, body) = app.post(PM, Some(&c), &json!([])).await;
-    assert_eq!((status, body), (200, json!([])));
+        assert_eq!(
+            (status, body),
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/1/toPersonId"})
+            )
+        );
+        let (status, body) = app.post(PM, Some(&c), &json!({"toPersonId": "PA"})).await;
+        assert_eq!(
+            (status, body),
+            (400, json!({"error": "Invalid request body", "field": ""}))
+        );
+        let many: Vec<Value> = (0..101)
+            .map(|_| json!({"toPersonId": "PA", "conversationId": conv2}))
+            .collect();
+        let (status, body) = app.post(PM, Some(&c), &Value::Array(many)).await;
+        assert_eq!((status, body), (400, json!({"error": "Too many items"})));
+        assert!(
+            app.store
+                .private_message_of(&conv2)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (status, body) = app.post(PM, Some(&c), &json!([])).await;
+        assert_eq!((status, body), (200, json!([])));
 
-    // A batch of two threads is written in one go.
-    let conv3 = app.conversation("C1", "privateMessage", false).await;
-    let (status, body) = app
-        .post(
-            PM,
-            Some(&c),
-            &json!([
-                {"toPersonId": "PA", "conversationId": conv2},
-                {"toPersonId": "PB", "conversationId": conv3},
-            ]),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body[1]["toPersonId"], "PB");
+        // A batch of two threads is written in one go.
+        let conv3 = app.conversation("C1", "privateMessage", false).await;
+        let (status, body) = app
+            .post(
+                PM,
+                Some(&c),
+                &json!([
+                    {"toPersonId": "PA", "conversationId": conv2},
+                    {"toPersonId": "PB", "conversationId": conv3},
+                ]),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body[1]["toPersonId"], "PB");
 
-    // Acting as a person needs a token with a personId.
-    let no_person = app.token("C1", "", &[]);
-    for token in [None, Some(no_person.as_str())] {
-        let (status, body) = app.post(PM, token, &item).await;
-        assert_eq!((status, body), (401, json!({"error": "Unauthorized"})));
-        let (status, _) = app.get(PM, token).await;
-        assert_eq!(status, 401);
+        // Acting as a person needs a token with a personId.
+        let no_person = app.token("C1", "", &[]);
+        for token in [None, Some(no_person.as_str())] {
+            let (status, body) = app.post(PM, token, &item).await;
+            assert_eq!((status, body), (401, json!({"error": "Unauthorized"})));
+            let (status, _) = app.get(PM, token).await;
+            assert_eq!(status, 401);
+        }
     }
-});
+);
 
 server_test!(
     private_message_get_and_delete_are_for_participants,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let (a, b, x) = (
@@ -529,6 +536,7 @@ server_test!(
 
 server_test!(
     inbox_is_newest_first_with_empty_threads_last,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let a = app.token("C1", "PA", &[]);
@@ -585,6 +593,7 @@ server_test!(
 
 server_test!(
     notification_create_frames_skips_unread_duplicates_and_marks_read,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "PADM", &["Messaging__Admin"]);
@@ -726,6 +735,7 @@ server_test!(
 
 server_test!(
     notification_create_validates_and_needs_messaging_admin,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "PADM", &["Messaging__Admin"]);
@@ -807,6 +817,7 @@ server_test!(
 
 server_test!(
     concurrent_creates_leave_one_unread_notification,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "PADM", &["Messaging__Admin"]);
@@ -829,6 +840,7 @@ server_test!(
 
 server_test!(
     notification_mark_read_and_delete_permissions,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "PADM", &["Messaging__Admin"]);
@@ -965,6 +977,7 @@ server_test!(
 
 server_test!(
     concurrent_thread_creates_and_messages_stay_single,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let a = app.token("C1", "PA", &[]);
@@ -1013,6 +1026,7 @@ server_test!(
 
 server_test!(
     private_message_posted_over_rest_alerts_the_recipient,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let (a, b) = (app.token("C1", "PA", &[]), app.token("C1", "PB", &[]));

@@ -15,75 +15,80 @@ async fn create_conv(app: &TestApp, token: &str, item: Value) -> Value {
     body[0].clone()
 }
 
-server_test!(anonymous_send_to_public_room, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let admin = app.token("C1", "ADMIN", &[CE]);
-    let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S1", "visibility": "public", "allowAnonymousPosts": true})).await;
-    let id = conv["id"].as_str().unwrap();
-    let mut a = app.ws_with_id().await;
-    let mut b = app.ws_with_id().await;
-    app.join_one(id, &a.id, "a").await;
-    app.join_one(id, &b.id, "b").await;
-    let (s, body) = app
+server_test!(
+    anonymous_send_to_public_room,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S1", "visibility": "public", "allowAnonymousPosts": true})).await;
+        let id = conv["id"].as_str().unwrap();
+        let mut a = app.ws_with_id().await;
+        let mut b = app.ws_with_id().await;
+        app.join_one(id, &a.id, "a").await;
+        app.join_one(id, &b.id, "b").await;
+        let (s, body) = app
         .post("/messaging/messages/send", None, &json!([{"conversationId": id, "content": "hi", "displayName": "Guest", "personId": "SPOOF", "churchId": "X", "id": "FORCED", "extra": "<script>"}]))
         .await;
-    assert_eq!(s, 200, "{body}");
-    let m = &body[0];
-    assert_eq!(m["personId"], Value::Null);
-    assert_ne!(m["id"], "FORCED");
-    assert_eq!(m["churchId"], "C1");
-    assert_eq!(m["messageType"], "comment");
-    assert!(m["timeSent"].as_str().unwrap().ends_with('Z'));
-    let keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        [
-            "id",
-            "churchId",
-            "conversationId",
-            "personId",
-            "displayName",
-            "timeSent",
-            "timeUpdated",
-            "messageType",
-            "content"
-        ]
-    );
-    for ws in [&mut a, &mut b] {
-        let frames = ws.until(|f| f["action"] == "message").await;
-        let f = frames.last().unwrap();
+        assert_eq!(s, 200, "{body}");
+        let m = &body[0];
+        assert_eq!(m["personId"], Value::Null);
+        assert_ne!(m["id"], "FORCED");
+        assert_eq!(m["churchId"], "C1");
+        assert_eq!(m["messageType"], "comment");
+        assert!(m["timeSent"].as_str().unwrap().ends_with('Z'));
+        let keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
-            &f["data"], m,
-            "the frame carries the stored message, no extra fields"
+            keys,
+            [
+                "id",
+                "churchId",
+                "conversationId",
+                "personId",
+                "displayName",
+                "timeSent",
+                "timeUpdated",
+                "messageType",
+                "content"
+            ]
         );
+        for ws in [&mut a, &mut b] {
+            let frames = ws.until(|f| f["action"] == "message").await;
+            let f = frames.last().unwrap();
+            assert_eq!(
+                &f["data"], m,
+                "the frame carries the stored message, no extra fields"
+            );
+            assert_eq!(
+                frames.iter().filter(|f| f["action"] == "message").count(),
+                1
+            );
+        }
+        // The content room hears about it.
+        let member = app.token("C1", "P1", &[]);
+        let mut watcher = app.ws_with_id().await;
+        app.join(
+            Some(&member),
+            json!([{"conversationId": "content-streamingLive-S1", "socketId": watcher.id}]),
+        )
+        .await;
+        app.post(
+            "/messaging/messages/send",
+            None,
+            &json!([{"conversationId": id, "content": "again"}]),
+        )
+        .await;
+        let f = watcher.next_action("conversationActivity").await;
         assert_eq!(
-            frames.iter().filter(|f| f["action"] == "message").count(),
-            1
+            f["data"],
+            json!({"contentType": "streamingLive", "contentId": "S1", "conversationId": id, "kind": "message"})
         );
     }
-    // The content room hears about it.
-    let member = app.token("C1", "P1", &[]);
-    let mut watcher = app.ws_with_id().await;
-    app.join(
-        Some(&member),
-        json!([{"conversationId": "content-streamingLive-S1", "socketId": watcher.id}]),
-    )
-    .await;
-    app.post(
-        "/messaging/messages/send",
-        None,
-        &json!([{"conversationId": id, "content": "again"}]),
-    )
-    .await;
-    let f = watcher.next_action("conversationActivity").await;
-    assert_eq!(
-        f["data"],
-        json!({"contentType": "streamingLive", "contentId": "S1", "conversationId": id, "kind": "message"})
-    );
-});
+);
 
 server_test!(
     anonymous_send_elsewhere_is_refused_and_stores_nothing,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "ADMIN", &[CE]);
@@ -131,6 +136,7 @@ server_test!(
 
 server_test!(
     blocked_ip_toggle_enforces_and_broadcasts,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "ADMIN", &[CE]);
@@ -227,225 +233,234 @@ server_test!(
     }
 );
 
-server_test!(post_edit_delete_and_stats, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let admin = app.token("C1", "ADMIN", &[CE]);
-    let author = app.token("C1", "AUTHOR", &[]);
-    let other = app.token("C1", "OTHER", &[]);
-    let conv = create_conv(
-        &app,
-        &admin,
-        json!({"contentType": "sermon", "contentId": "X1"}),
-    )
-    .await;
-    let id = conv["id"].as_str().unwrap();
-    assert_eq!(
-        (
-            conv["postCount"].clone(),
-            conv["allowAnonymousPosts"].clone()
-        ),
-        (json!(0), json!(false))
-    );
-    let mut a = app.ws_with_id().await;
-    app.join(
-        Some(&author),
-        json!([{"conversationId": id, "socketId": a.id}]),
-    )
-    .await;
-    // "Other" type: members read, only Content Edit participates.
-    let (s, _) = app
-        .post(
-            "/messaging/messages",
+server_test!(
+    post_edit_delete_and_stats,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let author = app.token("C1", "AUTHOR", &[]);
+        let other = app.token("C1", "OTHER", &[]);
+        let conv = create_conv(
+            &app,
+            &admin,
+            json!({"contentType": "sermon", "contentId": "X1"}),
+        )
+        .await;
+        let id = conv["id"].as_str().unwrap();
+        assert_eq!(
+            (
+                conv["postCount"].clone(),
+                conv["allowAnonymousPosts"].clone()
+            ),
+            (json!(0), json!(false))
+        );
+        let mut a = app.ws_with_id().await;
+        app.join(
             Some(&author),
-            &json!([{"conversationId": id, "content": "no"}]),
+            json!([{"conversationId": id, "socketId": a.id}]),
         )
         .await;
-    assert_eq!(s, 401);
-    let (s, m1) = app
-        .post(
-            "/messaging/messages",
-            Some(&admin),
-            &json!([{"conversationId": id, "content": "one", "personId": "SPOOF"}]),
-        )
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(m1[0]["personId"], "ADMIN", "personId comes from the token");
-    let (_, m2) = app
-        .post(
-            "/messaging/messages",
-            Some(&admin),
-            &json!([{"conversationId": id, "content": "two"}]),
-        )
-        .await;
-    let (_, c) = app
-        .get(&format!("/messaging/conversations/C1/{id}"), Some(&admin))
-        .await;
-    assert_eq!(
-        (
-            c["postCount"].clone(),
-            c["firstPostId"].clone(),
-            c["lastPostId"].clone()
-        ),
-        (json!(2), m1[0]["id"].clone(), m2[0]["id"].clone())
-    );
-    // Edits: a non-author non-moderator is refused; an allowed edit keeps the author.
-    let edit = json!([{"id": m1[0]["id"], "content": "edited", "displayName": "Impostor"}]);
-    assert_eq!(
-        app.post("/messaging/messages", Some(&other), &edit).await,
-        (401, json!({"error": "Unauthorized"}))
-    );
-    let (s, e) = app.post("/messaging/messages", Some(&admin), &edit).await;
-    assert_eq!(s, 200);
-    assert_eq!(
-        (
-            e[0]["content"].clone(),
-            e[0]["personId"].clone(),
-            e[0]["displayName"].clone()
-        ),
-        (
-            json!("edited"),
-            json!("ADMIN"),
-            m1[0]["displayName"].clone()
-        )
-    );
-    assert!(e[0]["timeUpdated"].is_string());
-    assert_eq!(e[0]["timeSent"], m1[0]["timeSent"]);
-    // Delete the latest: stats stay exact, the room hears deleteMessage with its conversation.
-    assert_eq!(
-        app.delete(
-            &format!("/messaging/messages/{}", m2[0]["id"].as_str().unwrap()),
-            Some(&other)
-        )
-        .await
-        .0,
-        401
-    );
-    let (s, body) = app
-        .delete(
-            &format!("/messaging/messages/{}", m2[0]["id"].as_str().unwrap()),
-            Some(&admin),
-        )
-        .await;
-    assert_eq!(
-        (s, body),
-        (200, json!({"message": "Message deleted successfully"}))
-    );
-    let f = a.next_action("deleteMessage").await;
-    assert_eq!(f["data"], json!({"id": m2[0]["id"], "conversationId": id}));
-    let (_, c) = app
-        .get(&format!("/messaging/conversations/C1/{id}"), Some(&admin))
-        .await;
-    assert_eq!(
-        (
-            c["postCount"].clone(),
-            c["firstPostId"].clone(),
-            c["lastPostId"].clone()
-        ),
-        (json!(1), m1[0]["id"].clone(), m1[0]["id"].clone())
-    );
-    assert_eq!(
-        app.delete("/messaging/messages/NOSUCHMSG01", Some(&admin))
-            .await,
-        (404, json!({"error": "Message not found"}))
-    );
-    assert_eq!(
-        app.delete("/messaging/messages/x", None).await,
-        (401, json!({"error": "Unauthorized"}))
-    );
-});
-
-server_test!(reactions_toggle_and_broadcast, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let admin = app.token("C1", "ADMIN", &[CE]);
-    let conv = create_conv(
-        &app,
-        &admin,
-        json!({"contentType": "sermon", "contentId": "X2"}),
-    )
-    .await;
-    let id = conv["id"].as_str().unwrap();
-    let mut a = app.ws_with_id().await;
-    app.join(
-        Some(&admin),
-        json!([{"conversationId": id, "socketId": a.id}]),
-    )
-    .await;
-    let (_, m) = app
-        .post(
-            "/messaging/messages",
-            Some(&admin),
-            &json!([{"conversationId": id, "content": "react to me"}]),
-        )
-        .await;
-    let mid = m[0]["id"].as_str().unwrap();
-    let path = format!("/messaging/messages/{mid}/reactions");
-    assert_eq!(
-        app.post(&path, Some(&admin), &json!({"emoji": "👍"})).await,
-        (200, json!({"messageId": mid, "emoji": "👍", "added": true}))
-    );
-    let f = a.next_action("reaction").await;
-    assert_eq!(
-        f["data"],
-        json!({"messageId": mid, "conversationId": id, "personId": "ADMIN", "emoji": "👍", "added": true})
-    );
-    assert_eq!(
-        app.post(&path, Some(&admin), &json!({"emoji": "👍"}))
-            .await
-            .1["added"],
-        false
-    );
-    assert_eq!(a.next_action("reaction").await["data"]["added"], false);
-    assert_eq!(
-        app.post(&path, Some(&admin), &json!({})).await,
-        (400, json!({"error": "emoji is required"}))
-    );
-    assert_eq!(
-        app.post(&path, Some(&admin), &json!({"emoji": ""})).await,
-        (400, json!({"error": "emoji is required"}))
-    );
-    assert_eq!(
-        app.post(&path, Some(&admin), &json!({"emoji": "x".repeat(17)}))
+        // "Other" type: members read, only Content Edit participates.
+        let (s, _) = app
+            .post(
+                "/messaging/messages",
+                Some(&author),
+                &json!([{"conversationId": id, "content": "no"}]),
+            )
+            .await;
+        assert_eq!(s, 401);
+        let (s, m1) = app
+            .post(
+                "/messaging/messages",
+                Some(&admin),
+                &json!([{"conversationId": id, "content": "one", "personId": "SPOOF"}]),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(m1[0]["personId"], "ADMIN", "personId comes from the token");
+        let (_, m2) = app
+            .post(
+                "/messaging/messages",
+                Some(&admin),
+                &json!([{"conversationId": id, "content": "two"}]),
+            )
+            .await;
+        let (_, c) = app
+            .get(&format!("/messaging/conversations/C1/{id}"), Some(&admin))
+            .await;
+        assert_eq!(
+            (
+                c["postCount"].clone(),
+                c["firstPostId"].clone(),
+                c["lastPostId"].clone()
+            ),
+            (json!(2), m1[0]["id"].clone(), m2[0]["id"].clone())
+        );
+        // Edits: a non-author non-moderator is refused; an allowed edit keeps the author.
+        let edit = json!([{"id": m1[0]["id"], "content": "edited", "displayName": "Impostor"}]);
+        assert_eq!(
+            app.post("/messaging/messages", Some(&other), &edit).await,
+            (401, json!({"error": "Unauthorized"}))
+        );
+        let (s, e) = app.post("/messaging/messages", Some(&admin), &edit).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            (
+                e[0]["content"].clone(),
+                e[0]["personId"].clone(),
+                e[0]["displayName"].clone()
+            ),
+            (
+                json!("edited"),
+                json!("ADMIN"),
+                m1[0]["displayName"].clone()
+            )
+        );
+        assert!(e[0]["timeUpdated"].is_string());
+        assert_eq!(e[0]["timeSent"], m1[0]["timeSent"]);
+        // Delete the latest: stats stay exact, the room hears deleteMessage with its conversation.
+        assert_eq!(
+            app.delete(
+                &format!("/messaging/messages/{}", m2[0]["id"].as_str().unwrap()),
+                Some(&other)
+            )
             .await
             .0,
-        400
-    );
-    assert_eq!(
-        app.post(
-            "/messaging/messages/NOPE0000001/reactions",
-            Some(&admin),
-            &json!({"emoji": "x"})
-        )
-        .await,
-        (404, json!({"error": "Message not found"}))
-    );
-    // Reactions show up in the by-content listing with counts and `mine`.
-    app.post(&path, Some(&admin), &json!({"emoji": "🙏"})).await;
-    let (s, list) = app
-        .get(
-            "/messaging/conversations/messages/sermon/X2?page=1&limit=5",
-            Some(&admin),
+            401
+        );
+        let (s, body) = app
+            .delete(
+                &format!("/messaging/messages/{}", m2[0]["id"].as_str().unwrap()),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(
+            (s, body),
+            (200, json!({"message": "Message deleted successfully"}))
+        );
+        let f = a.next_action("deleteMessage").await;
+        assert_eq!(f["data"], json!({"id": m2[0]["id"], "conversationId": id}));
+        let (_, c) = app
+            .get(&format!("/messaging/conversations/C1/{id}"), Some(&admin))
+            .await;
+        assert_eq!(
+            (
+                c["postCount"].clone(),
+                c["firstPostId"].clone(),
+                c["lastPostId"].clone()
+            ),
+            (json!(1), m1[0]["id"].clone(), m1[0]["id"].clone())
+        );
+        assert_eq!(
+            app.delete("/messaging/messages/NOSUCHMSG01", Some(&admin))
+                .await,
+            (404, json!({"error": "Message not found"}))
+        );
+        assert_eq!(
+            app.delete("/messaging/messages/x", None).await,
+            (401, json!({"error": "Unauthorized"}))
+        );
+    }
+);
+
+server_test!(
+    reactions_toggle_and_broadcast,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let conv = create_conv(
+            &app,
+            &admin,
+            json!({"contentType": "sermon", "contentId": "X2"}),
         )
         .await;
-    assert_eq!(s, 200, "{list}");
-    assert_eq!(
-        list[0]["messages"][0]["reactions"],
-        json!([{"emoji": "🙏", "count": 1, "mine": true}])
-    );
-    assert_eq!(
-        app.get(
-            "/messaging/conversations/messages/sermon/X2?limit=500",
-            Some(&admin)
+        let id = conv["id"].as_str().unwrap();
+        let mut a = app.ws_with_id().await;
+        app.join(
+            Some(&admin),
+            json!([{"conversationId": id, "socketId": a.id}]),
         )
-        .await,
-        (
-            400,
-            json!({"error": "Invalid query parameter", "field": "limit"})
-        )
-    );
-});
+        .await;
+        let (_, m) = app
+            .post(
+                "/messaging/messages",
+                Some(&admin),
+                &json!([{"conversationId": id, "content": "react to me"}]),
+            )
+            .await;
+        let mid = m[0]["id"].as_str().unwrap();
+        let path = format!("/messaging/messages/{mid}/reactions");
+        assert_eq!(
+            app.post(&path, Some(&admin), &json!({"emoji": "👍"})).await,
+            (200, json!({"messageId": mid, "emoji": "👍", "added": true}))
+        );
+        let f = a.next_action("reaction").await;
+        assert_eq!(
+            f["data"],
+            json!({"messageId": mid, "conversationId": id, "personId": "ADMIN", "emoji": "👍", "added": true})
+        );
+        assert_eq!(
+            app.post(&path, Some(&admin), &json!({"emoji": "👍"}))
+                .await
+                .1["added"],
+            false
+        );
+        assert_eq!(a.next_action("reaction").await["data"]["added"], false);
+        assert_eq!(
+            app.post(&path, Some(&admin), &json!({})).await,
+            (400, json!({"error": "emoji is required"}))
+        );
+        assert_eq!(
+            app.post(&path, Some(&admin), &json!({"emoji": ""})).await,
+            (400, json!({"error": "emoji is required"}))
+        );
+        assert_eq!(
+            app.post(&path, Some(&admin), &json!({"emoji": "x".repeat(17)}))
+                .await
+                .0,
+            400
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/messages/NOPE0000001/reactions",
+                Some(&admin),
+                &json!({"emoji": "x"})
+            )
+            .await,
+            (404, json!({"error": "Message not found"}))
+        );
+        // Reactions show up in the by-content listing with counts and `mine`.
+        app.post(&path, Some(&admin), &json!({"emoji": "🙏"})).await;
+        let (s, list) = app
+            .get(
+                "/messaging/conversations/messages/sermon/X2?page=1&limit=5",
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(s, 200, "{list}");
+        assert_eq!(
+            list[0]["messages"][0]["reactions"],
+            json!([{"emoji": "🙏", "count": 1, "mine": true}])
+        );
+        assert_eq!(
+            app.get(
+                "/messaging/conversations/messages/sermon/X2?limit=500",
+                Some(&admin)
+            )
+            .await,
+            (
+                400,
+                json!({"error": "Invalid query parameter", "field": "limit"})
+            )
+        );
+    }
+);
 
 server_test!(
     catchup_since_is_inclusive_and_checked,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "ADMIN", &[CE]);
@@ -523,6 +538,7 @@ server_test!(
 
 server_test!(
     conversations_create_current_and_listings,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "ADMIN", &[CE]);
@@ -700,174 +716,183 @@ server_test!(
     }
 );
 
-server_test!(group_posts_start_and_timeline, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let g_member = app
-        .keys
-        .mint(&messaging::auth::Claims {
-            id: "U1".into(),
-            church_id: "C1".into(),
-            person_id: "P1".into(),
-            first_name: "Grace".into(),
-            group_ids: vec!["G1".into()],
-            ..Default::default()
-        })
-        .unwrap();
-    let outsider = app.token("C1", "P2", &[]);
-    let (s, c) = app.post("/messaging/conversations/start", Some(&g_member), &json!({"groupId": "G1", "contentType": "group", "contentId": "G1", "title": "Hello", "comment": "first!"})).await;
-    assert_eq!(s, 200, "{c}");
-    assert_eq!(
-        (
-            c["postCount"].clone(),
-            c["visibility"].clone(),
-            c["allowAnonymousPosts"].clone()
-        ),
-        (json!(1), json!("public"), json!(false))
-    );
-    assert_eq!(
-        app.post(
-            "/messaging/conversations/start",
-            Some(&outsider),
-            &json!({"groupId": "G1", "contentType": "group", "contentId": "G1", "comment": "x"})
-        )
-        .await
-        .0,
-        401
-    );
-    let (_, second) = app
-        .post(
-            "/messaging/messages",
-            Some(&g_member),
-            &json!([{"conversationId": c["id"], "content": "second"}]),
-        )
-        .await;
-    let (s, posts) = app
-        .get("/messaging/conversations/posts", Some(&g_member))
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(posts.as_array().unwrap().len(), 1);
-    let p = posts[0].as_object().unwrap();
-    assert!(!p.contains_key("firstPostId") && !p.contains_key("lastPostId"));
-    assert_eq!(posts[0]["messages"].as_array().unwrap().len(), 2);
-    assert_eq!(posts[0]["messages"][1]["id"], second[0]["id"]);
-    assert_eq!(
-        app.get("/messaging/conversations/posts", Some(&outsider))
-            .await
-            .1,
-        json!([])
-    );
-    assert_eq!(
-        app.get("/messaging/conversations/posts/group/G1", Some(&outsider))
+server_test!(
+    group_posts_start_and_timeline,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let g_member = app
+            .keys
+            .mint(&messaging::auth::Claims {
+                id: "U1".into(),
+                church_id: "C1".into(),
+                person_id: "P1".into(),
+                first_name: "Grace".into(),
+                group_ids: vec!["G1".into()],
+                ..Default::default()
+            })
+            .unwrap();
+        let outsider = app.token("C1", "P2", &[]);
+        let (s, c) = app.post("/messaging/conversations/start", Some(&g_member), &json!({"groupId": "G1", "contentType": "group", "contentId": "G1", "title": "Hello", "comment": "first!"})).await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(
+            (
+                c["postCount"].clone(),
+                c["visibility"].clone(),
+                c["allowAnonymousPosts"].clone()
+            ),
+            (json!(1), json!("public"), json!(false))
+        );
+        assert_eq!(
+            app.post(
+                "/messaging/conversations/start",
+                Some(&outsider),
+                &json!({"groupId": "G1", "contentType": "group", "contentId": "G1", "comment": "x"})
+            )
             .await
             .0,
-        401
-    );
-    assert_eq!(
-        app.get("/messaging/conversations/posts/group/G1", Some(&g_member))
+            401
+        );
+        let (_, second) = app
+            .post(
+                "/messaging/messages",
+                Some(&g_member),
+                &json!([{"conversationId": c["id"], "content": "second"}]),
+            )
+            .await;
+        let (s, posts) = app
+            .get("/messaging/conversations/posts", Some(&g_member))
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(posts.as_array().unwrap().len(), 1);
+        let p = posts[0].as_object().unwrap();
+        assert!(!p.contains_key("firstPostId") && !p.contains_key("lastPostId"));
+        assert_eq!(posts[0]["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(posts[0]["messages"][1]["id"], second[0]["id"]);
+        assert_eq!(
+            app.get("/messaging/conversations/posts", Some(&outsider))
+                .await
+                .1,
+            json!([])
+        );
+        assert_eq!(
+            app.get("/messaging/conversations/posts/group/G1", Some(&outsider))
+                .await
+                .0,
+            401
+        );
+        assert_eq!(
+            app.get("/messaging/conversations/posts/group/G1", Some(&g_member))
+                .await
+                .0,
+            200
+        );
+        let (s, tl) = app
+            .get(
+                &format!(
+                    "/messaging/conversations/timeline/ids?ids={},NOSUCHCONV1",
+                    c["id"].as_str().unwrap()
+                ),
+                Some(&g_member),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            tl,
+            json!([{"id": c["id"], "postCount": 2, "messages": [posts[0]["messages"][0], second[0]]}])
+        );
+        let (_, tl) = app
+            .get(
+                &format!(
+                    "/messaging/conversations/timeline/ids?ids={}",
+                    c["id"].as_str().unwrap()
+                ),
+                Some(&outsider),
+            )
+            .await;
+        assert_eq!(tl, json!([]), "unreadable ids are omitted");
+        let many = (0..101)
+            .map(|i| format!("ID{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            app.get(
+                &format!("/messaging/conversations/timeline/ids?ids={many}"),
+                Some(&g_member)
+            )
             .await
             .0,
-        200
-    );
-    let (s, tl) = app
-        .get(
-            &format!(
-                "/messaging/conversations/timeline/ids?ids={},NOSUCHCONV1",
-                c["id"].as_str().unwrap()
-            ),
-            Some(&g_member),
-        )
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(
-        tl,
-        json!([{"id": c["id"], "postCount": 2, "messages": [posts[0]["messages"][0], second[0]]}])
-    );
-    let (_, tl) = app
-        .get(
-            &format!(
-                "/messaging/conversations/timeline/ids?ids={}",
-                c["id"].as_str().unwrap()
-            ),
-            Some(&outsider),
-        )
-        .await;
-    assert_eq!(tl, json!([]), "unreadable ids are omitted");
-    let many = (0..101)
-        .map(|i| format!("ID{i}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    assert_eq!(
-        app.get(
-            &format!("/messaging/conversations/timeline/ids?ids={many}"),
-            Some(&g_member)
-        )
-        .await
-        .0,
-        400
-    );
-});
+            400
+        );
+    }
+);
 
-server_test!(callout_and_reads, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let admin = app.token("C1", "ADMIN", &[CE]);
-    let member = app.token("C1", "P1", &[]);
-    let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S9", "visibility": "public", "allowAnonymousPosts": true})).await;
-    let id = conv["id"].as_str().unwrap();
-    let mut a = app.ws_with_id().await;
-    app.join_one(id, &a.id, "a").await;
-    let body = json!({"conversationId": id, "content": "Look here", "churchId": "EVIL", "evil": "<script>"});
-    assert_eq!(
-        app.post("/messaging/messages/setCallout", Some(&member), &body)
+server_test!(
+    callout_and_reads,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let member = app.token("C1", "P1", &[]);
+        let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S9", "visibility": "public", "allowAnonymousPosts": true})).await;
+        let id = conv["id"].as_str().unwrap();
+        let mut a = app.ws_with_id().await;
+        app.join_one(id, &a.id, "a").await;
+        let body = json!({"conversationId": id, "content": "Look here", "churchId": "EVIL", "evil": "<script>"});
+        assert_eq!(
+            app.post("/messaging/messages/setCallout", Some(&member), &body)
+                .await
+                .0,
+            401
+        );
+        let (s, got) = app
+            .post("/messaging/messages/setCallout", Some(&admin), &body)
+            .await;
+        assert_eq!(s, 200);
+        let expected = json!({"id": null, "churchId": "C1", "conversationId": id, "personId": null, "displayName": null, "timeSent": null, "timeUpdated": null, "messageType": null, "content": "Look here"});
+        assert_eq!(got, expected);
+        assert_eq!(a.next_action("callout").await["data"], expected);
+        let (_, m) = app
+            .post(
+                "/messaging/messages/send",
+                None,
+                &json!([{"conversationId": id, "content": "read me"}]),
+            )
+            .await;
+        let mid = m[0]["id"].as_str().unwrap();
+        assert_eq!(
+            app.get(&format!("/messaging/messages/C1/{mid}"), None)
+                .await,
+            (200, m[0].clone())
+        );
+        assert_eq!(
+            app.get(&format!("/messaging/messages/C2/{mid}"), None)
+                .await,
+            (404, json!({"error": "Message not found"}))
+        );
+        assert_eq!(
+            app.get(&format!("/messaging/messages/conversation/{id}"), None)
+                .await,
+            (401, json!({"error": "Unauthorized"}))
+        );
+        assert_eq!(
+            app.get(
+                &format!("/messaging/messages/conversation/{id}"),
+                Some(&member)
+            )
             .await
-            .0,
-        401
-    );
-    let (s, got) = app
-        .post("/messaging/messages/setCallout", Some(&admin), &body)
-        .await;
-    assert_eq!(s, 200);
-    let expected = json!({"id": null, "churchId": "C1", "conversationId": id, "personId": null, "displayName": null, "timeSent": null, "timeUpdated": null, "messageType": null, "content": "Look here"});
-    assert_eq!(got, expected);
-    assert_eq!(a.next_action("callout").await["data"], expected);
-    let (_, m) = app
-        .post(
-            "/messaging/messages/send",
-            None,
-            &json!([{"conversationId": id, "content": "read me"}]),
-        )
-        .await;
-    let mid = m[0]["id"].as_str().unwrap();
-    assert_eq!(
-        app.get(&format!("/messaging/messages/C1/{mid}"), None)
-            .await,
-        (200, m[0].clone())
-    );
-    assert_eq!(
-        app.get(&format!("/messaging/messages/C2/{mid}"), None)
-            .await,
-        (404, json!({"error": "Message not found"}))
-    );
-    assert_eq!(
-        app.get(&format!("/messaging/messages/conversation/{id}"), None)
-            .await,
-        (401, json!({"error": "Unauthorized"}))
-    );
-    assert_eq!(
-        app.get(
-            &format!("/messaging/messages/conversation/{id}"),
-            Some(&member)
-        )
-        .await
-        .1
-        .as_array()
-        .unwrap()
-        .len(),
-        1
-    );
-});
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+            1
+        );
+    }
+);
 
 server_test!(
     a_post_the_database_refuses_sends_no_frame,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "ADMIN", &[CE]);
@@ -907,61 +932,65 @@ server_test!(
     }
 );
 
-server_test!(batches_are_atomic, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let admin = app.token("C1", "ADMIN", &[CE]);
-    let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S10", "visibility": "public", "allowAnonymousPosts": true})).await;
-    let id = conv["id"].as_str().unwrap();
-    let closed = create_conv(
-        &app,
-        &admin,
-        json!({"contentType": "streamingLive", "contentId": "S11"}),
-    )
-    .await;
-    let batch = json!([{"conversationId": id, "content": "ok"}, {"conversationId": closed["id"], "content": "refused"}]);
-    assert_eq!(
-        app.post("/messaging/messages/send", None, &batch).await.0,
-        401
-    );
-    let bad =
-        json!([{"conversationId": id, "content": "ok"}, {"conversationId": id, "content": 5}]);
-    assert_eq!(
-        app.post("/messaging/messages/send", None, &bad).await,
-        (
-            400,
-            json!({"error": "Invalid request body", "field": "/1/content"})
+server_test!(
+    batches_are_atomic,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let admin = app.token("C1", "ADMIN", &[CE]);
+        let conv = create_conv(&app, &admin, json!({"contentType": "streamingLive", "contentId": "S10", "visibility": "public", "allowAnonymousPosts": true})).await;
+        let id = conv["id"].as_str().unwrap();
+        let closed = create_conv(
+            &app,
+            &admin,
+            json!({"contentType": "streamingLive", "contentId": "S11"}),
         )
-    );
-    let big = json!([{"conversationId": id, "content": "é".repeat(32_768)}]);
-    assert_eq!(
-        app.post("/messaging/messages/send", None, &big).await,
-        (
-            400,
-            json!({"error": "Invalid request body", "field": "/0/content"})
-        )
-    );
-    assert_eq!(
-        app.get(&format!("/messaging/messages/catchup/C1/{id}"), None)
-            .await
-            .1,
-        json!([])
-    );
-    let (_, c) = app
-        .get(&format!("/messaging/conversations/C1/{id}"), None)
         .await;
-    assert_eq!(c["postCount"], 0);
-    let emoji = json!([{"conversationId": id, "content": "😀 stored intact 🙏🏽"}]);
-    let (_, m) = app.post("/messaging/messages/send", None, &emoji).await;
-    assert_eq!(
-        app.get(
-            &format!("/messaging/messages/C1/{}", m[0]["id"].as_str().unwrap()),
-            None
-        )
-        .await
-        .1["content"],
-        "😀 stored intact 🙏🏽"
-    );
-});
+        let batch = json!([{"conversationId": id, "content": "ok"}, {"conversationId": closed["id"], "content": "refused"}]);
+        assert_eq!(
+            app.post("/messaging/messages/send", None, &batch).await.0,
+            401
+        );
+        let bad =
+            json!([{"conversationId": id, "content": "ok"}, {"conversationId": id, "content": 5}]);
+        assert_eq!(
+            app.post("/messaging/messages/send", None, &bad).await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/1/content"})
+            )
+        );
+        let big = json!([{"conversationId": id, "content": "é".repeat(32_768)}]);
+        assert_eq!(
+            app.post("/messaging/messages/send", None, &big).await,
+            (
+                400,
+                json!({"error": "Invalid request body", "field": "/0/content"})
+            )
+        );
+        assert_eq!(
+            app.get(&format!("/messaging/messages/catchup/C1/{id}"), None)
+                .await
+                .1,
+            json!([])
+        );
+        let (_, c) = app
+            .get(&format!("/messaging/conversations/C1/{id}"), None)
+            .await;
+        assert_eq!(c["postCount"], 0);
+        let emoji = json!([{"conversationId": id, "content": "😀 stored intact 🙏🏽"}]);
+        let (_, m) = app.post("/messaging/messages/send", None, &emoji).await;
+        assert_eq!(
+            app.get(
+                &format!("/messaging/messages/C1/{}", m[0]["id"].as_str().unwrap()),
+                None
+            )
+            .await
+            .1["content"],
+            "😀 stored intact 🙏🏽"
+        );
+    }
+);
 
 server_test!(
     openapi_documents_every_route_and_each_answers,
@@ -1009,6 +1038,7 @@ server_test!(
 
 server_test!(
     a_failed_message_batch_stores_nothing_and_frees_its_connection,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         use messaging::store::entities::messages::Model;
         let app = TestApp::spawn(&db).await;
@@ -1069,6 +1099,7 @@ server_test!(
 // last post is the newest message.
 server_test!(
     concurrent_writers_of_one_conversation_keep_its_stats,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         use messaging::store::entities::messages::Model;
         let app = TestApp::spawn(&db).await;
@@ -1217,6 +1248,7 @@ async fn a_write_that_waited_for_another_sees_its_messages(db: TestDb) {
 // each conversation of the batch must count exactly its own rows.
 server_test!(
     posts_keep_every_character_and_each_conversations_stats,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "ADMIN", &[CE]);
@@ -1304,6 +1336,7 @@ server_test!(
 // to 255 characters, on a character boundary.
 server_test!(
     current_rooms_of_the_longest_ids_get_a_title_that_fits,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let member = app.token("C1", "P1", &[]);

@@ -6,6 +6,7 @@ use crate::server_test;
 
 server_test!(
     bad_bodies_get_exact_errors_and_write_nothing,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -236,6 +237,7 @@ server_test!(
 
 server_test!(
     tokens_invalid_or_expired_are_anonymous_or_401,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -281,6 +283,7 @@ server_test!(
 
 server_test!(
     typed_bodies_point_at_nested_values_limits_and_flags,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -397,15 +400,19 @@ server_test!(
             );
         }
         // An id's own comma is sent encoded (`%2C`) and is part of the id, not a separator:
-        // schema-valid, so accepted (Schemathesis found the 400 this used to be).
-        assert_eq!(
-            app.get(
-                "/messaging/conversations/timeline/ids?ids=NoSuch%2C,a%2Cb",
-                Some(&admin)
-            )
-            .await,
-            (200, json!([]))
-        );
+        // schema-valid, so accepted (Schemathesis found the 400 this used to be). Not behind
+        // API Gateway's REST API, which hands the function decoded parameters: there `%2C`
+        // and `,` are the same character, and both separate.
+        if app.gateway.is_none() {
+            assert_eq!(
+                app.get(
+                    "/messaging/conversations/timeline/ids?ids=NoSuch%2C,a%2Cb",
+                    Some(&admin)
+                )
+                .await,
+                (200, json!([]))
+            );
+        }
         // CORS on errors, and the preflight's exact headers.
         let resp = app
             .client
@@ -452,6 +459,7 @@ server_test!(
 // before anything is written, with the field named.
 server_test!(
     u0000_is_refused_the_same_way_on_every_database,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let admin = app.token("C1", "ADMIN", &["Content__Edit"]);

@@ -37,6 +37,9 @@ pub enum Backend {
 pub struct TestDb {
     pub url: String,
     pub backend: Backend,
+    /// Serve it in gateway mode (§5.5): `TestApp::spawn` starts the binary as Lambda
+    /// instances behind the API Gateway emulator instead of an in-process server.
+    pub gateway: bool,
     admin: Option<(String, String)>,
     _dir: Option<tempfile_dir::TempDir>,
 }
@@ -60,6 +63,12 @@ mod tempfile_dir {
 }
 
 impl TestDb {
+    /// This database, served in gateway mode by `TestApp::spawn`.
+    pub fn in_gateway_mode(mut self) -> Self {
+        self.gateway = true;
+        self
+    }
+
     pub async fn create(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {
@@ -68,6 +77,7 @@ impl TestDb {
                 Self {
                     url,
                     backend,
+                    gateway: false,
                     admin: None,
                     _dir: Some(dir),
                 }
@@ -100,6 +110,7 @@ impl TestDb {
                     url: format!("{base}/{name}"),
                     backend,
                     admin: Some((admin_url.clone(), name)),
+                    gateway: false,
                     _dir: None,
                 }
             }
@@ -173,6 +184,14 @@ pub struct TestApp {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub stopped: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub db_url: String,
+    /// `http://host:port`, or the gateway's REST front with its stage.
+    pub base: String,
+    /// Where `ws()` connects.
+    pub ws_base: String,
+    /// Gateway mode: the emulator and its instances (stopped on drop), and an in-process
+    /// door that `svc`, `hub` and `store` belong to.
+    pub gateway: Option<crate::emulator::Gateway>,
+    door: Option<messaging::lambda::Door>,
 }
 
 /// The claims of the tokens tests mint: a member of `church` with these permissions.
@@ -194,7 +213,65 @@ pub fn settings(db: &TestDb) -> Settings {
 
 impl TestApp {
     pub async fn spawn(db: &TestDb) -> Self {
+        if db.gateway {
+            return Self::spawn_gateway(db).await;
+        }
         Self::spawn_with(settings(db)).await
+    }
+
+    /// Gateway mode: two instances of the binary behind the emulator (REST front payload
+    /// 1.0, the WebSocket front), and an in-process door for what a test does through `svc`.
+    /// No gRPC port exists in this mode.
+    pub async fn spawn_gateway(db: &TestDb) -> Self {
+        use crate::emulator::{Gateway, GatewayOptions};
+        let gw = Gateway::start(GatewayOptions::new(
+            env!("CARGO_BIN_EXE_messaging"),
+            &db.url,
+            SECRET,
+        ))
+        .await
+        .expect("gateway starts");
+        let creds = gw.credentials().clone();
+        let api = messaging::cluster::gateway::Management::new(
+            gw.management_url(),
+            creds.region.clone(),
+            aws_credential_types::Credentials::new(
+                creds.access_key_id,
+                creds.secret_access_key,
+                Some(creds.session_token),
+                None,
+                "test",
+            ),
+            Duration::from_secs(5),
+        )
+        .expect("management client");
+        let door = messaging::lambda::Door::build_with(settings(db), api)
+            .await
+            .expect("in-process door");
+        let svc = door.services().clone();
+        let db_conn = Database::connect(&db.url)
+            .await
+            .expect("the test's connection");
+        let unused: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        Self {
+            http: unused,
+            socket: unused,
+            grpc: unused,
+            node_id: svc.node_id.to_string(),
+            store: svc.store().clone(),
+            db: db_conn,
+            keys: TokenKeys::new(SECRET),
+            client: reqwest::Client::new(),
+            hub: svc.hub.clone(),
+            svc,
+            stop: None,
+            stopped: None,
+            db_url: db.url.clone(),
+            base: gw.rest_url(),
+            ws_base: gw.ws_url(),
+            gateway: Some(gw),
+            door: Some(door),
+        }
     }
 
     pub async fn spawn_with(settings: Settings) -> Self {
@@ -237,6 +314,10 @@ impl TestApp {
             stop: Some(tx),
             stopped: Some(stopped),
             db_url,
+            base: format!("http://{http}"),
+            ws_base: format!("ws://{socket}/"),
+            gateway: None,
+            door: None,
         }
     }
 
@@ -255,7 +336,7 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
+        format!("{}{}", self.base, path)
     }
 
     pub fn token(&self, church: &str, person: &str, perms: &[&str]) -> String {
@@ -370,7 +451,7 @@ impl TestApp {
     }
 
     pub async fn ws(&self) -> Ws {
-        Ws::connect(&format!("ws://{}/", self.socket)).await
+        Ws::connect(&self.ws_base).await
     }
 
     /// A socket already through the handshake.
@@ -663,6 +744,10 @@ macro_rules! server_test {
     ($name:ident, broker) => {
         $crate::server_test!($name, [redis, nats]);
     };
+    // Every database, and PostgreSQL and MariaDB again in gateway mode (§5.5).
+    ($name:ident, db_and_gateway) => {
+        $crate::server_test!($name, [sqlite, postgres, mysql, gateway_postgres, gateway_mysql]);
+    };
     ($name:ident, cluster) => {
         $crate::server_test!($name, [postgres_redis, postgres_nats, mysql_redis, mysql_nats]);
     };
@@ -696,6 +781,16 @@ macro_rules! server_test {
         $crate::server_test!(@test mysql, $body,
             needs (with_mysql) "DATABASE_URL_MYSQL is not set",
             gives ($crate::helpers::TestDb::create($crate::helpers::Backend::Mysql).await));
+    };
+    (@variant gateway_postgres, $body:expr) => {
+        $crate::server_test!(@test gateway_postgres, $body,
+            needs (with_postgres) "DATABASE_URL_POSTGRES is not set",
+            gives ($crate::helpers::TestDb::create($crate::helpers::Backend::Postgres).await.in_gateway_mode()));
+    };
+    (@variant gateway_mysql, $body:expr) => {
+        $crate::server_test!(@test gateway_mysql, $body,
+            needs (with_mysql) "DATABASE_URL_MYSQL is not set",
+            gives ($crate::helpers::TestDb::create($crate::helpers::Backend::Mysql).await.in_gateway_mode()));
     };
     (@variant redis, $body:expr) => {
         $crate::server_test!(@test redis, $body,

@@ -1,6 +1,11 @@
 //! Integration tests: real sockets on port 0, real HTTP/WebSocket/gRPC, real databases.
 // Tests unwrap: a panic is the failure report (the workspace denies unwrap elsewhere).
 #![allow(clippy::unwrap_used)]
+/// The API Gateway emulator of `tests/gateway`: the `gateway_*` variants run scenarios of
+/// this suite through it (the binary as Lambda instances).
+#[path = "../gateway/emulator/mod.rs"]
+#[allow(unused_imports)]
+mod emulator;
 mod helpers;
 
 mod access_matrix;

@@ -29,6 +29,7 @@ server_test!(two_entry_points_share_rooms, |db: TestDb| async move {
 
 server_test!(
     join_gives_attendance_and_blocked_ip,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -145,6 +146,7 @@ server_test!(
 
 server_test!(
     leave_and_close_give_attendance_to_the_rest,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -312,6 +314,7 @@ server_test!(
 
 server_test!(
     set_name_renames_and_tells_the_room,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -406,116 +409,121 @@ server_test!(
     }
 );
 
-server_test!(join_batch_is_all_or_nothing, |db: TestDb| async move {
-    let app = TestApp::spawn(&db).await;
-    let public = app.conversation("C1", "streamingLive", true).await;
-    let members_only = app.conversation("C1", "streamingLive", false).await;
-    let a = app.ws_with_id().await;
-    let b = app.ws_with_id().await;
-    // One unauthorized item (anonymous, not anonymous-public): 401, no row, no frame.
-    let (s, body) = app
+server_test!(
+    join_batch_is_all_or_nothing,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
+    |db: TestDb| async move {
+        let app = TestApp::spawn(&db).await;
+        let public = app.conversation("C1", "streamingLive", true).await;
+        let members_only = app.conversation("C1", "streamingLive", false).await;
+        let a = app.ws_with_id().await;
+        let b = app.ws_with_id().await;
+        // One unauthorized item (anonymous, not anonymous-public): 401, no row, no frame.
+        let (s, body) = app
         .post(
             "/messaging/connections",
             None,
             &json!([{"conversationId": public, "socketId": a.id}, {"conversationId": members_only, "socketId": b.id}]),
         )
         .await;
-    assert_eq!((s, body), (401, json!({"error": "Unauthorized"})));
-    assert!(app.store.room_rows("C1", &public).await.unwrap().is_empty());
-    // Members may read it.
-    let t = app.token("C1", "P1", &[]);
-    let rows = app
-        .join(
-            Some(&t),
-            json!([{"conversationId": members_only, "socketId": b.id}]),
-        )
-        .await;
-    assert_eq!(rows[0]["personId"], "P1");
-    // Another church's member is anonymous there.
-    let other = app.token("C9", "P9", &[]);
-    let (s, _) = app
-        .post(
-            "/messaging/connections",
-            Some(&other),
-            &json!([{"conversationId": members_only, "socketId": a.id}]),
-        )
-        .await;
-    assert_eq!(s, 401);
-    // Unknown socket, unknown conversation.
-    let (s, body) = app
-        .post(
-            "/messaging/connections",
-            None,
-            &json!([{"conversationId": public, "socketId": "nosuchsock1"}]),
-        )
-        .await;
-    assert_eq!((s, body), (404, json!({"error": "Socket not found"})));
-    let (s, body) = app
-        .post(
-            "/messaging/connections",
-            None,
-            &json!([{"conversationId": "NOSUCHCONV1", "socketId": a.id}]),
-        )
-        .await;
-    assert_eq!((s, body), (404, json!({"error": "Conversation not found"})));
-    let (s, body) = app
-        .post(
-            "/messaging/connections",
-            Some(&t),
-            &json!([{"conversationId": "content-", "socketId": a.id}]),
-        )
-        .await;
-    assert_eq!((s, body), (404, json!({"error": "Conversation not found"})));
-    // Content rooms need a token, and take the church from it.
-    let (s, _) = app
-        .post(
-            "/messaging/connections",
-            None,
-            &json!([{"conversationId": "content-group-G1", "socketId": a.id}]),
-        )
-        .await;
-    assert_eq!(s, 401);
-    let (s, _) = app
-        .post(
-            "/messaging/connections",
-            Some(&t),
-            &json!([{"conversationId": "content-group-G1", "socketId": a.id}]),
-        )
-        .await;
-    assert_eq!(s, 401, "not a member of group G1");
-    let rows = app
+        assert_eq!((s, body), (401, json!({"error": "Unauthorized"})));
+        assert!(app.store.room_rows("C1", &public).await.unwrap().is_empty());
+        // Members may read it.
+        let t = app.token("C1", "P1", &[]);
+        let rows = app
+            .join(
+                Some(&t),
+                json!([{"conversationId": members_only, "socketId": b.id}]),
+            )
+            .await;
+        assert_eq!(rows[0]["personId"], "P1");
+        // Another church's member is anonymous there.
+        let other = app.token("C9", "P9", &[]);
+        let (s, _) = app
+            .post(
+                "/messaging/connections",
+                Some(&other),
+                &json!([{"conversationId": members_only, "socketId": a.id}]),
+            )
+            .await;
+        assert_eq!(s, 401);
+        // Unknown socket, unknown conversation.
+        let (s, body) = app
+            .post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": public, "socketId": "nosuchsock1"}]),
+            )
+            .await;
+        assert_eq!((s, body), (404, json!({"error": "Socket not found"})));
+        let (s, body) = app
+            .post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": "NOSUCHCONV1", "socketId": a.id}]),
+            )
+            .await;
+        assert_eq!((s, body), (404, json!({"error": "Conversation not found"})));
+        let (s, body) = app
+            .post(
+                "/messaging/connections",
+                Some(&t),
+                &json!([{"conversationId": "content-", "socketId": a.id}]),
+            )
+            .await;
+        assert_eq!((s, body), (404, json!({"error": "Conversation not found"})));
+        // Content rooms need a token, and take the church from it.
+        let (s, _) = app
+            .post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": "content-group-G1", "socketId": a.id}]),
+            )
+            .await;
+        assert_eq!(s, 401);
+        let (s, _) = app
+            .post(
+                "/messaging/connections",
+                Some(&t),
+                &json!([{"conversationId": "content-group-G1", "socketId": a.id}]),
+            )
+            .await;
+        assert_eq!(s, 401, "not a member of group G1");
+        let rows = app
         .join(
             Some(&t),
             json!([{"conversationId": "content-sermon-S-1", "socketId": a.id, "churchId": "X"}]),
         )
         .await;
-    assert_eq!(rows[0]["churchId"], "C1");
-    // The conversation's church wins over the body's.
-    let rows = app
-        .join(
-            None,
-            json!([{"conversationId": public, "socketId": a.id, "churchId": "WRONG"}]),
-        )
-        .await;
-    assert_eq!(rows[0]["churchId"], "C1");
-    // ipAddress is shown to Content Edit holders of the church.
-    let ce = app.token("C1", "P5", &["Content__Edit"]);
-    let (_, list) = app
-        .get(&format!("/messaging/connections/C1/{public}"), Some(&ce))
-        .await;
-    assert_eq!(list[0]["ipAddress"], "127.0.0.1");
-    let (_, list) = app
-        .get(&format!("/messaging/connections/C1/{public}"), None)
-        .await;
-    assert_eq!(list[0]["ipAddress"], Value::Null);
-    let (s, _) = app
-        .get(&format!("/messaging/connections/C2/{public}"), None)
-        .await;
-    assert_eq!(s, 404, "path church must match the conversation");
-});
+        assert_eq!(rows[0]["churchId"], "C1");
+        // The conversation's church wins over the body's.
+        let rows = app
+            .join(
+                None,
+                json!([{"conversationId": public, "socketId": a.id, "churchId": "WRONG"}]),
+            )
+            .await;
+        assert_eq!(rows[0]["churchId"], "C1");
+        // ipAddress is shown to Content Edit holders of the church.
+        let ce = app.token("C1", "P5", &["Content__Edit"]);
+        let (_, list) = app
+            .get(&format!("/messaging/connections/C1/{public}"), Some(&ce))
+            .await;
+        assert_eq!(list[0]["ipAddress"], "127.0.0.1");
+        let (_, list) = app
+            .get(&format!("/messaging/connections/C1/{public}"), None)
+            .await;
+        assert_eq!(list[0]["ipAddress"], Value::Null);
+        let (s, _) = app
+            .get(&format!("/messaging/connections/C2/{public}"), None)
+            .await;
+        assert_eq!(s, 404, "path church must match the conversation");
+    }
+);
 
 server_test!(
     one_batch_of_20_gives_each_one_attendance,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -548,6 +556,7 @@ server_test!(
 
 server_test!(
     anonymous_numbering_follows_the_rooms_current_names,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;
@@ -632,6 +641,7 @@ server_test!(
 
 server_test!(
     a_rejoin_keeps_its_row_and_a_batch_answers_in_order,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let room = app.conversation("C1", "streamingLive", true).await;

@@ -29,6 +29,7 @@ fn unauthorized<T: std::fmt::Debug>(what: &str, r: Result<T, AppError>) {
 
 server_test!(
     permission_gated_operations_refuse_direct_callers_without_it,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let svc = &app.svc;
@@ -116,6 +117,7 @@ server_test!(
 
 server_test!(
     the_service_decides_who_sees_ip_addresses_and_whose_alerts,
+    [sqlite, postgres, mysql, gateway_postgres, gateway_mysql],
     |db: TestDb| async move {
         let app = TestApp::spawn(&db).await;
         let svc = &app.svc;

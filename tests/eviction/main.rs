@@ -8,6 +8,9 @@
 //! readers and the service on the two cores, not that plus the rest of the suite.
 // Tests unwrap: a panic is the failure report (the workspace denies unwrap elsewhere).
 #![allow(clippy::unwrap_used)]
+#[path = "../gateway/emulator/mod.rs"]
+#[allow(unused_imports)]
+mod emulator;
 #[path = "../api/helpers.rs"]
 mod helpers;
 

@@ -83,17 +83,30 @@ impl Management {
             .ok_or_else(|| anyhow::anyhow!("AWS_ACCESS_KEY_ID is not set"))?;
         let secret = var("AWS_SECRET_ACCESS_KEY")
             .ok_or_else(|| anyhow::anyhow!("AWS_SECRET_ACCESS_KEY is not set"))?;
-        let identity =
-            Credentials::new(key, secret, var("AWS_SESSION_TOKEN"), None, "environment").into();
+        Self::new(
+            endpoint,
+            region,
+            Credentials::new(key, secret, var("AWS_SESSION_TOKEN"), None, "environment"),
+            timeout,
+        )
+    }
+
+    /// An endpoint (without a trailing `/`), a region and credentials, given.
+    pub fn new(
+        endpoint: String,
+        region: String,
+        credentials: Credentials,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(1024)
             .build()?;
         Ok(Self {
             http,
-            endpoint,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
             region,
-            identity,
+            identity: credentials.into(),
         })
     }
 
