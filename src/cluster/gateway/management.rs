@@ -101,6 +101,9 @@ impl Management {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(1024)
+            // Below API Gateway's keep-alive, so that an idle connection is dropped here
+            // rather than found closed by the next post.
+            .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         Ok(Self {
             http,

@@ -208,10 +208,18 @@ fn json_of(frame: &Bytes) -> Bytes {
 async fn post_within_budget(api: &Management, connection: &str, frame: Bytes) -> Option<Answer> {
     let deadline = Instant::now() + POST_BUDGET;
     let mut backoff = Duration::from_millis(50);
+    // A kept-alive connection the far end closed while this instance was frozen fails the
+    // first request sent on it: one more try, on a new connection, within the budget.
+    let mut transport_retries = 1;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let answer = match tokio::time::timeout(left, api.post(connection, frame.clone())).await {
             Ok(Ok(a)) => a,
+            Ok(Err(e)) if transport_retries > 0 && !e.is_timeout() => {
+                transport_retries -= 1;
+                tracing::debug!(%connection, error = %e, "@connections post failed; trying again");
+                continue;
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%connection, error = %e, "@connections post failed");
                 return None;
