@@ -6,6 +6,7 @@
 #   bench/run.sh all      [--target service|floor] ...
 #   bench/run.sh cluster  [--broker redis|nats] [--rate R] [--no-build] [-- LOADGEN_ARGS...]
 #   bench/run.sh cluster-1 [--rate R] ...
+#   bench/run.sh gateway  [--rate R] [--no-build] [-- LOADGEN_ARGS...]
 #
 # Scenarios: smoke fanout-1k rooms-100x50 idle-10k join-storm join-storm-anon grpc-fanout-1k
 # (service only). join-storm-anon joins as anonymous live-stream viewers do ("Anonymous ",
@@ -15,6 +16,24 @@
 # spread evenly over the nodes, publisher p sends to node p mod 3. cluster-1: the same on
 # one node, same kind of database, no broker (the baseline). LG_CLUSTER_NODES=1 with cluster
 # is one node with the broker: what the broker alone costs. Neither is part of `all`.
+# gateway: the service in gateway mode (PROTOCOL.md §5.5) behind API Gateway's stand-in,
+# target/release/gateway-emulator (the tests' emulator, tests/gateway/emulator/). It runs
+# LG_GATEWAY_INSTANCES (2) copies of the release binary as Lambda instances on one fresh
+# database (as cluster-1), with the REST front (payload 1.0, stage /dev) on LG_HTTP_PORT
+# and the WebSocket front on LG_WS_PORT; every frame reaches a socket as one SigV4-signed
+# `POST @connections/{id}`, GATEWAY_CONCURRENCY (LG_GATEWAY_CONCURRENCY; the service's
+# default is 32) at once per invocation. The shape is fanout-1k's (1000 sockets, one room,
+# 4 publishers taking turns, 10 s), paced at 5 msg/s unless --rate says otherwise (--rate
+# 0: as fast as possible): each publish is one invocation that posts to the 1000
+# connections and replies once every post is answered, so one room's rate is bounded by
+# that fan-out (12-14 msg/s here, unpaced). Joins are one request per socket as in
+# fanout-1k, and each posts attendance and blockedIp to every member (about 1M posts for
+# the 1000 joins, over a minute here), so loadgen's request timeout is 60 s.
+# LG_GATEWAY_POST_DELAY_MS delays every post from the first message on (a model of the
+# management API's round trip in AWS). The report gains `gateway` (the emulator's summary of
+# the @connections calls: posts per frame, and the fan-out time of a frame from its first
+# post received to its last answered, per action) and `aux` (the emulator's CPU, apart from
+# the instances' in `server`). Needs psql (or mysql with LG_DB=mysql) and jq. Not in `all`.
 # The service runs from a copy of target/release/messaging with a fresh SQLite file in a temp
 # dir, a random JWT_SECRET and a minted token; the floor is ../shared/floor. Every listener is
 # bound to 127.0.0.1. Exit status: loadgen's (0 ok, 1 a check failed, 2 setup error); for
@@ -31,6 +50,11 @@
 # this many nodes; default all), LG_NODE_WORKERS (request-runtime threads per node, passed
 # as TOKIO_WORKER_THREADS to the nodes only; default: the service's own, one per core).
 # Node k listens on LG_*_PORT + 10k.
+# gateway only: LG_DB, LG_PG_URL, LG_MYSQL_URL as above, LG_GATEWAY_INSTANCES (2),
+# LG_GATEWAY_CONCURRENCY (GATEWAY_CONCURRENCY of the instances; default the service's),
+# LG_GATEWAY_POST_DELAY_MS (0), LG_NODE_WORKERS (TOKIO_WORKER_THREADS of the instances).
+# RUST_LOG reaches the instances; their output is in the emulator's log (gateway.log, kept
+# with LG_KEEP=1).
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -79,6 +103,8 @@ scenario_args() {
     join-storm-anon) scenario_args join-storm ;; # plus --join-name "Anonymous " in run_one
     grpc-fanout-1k) echo "--sockets 1000 --rooms 1 --publishers 4 --duration 10 --via grpc" ;;
     cluster | cluster-1) scenario_args fanout-1k ;; # over the nodes' addresses, see run_one
+    # fanout-1k behind the gateway emulator; the joins' fan-outs need the longer timeout.
+    gateway) echo "$(scenario_args fanout-1k) --request-timeout 60" ;;
 
     *) return 1 ;;
   esac
@@ -91,8 +117,12 @@ else
   scenarios=$scenario
 fi
 case "$scenario" in
-  cluster | cluster-1)
+  cluster | cluster-1 | gateway)
     [ "$target" = service ] || die "$scenario runs only against the service"
+    if [ "$scenario" = gateway ]; then
+      command -v jq >/dev/null || die "gateway needs jq"
+      [ -n "$rate" ] || rate=5
+    fi
     case "${LG_DB:-postgres}" in
       postgres) command -v psql >/dev/null || die "$scenario needs psql (PostgreSQL client)" ;;
       mysql) command -v mysql >/dev/null || die "$scenario with LG_DB=mysql needs the mysql client" ;;
@@ -115,6 +145,9 @@ if [ -z "$no_build" ]; then
 fi
 LOADGEN=$TARGET_DIR/release/loadgen
 [ -x "$LOADGEN" ] || die "no $LOADGEN (build it: cargo build --release -p loadgen)"
+EMULATOR=$TARGET_DIR/release/gateway-emulator
+[ "$scenario" != gateway ] || [ -x "$EMULATOR" ] ||
+  die "no $EMULATOR (build it: cargo build --release -p loadgen)"
 
 # Sockets need file descriptors on both sides: raise the limit as far as allowed.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -135,10 +168,27 @@ fi
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-server_pid="" server_pids=() work="" token="" pg_db=""
+server_pid="" server_pids=() work="" token="" pg_db="" emulator_pid=""
+
+# gateway: SIGTERM to the emulator, which stops its instances and writes its summary
+# ($work/gateway-stats.json); SIGKILL after 15 s.
+stop_emulator() {
+  [ -n "$emulator_pid" ] || return 0
+  kill -TERM "$emulator_pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    kill -0 "$emulator_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$emulator_pid" 2>/dev/null || true
+  wait "$emulator_pid" 2>/dev/null || true
+  emulator_pid=""
+}
 
 stop_target() {
   local p
+  stop_emulator
+  # With the gateway, these are the emulator's instances: already stopped with it, unless
+  # it had to be killed.
   for p in "${server_pids[@]}"; do
     kill -TERM "$p" 2>/dev/null || true
   done
@@ -215,17 +265,22 @@ db_admin() {
   esac
 }
 
+# A fresh database of this run's own on the LG_DB server ($pg_db, dropped by stop_target).
+create_db() {
+  pg_db="bench_$$_$RANDOM$RANDOM"
+  db_admin "CREATE DATABASE $pg_db" >/dev/null || {
+    pg_db=""
+    die "could not create a database at $(db_server)"
+  }
+}
+
 # cluster and cluster-1: $nodes copies of the service on one fresh database (PostgreSQL, or
 # MariaDB with LG_DB=mysql); for cluster (any number of nodes), a broker (BROKER_URL) with a
 # prefix of this run's own.
 start_cluster() {
   local secret="loadgen-$$-$RANDOM$RANDOM" pg
   pg=$(db_server)
-  pg_db="bench_$$_$RANDOM$RANDOM"
-  db_admin "CREATE DATABASE $pg_db" >/dev/null || {
-    pg_db=""
-    die "could not create a database at $pg"
-  }
+  create_db
   local broker_env=()
   [ -z "${LG_NODE_WORKERS:-}" ] || broker_env+=(TOKIO_WORKER_THREADS="$LG_NODE_WORKERS")
   if [ "$1" = cluster ]; then
@@ -253,6 +308,38 @@ start_cluster() {
   ready_path=/ready
 }
 
+# gateway: the emulator with LG_GATEWAY_INSTANCES Lambda instances of the service on one
+# fresh database; waits for its `ready rest=… ws=… pids=…` line.
+start_gateway() {
+  local secret="loadgen-$$-$RANDOM$RANDOM" instances=${LG_GATEWAY_INSTANCES:-2} env=()
+  create_db
+  [ -z "${LG_GATEWAY_CONCURRENCY:-}" ] || env+=(--env "GATEWAY_CONCURRENCY=$LG_GATEWAY_CONCURRENCY")
+  [ -z "${LG_NODE_WORKERS:-}" ] || env+=(--env "TOKIO_WORKER_THREADS=$LG_NODE_WORKERS")
+  [ -z "${LG_GATEWAY_POST_DELAY_MS:-}" ] || env+=(--publish-post-delay-ms "$LG_GATEWAY_POST_DELAY_MS")
+  log "gateway emulator: $instances instance(s), database $pg_db, GATEWAY_CONCURRENCY ${LG_GATEWAY_CONCURRENCY:-default}, post delay ${LG_GATEWAY_POST_DELAY_MS:-0} ms"
+  cp "$EMULATOR" "$work/gateway-emulator"
+  GATEWAY_ECHO_LOGS=1 RUST_LOG=${RUST_LOG:-warn} "$work/gateway-emulator" --binary "$work/messaging" \
+    --database-url "$(db_server)/$pg_db" --jwt-secret "$secret" --instances "$instances" \
+    --rest-port "$http_port" --ws-port "$ws_port" --stats "$work/gateway-stats.json" "${env[@]}" \
+    >"$work/emulator.out" 2>"$work/gateway.log" &
+  emulator_pid=$!
+  token=$(JWT_SECRET=$secret "$work/messaging" token --church-id "$CHURCH" --person-id loadgen)
+  local line=""
+  for _ in $(seq 1 900); do
+    line=$(grep -m1 '^ready ' "$work/emulator.out" || true)
+    [ -z "$line" ] || break
+    kill -0 "$emulator_pid" 2>/dev/null || {
+      tail -n 40 "$work/gateway.log" >&2
+      die "the gateway emulator exited during start-up"
+    }
+    sleep 0.1
+  done
+  [ -n "$line" ] || die "the gateway emulator was not ready within 90 s"
+  local pids=${line##*pids=}
+  IFS=, read -r -a server_pids <<<"$pids"
+  server_pid=${server_pids[0]}
+}
+
 start_target() {
   for p in $ports; do
     if port_busy "$p"; then die "port $p on 127.0.0.1 is already in use (set LG_*_PORT)"; fi
@@ -263,6 +350,7 @@ start_target() {
     cp "$TARGET_DIR/release/messaging" "$work/messaging"
     case "$1" in
       cluster | cluster-1) start_cluster "$1"; wait_ready; return 0 ;;
+      gateway) start_gateway; return 0 ;;
     esac
     local secret="loadgen-$$-$RANDOM$RANDOM"
     JWT_SECRET=$secret DATABASE_URL="sqlite://$work/svc.db?mode=rwc" HOST=127.0.0.1 \
@@ -302,7 +390,8 @@ run_one() {
   local args=($(scenario_args "$name"))
   # The name ends in a space, so it cannot travel through scenario_args' word splitting.
   [ "$name" != join-storm-anon ] || args+=(--join-name "Anonymous ")
-  [ -z "$rate" ] || args+=(--rate "$rate")
+  # --rate 0: as fast as possible (what no --rate means elsewhere; gateway paces by default).
+  [ -z "$rate" ] || [ "$rate" = 0 ] || args+=(--rate "$rate")
   local pids
   pids=$(
     IFS=,
@@ -311,10 +400,20 @@ run_one() {
   local kind=$target
   [ "$name" != cluster ] || kind="service-$nodes-nodes-$broker${LG_DB:+-$LG_DB}"
   [ "$name" != cluster-1 ] || kind="service-1-node-${LG_DB:-postgres}"
-  # LG_HTTP_NODES=1 sends every REST call (publishes, joins) to node 0 only.
-  args+=(--http "$(node_addrs "$http_port" "${LG_HTTP_NODES:-${#server_pids[@]}}")" --ws "$(node_addrs "$ws_port")" --church "$CHURCH"
-    --scenario "$name" --target-kind "$kind" --server-pid "$pids")
-  if [ "$target" = service ]; then
+  if [ "$name" = gateway ]; then
+    # One REST front and one WebSocket front (stage /dev) for all the instances; the
+    # emulator's CPU apart from theirs.
+    kind="service-gateway${LG_DB:+-$LG_DB}"
+    args+=(--http "127.0.0.1:$http_port" --http-prefix /dev --ws "127.0.0.1:$ws_port" --ws-path /dev
+      --aux-pid "$emulator_pid")
+  else
+    # LG_HTTP_NODES=1 sends every REST call (publishes, joins) to node 0 only.
+    args+=(--http "$(node_addrs "$http_port" "${LG_HTTP_NODES:-${#server_pids[@]}}")" --ws "$(node_addrs "$ws_port")")
+  fi
+  args+=(--church "$CHURCH" --scenario "$name" --target-kind "$kind" --server-pid "$pids")
+  if [ "$name" = gateway ]; then
+    args+=(--token "$token") # no gRPC listener in gateway mode
+  elif [ "$target" = service ]; then
     args+=(--grpc "$(node_addrs "$grpc_port")" --token "$token")
   else
     args+=(--presence-timeout 0) # the floor sends no attendance frames
@@ -325,6 +424,7 @@ run_one() {
   for k in "${!server_pids[@]}"; do
     kill -0 "${server_pids[$k]}" 2>/dev/null || died="$died $k"
   done
+  [ -z "$emulator_pid" ] || kill -0 "$emulator_pid" 2>/dev/null || died="$died emulator"
   if [ "$rc" -ge 2 ]; then
     log "loadgen exited with $rc; last lines of the $target log(s):"
     tail -n 20 "${logs[@]}" >&2 || true
@@ -340,6 +440,19 @@ run_one() {
       log "the nodes logged $n warning/error lines; the first ones:"
       grep -h -E 'WARN|ERROR' "${logs[@]}" | head -n 10 >&2
     }
+  fi
+  if [ "$name" = gateway ]; then
+    # The emulator's summary of the @connections calls joins the report as `gateway`.
+    stop_emulator
+    if [ -s "$out" ] && [ -s "$work/gateway-stats.json" ]; then
+      jq --slurpfile g "$work/gateway-stats.json" \
+        --argjson n "${LG_GATEWAY_INSTANCES:-2}" --arg c "${LG_GATEWAY_CONCURRENCY:-}" \
+        --argjson d "${LG_GATEWAY_POST_DELAY_MS:-0}" \
+        '. + {gateway: ({instances: $n, concurrency: (if $c == "" then null else ($c | tonumber) end), post_delay_ms: $d} + $g[0])}' \
+        "$out" >"$out.tmp" && mv "$out.tmp" "$out"
+    else
+      log "no summary from the gateway emulator"
+    fi
   fi
   stop_target
   return "$rc"

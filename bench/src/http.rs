@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 pub struct Http {
     addr: SocketAddr,
+    /// Put before every request's path (e.g. an API Gateway stage, `/dev`).
+    prefix: String,
     host: HeaderValue,
     auth: Option<HeaderValue>,
     timeout: Duration,
@@ -24,6 +26,7 @@ impl Http {
     pub fn new(addr: SocketAddr, token: Option<&str>, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             addr,
+            prefix: String::new(),
             host: HeaderValue::from_str(&addr.to_string())?,
             auth: token
                 .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
@@ -32,6 +35,12 @@ impl Http {
             timeout,
             sender: None,
         })
+    }
+
+    /// Puts `prefix` before every request's path.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
     }
 
     /// Opens the connection now (so that connection setup is not timed as a request).
@@ -79,9 +88,14 @@ impl Http {
         self.connect().await?;
         let sender = self.sender.as_mut().expect("connected");
         sender.ready().await?;
+        let uri = if self.prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.prefix)
+        };
         let mut req = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(uri)
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(body))?;

@@ -63,6 +63,10 @@ struct Args {
     /// Path of the WebSocket upgrade request (any path upgrades).
     #[arg(long, default_value = "/")]
     ws_path: String,
+    /// Put before the path of every REST call (`/messaging/...`), e.g. an API Gateway
+    /// stage (`/dev`). Not before `/metrics`.
+    #[arg(long, default_value = "")]
+    http_prefix: String,
     /// gRPC address of the target (needed for --via grpc). Several nodes: a comma-separated
     /// list; publisher p uses node p mod N.
     #[arg(long, value_delimiter = ',')]
@@ -98,6 +102,11 @@ struct Args {
     /// comma-separated list; RSS and CPU are summed over them (and listed per process).
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// Processes that are part of the target's setup but not the server, e.g. the gateway
+    /// emulator that stands in for API Gateway (comma-separated): their CPU over the same
+    /// windows is reported apart, as `aux`.
+    #[arg(long, value_delimiter = ',')]
+    aux_pid: Vec<u32>,
     /// With several nodes, which node each join request goes to: the node that holds the
     /// socket (`own`), or round-robin over the nodes like a load balancer (`any`, so most
     /// joins are forwarded by the service to the holder).
@@ -384,7 +393,9 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
     );
     let room_sizes: Arc<Vec<AtomicU64>> =
         Arc::new((0..a.rooms).map(|_| AtomicU64::new(0)).collect());
+    let aux: Option<&[u32]> = (!a.aux_pid.is_empty()).then_some(&a.aux_pid[..]);
     let srv_cpu_join0 = pid.and_then(procfs::cpu_seconds_sum);
+    let aux_cpu_join0 = aux.and_then(procfs::cpu_seconds_sum);
     let join = run_joins(
         &a,
         &http_addrs,
@@ -408,6 +419,7 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
     let presence = wait_presence(&a, &shared, &room_sizes, join.first_ns, join.last_ns).await;
     let rss_after_join = server_rss(pid);
     let srv_cpu_join1 = pid.and_then(procfs::cpu_seconds_sum);
+    let aux_cpu_join1 = aux.and_then(procfs::cpu_seconds_sum);
 
     // ---- publish ----
     let rooms: Arc<Vec<Room>> = Arc::new(
@@ -423,7 +435,7 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
     );
     let mut pubs = Vec::new();
     let mut publish_seconds = 0.0;
-    let (mut srv_cpu, mut gen_cpu) = ([None; 3], [0.0f64; 3]);
+    let (mut srv_cpu, mut gen_cpu, mut aux_cpu) = ([None; 3], [0.0f64; 3], [None; 3]);
     // Per server process, at publish start and after the drain.
     let (mut srv_each0, mut srv_each2) = (Vec::new(), Vec::new());
     let (mut pub_start_ns, mut drain_seconds) = (0u64, 0.0);
@@ -445,14 +457,14 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
         // Connected on the publishers' runtime: a connection is driven by the reactor of
         // the runtime it was made on.
         for p in 0..a.publishers {
-            let (via, token) = (a.via, a.token.clone());
+            let (via, token, prefix) = (a.via, a.token.clone(), a.http_prefix.clone());
             let (h, g) = (
                 http_addrs[p % http_addrs.len()],
                 a.grpc.get(p % a.grpc.len().max(1)).cloned(),
             );
             let connect = publish_on.spawn(async move {
                 match via {
-                    Via::Rest => Sender::connect_rest(h, token.as_deref(), timeout).await,
+                    Via::Rest => Sender::connect_rest(h, &prefix, token.as_deref(), timeout).await,
                     Via::Grpc => {
                         let g = g.ok_or_else(|| anyhow!("--via grpc needs --grpc"))?;
                         Sender::connect_grpc(&g, timeout).await
@@ -469,6 +481,7 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
             .map(|&p| procfs::cpu_seconds(p))
             .collect();
         srv_cpu[0] = pid.and_then(procfs::cpu_seconds_sum);
+        aux_cpu[0] = aux.and_then(procfs::cpu_seconds_sum);
         gen_cpu[0] = procfs::self_cpu_seconds();
         gen_sys0 = procfs::self_cpu_user_sys().1;
         pub_start_ns = now_ns();
@@ -486,6 +499,7 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
         }
         publish_seconds = start.elapsed().as_secs_f64();
         srv_cpu[1] = pid.and_then(procfs::cpu_seconds_sum);
+        aux_cpu[1] = aux.and_then(procfs::cpu_seconds_sum);
         gen_cpu[1] = procfs::self_cpu_seconds();
         progress(format_args!("publishing done; draining"));
         // ---- drain ----
@@ -505,6 +519,7 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
         }
         drain_seconds = t_drain.elapsed().as_secs_f64();
         srv_cpu[2] = pid.and_then(procfs::cpu_seconds_sum);
+        aux_cpu[2] = aux.and_then(procfs::cpu_seconds_sum);
         srv_each2 = a
             .server_pid
             .iter()
@@ -699,6 +714,15 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
             "cpu_seconds_publish_drain": srv_pub_drain,
             "cpu_us_per_delivery": us_per(srv_pub_drain),
         })),
+        // The --aux-pid processes (e.g. the gateway emulator), over the server's windows.
+        "aux": aux.map(|p| json!({
+            "pids": p,
+            "rss_bytes_after_run": procfs::rss_bytes_sum(p),
+            "cpu_seconds_join_presence": cpu_diff(aux_cpu_join0, aux_cpu_join1),
+            "cpu_seconds_publish": cpu_diff(aux_cpu[0], aux_cpu[1]),
+            "cpu_seconds_publish_drain": cpu_diff(aux_cpu[0], aux_cpu[2]),
+            "cpu_us_per_delivery": us_per(cpu_diff(aux_cpu[0], aux_cpu[2])),
+        })),
         // Summed over the --http nodes, publish start to the end of the drain: per series
         // (histograms in seconds), how many and their mean in ms.
         "server_timings": server_timings,
@@ -739,7 +763,7 @@ async fn create_rooms(
     let next = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let mut h = Http::new(http_addr, a.token.as_deref(), timeout)?;
+        let mut h = Http::new(http_addr, a.token.as_deref(), timeout)?.with_prefix(&a.http_prefix);
         let (next, church, prefix, n) =
             (next.clone(), a.church.clone(), prefix.to_string(), a.rooms);
         handles.push(tokio::spawn(async move {
@@ -820,7 +844,8 @@ async fn run_joins(
     }
     let mut conns = Vec::with_capacity(workers);
     for w in 0..workers {
-        let mut h = Http::new(http_addrs[w % nodes], a.token.as_deref(), timeout)?;
+        let mut h = Http::new(http_addrs[w % nodes], a.token.as_deref(), timeout)?
+            .with_prefix(&a.http_prefix);
         h.connect().await?;
         conns.push((h, w % queues.len()));
     }

@@ -50,10 +50,11 @@ pub enum Sender {
 impl Sender {
     pub async fn connect_rest(
         addr: SocketAddr,
+        prefix: &str,
         token: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let mut h = Http::new(addr, token, timeout)?;
+        let mut h = Http::new(addr, token, timeout)?.with_prefix(prefix);
         h.connect().await?;
         Ok(Sender::Rest(h))
     }

@@ -4,8 +4,9 @@
 //! `execute-api`): it is parsed, its scope, date and session token are checked, and the
 //! request is signed again with `aws-sigv4` from what came over the wire (method, the path
 //! exactly as received, the headers named in `SignedHeaders`, the body, the time in
-//! `x-amz-date`) and the signatures compared. Every call is recorded; faults can be injected
-//! per connection.
+//! `x-amz-date`) and the signatures compared. Every call is recorded (the latest
+//! `record_limit` of them, when the options set one) and shown to the options' `on_call`;
+//! faults can be injected per connection.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -22,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Request};
 use serde_json::json;
 
-use super::{AwsCredentials, HttpResponse, Shared, lock, respond};
+use super::{AwsCredentials, CallHook, HttpResponse, Record, Shared, lock, respond};
 
 /// The service name SigV4 scopes `@connections` calls to.
 pub const SERVICE: &str = "execute-api";
@@ -124,7 +125,8 @@ impl Call {
 pub struct Management {
     pub verifier: Verifier,
     faults: Mutex<HashMap<(String, String), VecDeque<Fault>>>,
-    calls: Mutex<Vec<Call>>,
+    calls: Mutex<Record<Call>>,
+    on_call: Option<CallHook>,
     bad_signatures: AtomicUsize,
     post_delay: Mutex<Duration>,
 }
@@ -134,10 +136,19 @@ impl Management {
         Self {
             verifier,
             faults: Mutex::new(HashMap::new()),
-            calls: Mutex::new(Vec::new()),
+            calls: Mutex::new(Record::new(None)),
+            on_call: None,
             bad_signatures: AtomicUsize::new(0),
             post_delay: Mutex::new(Duration::ZERO),
         }
+    }
+
+    /// Keeps only the latest `limit` calls (`None`: every one), and shows each call to
+    /// `on_call`.
+    pub fn recording(mut self, limit: Option<usize>, on_call: Option<CallHook>) -> Self {
+        self.calls = Mutex::new(Record::new(limit));
+        self.on_call = on_call;
+        self
     }
 
     /// Queues `fault` for the next calls with `method` naming `connection_id`.
@@ -153,8 +164,9 @@ impl Management {
         *lock(&self.post_delay) = delay;
     }
 
+    /// The calls kept, oldest first.
     pub fn calls(&self) -> Vec<Call> {
-        lock(&self.calls).clone()
+        lock(&self.calls).to_vec()
     }
 
     pub fn bad_signatures(&self) -> usize {
@@ -290,10 +302,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpResponse
         signature,
         fault,
     };
-    {
+    let call = {
         let mut calls = lock(&mgmt.calls);
-        let seq = calls.len() as u64;
-        calls.push(Call { seq, ..call });
+        let seq = calls.next_seq() as u64;
+        let call = Call { seq, ..call };
+        calls.push(call.clone());
+        call
+    };
+    if let Some(hook) = &mgmt.on_call {
+        (hook.0)(&call);
     }
     shared.bump();
     response

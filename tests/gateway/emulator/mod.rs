@@ -6,7 +6,8 @@
 //!   Lambda's freeze after a reply (`SIGSTOP` before the reply is acknowledged);
 //! - [`sockets`]: the WebSocket API (real upgrades; `$connect`, `$default`, `$disconnect`);
 //! - [`management`]: `@connections` (`POST`/`GET`/`DELETE`), every call's SigV4 signature
-//!   checked, every call recorded, faults injectable per connection;
+//!   checked, every call recorded (or the latest few, see `record_limit`), faults injectable
+//!   per connection;
 //! - [`rest`]: REST API (payload 1.0) and HTTP API (payload 2.0) fronts;
 //! - [`events`]: the event JSON builders.
 //!
@@ -22,6 +23,7 @@ pub mod rest;
 pub mod runtime;
 pub mod sockets;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -105,6 +107,75 @@ impl Default for AwsCredentials {
     }
 }
 
+/// Where the listeners bind: `None` is an ephemeral port on 127.0.0.1 (the default, so
+/// that tests run side by side); a load generator names fixed ones.
+#[derive(Debug, Clone, Default)]
+pub struct Addrs {
+    pub ws: Option<SocketAddr>,
+    pub rest_v1: Option<SocketAddr>,
+    pub rest_v2: Option<SocketAddr>,
+    pub management: Option<SocketAddr>,
+}
+
+/// Called with every management API call once it is answered, whether or not calls are
+/// recorded (a load generator summarizes them instead of keeping them).
+#[derive(Clone)]
+pub struct CallHook(pub Arc<dyn Fn(&Call) + Send + Sync>);
+
+impl std::fmt::Debug for CallHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallHook")
+    }
+}
+
+/// A record that keeps at most `limit` entries (the latest ones), numbered from 0 in the
+/// order they were pushed; `None` keeps every one.
+#[derive(Debug)]
+pub struct Record<T> {
+    items: VecDeque<T>,
+    /// Entries pushed and since dropped: the number of the first one kept.
+    dropped: usize,
+    limit: Option<usize>,
+}
+
+impl<T: Clone> Record<T> {
+    pub fn new(limit: Option<usize>) -> Self {
+        Self {
+            items: VecDeque::new(),
+            dropped: 0,
+            limit,
+        }
+    }
+
+    /// How many were ever pushed: the number the next one gets.
+    pub fn next_seq(&self) -> usize {
+        self.dropped + self.items.len()
+    }
+
+    /// Keeps `item` (dropping the oldest beyond the limit); returns its number.
+    pub fn push(&mut self, item: T) -> usize {
+        let seq = self.next_seq();
+        self.items.push_back(item);
+        let limit = self.limit.unwrap_or(usize::MAX);
+        while self.items.len() > limit {
+            self.items.pop_front();
+            self.dropped += 1;
+        }
+        seq
+    }
+
+    /// Entry `seq`, if it is still kept.
+    pub fn get_mut(&mut self, seq: usize) -> Option<&mut T> {
+        let index = seq.checked_sub(self.dropped)?;
+        self.items.get_mut(index)
+    }
+
+    /// The entries kept, oldest first.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.items.iter().cloned().collect()
+    }
+}
+
 /// How to start a gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -125,6 +196,14 @@ pub struct GatewayOptions {
     pub invoke_timeout: Duration,
     /// How long [`Gateway::start`] waits for every instance's first `next`.
     pub startup_timeout: Duration,
+    /// Where the fronts and the management API listen (default: ephemeral ports).
+    pub addrs: Addrs,
+    /// How many of the latest invocations and management calls are kept for
+    /// [`Gateway::invocations`] and [`Gateway::calls`]; `None` (the default, what tests
+    /// need) keeps every one. A long-running load test keeps few or none.
+    pub record_limit: Option<usize>,
+    /// Sees every management call (see [`CallHook`]).
+    pub on_call: Option<CallHook>,
 }
 
 impl GatewayOptions {
@@ -141,6 +220,9 @@ impl GatewayOptions {
             api_id: "testapi123".into(),
             invoke_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(60),
+            addrs: Addrs::default(),
+            record_limit: None,
+            on_call: None,
         }
     }
 
@@ -213,7 +295,7 @@ pub struct Shared {
     route: Mutex<Route>,
     round_robin: AtomicUsize,
     pub invoke_timeout: Duration,
-    invocations: Mutex<Vec<Invocation>>,
+    invocations: Mutex<Record<Invocation>>,
     pub sockets: sockets::Registry,
     pub management: management::Management,
     /// Bumped on every recorded change, for waiters.
@@ -254,7 +336,7 @@ impl Shared {
     ) -> Result<Value, InvokeError> {
         let seq = {
             let mut log = lock(&self.invocations);
-            let seq = log.len();
+            let seq = log.next_seq();
             log.push(Invocation {
                 seq,
                 instance,
@@ -267,8 +349,7 @@ impl Shared {
                 finished: None,
                 outcome: None,
                 event: event.clone(),
-            });
-            seq
+            })
         };
         self.bump();
         let Some(rt) = self.runtimes.get(instance) else {
@@ -287,8 +368,9 @@ impl Shared {
         outcome
     }
 
+    /// The invocations kept (every one, unless the options set a `record_limit`).
     pub fn invocations(&self) -> Vec<Invocation> {
-        lock(&self.invocations).clone()
+        lock(&self.invocations).to_vec()
     }
 
     /// Waits until `check` returns something, re-checking on every recorded change.
@@ -343,8 +425,12 @@ where
     });
 }
 
-async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// Binds `at`, or an ephemeral port on 127.0.0.1.
+async fn bind(at: Option<SocketAddr>) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let at = at.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(at)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {at}: {e}"))?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
 }
@@ -381,7 +467,7 @@ impl Gateway {
         let mut runtime_listeners = Vec::new();
         let mut runtimes = Vec::new();
         for index in 0..options.instances {
-            let (listener, addr) = bind().await?;
+            let (listener, addr) = bind(None).await?;
             runtimes.push(Arc::new(runtime::Instance::new(
                 index,
                 addr,
@@ -391,10 +477,11 @@ impl Gateway {
             )));
             runtime_listeners.push(listener);
         }
-        let (ws_listener, ws_addr) = bind().await?;
-        let (v1_listener, rest_v1_addr) = bind().await?;
-        let (v2_listener, rest_v2_addr) = bind().await?;
-        let (mgmt_listener, management_addr) = bind().await?;
+        let at = &options.addrs;
+        let (ws_listener, ws_addr) = bind(at.ws).await?;
+        let (v1_listener, rest_v1_addr) = bind(at.rest_v1).await?;
+        let (v2_listener, rest_v2_addr) = bind(at.rest_v2).await?;
+        let (mgmt_listener, management_addr) = bind(at.management).await?;
         let shared = Arc::new(Shared {
             api: events::ApiContext {
                 api_id: options.api_id.clone(),
@@ -406,12 +493,13 @@ impl Gateway {
             route: Mutex::new(Route::RoundRobin),
             round_robin: AtomicUsize::new(0),
             invoke_timeout: options.invoke_timeout,
-            invocations: Mutex::new(Vec::new()),
+            invocations: Mutex::new(Record::new(options.record_limit)),
             sockets: sockets::Registry::default(),
             management: management::Management::new(management::Verifier {
                 credentials: options.credentials.clone(),
                 max_skew: Duration::from_secs(300),
-            }),
+            })
+            .recording(options.record_limit, options.on_call.clone()),
             changed,
             shutdown,
         });
@@ -502,6 +590,19 @@ impl Gateway {
         self.shared.runtimes.len()
     }
 
+    /// The WebSocket front's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// The address of the REST front with this payload version.
+    pub fn rest_addr(&self, payload: Payload) -> SocketAddr {
+        match payload {
+            Payload::V1 => self.rest_v1_addr,
+            Payload::V2 => self.rest_v2_addr,
+        }
+    }
+
     /// `ws://127.0.0.1:port/{stage}`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/{}", self.ws_addr, self.options.stage)
@@ -513,11 +614,7 @@ impl Gateway {
     }
 
     pub fn rest_url_for(&self, payload: Payload) -> String {
-        let addr = match payload {
-            Payload::V1 => self.rest_v1_addr,
-            Payload::V2 => self.rest_v2_addr,
-        };
-        format!("http://{addr}/{}", self.options.stage)
+        format!("http://{}/{}", self.rest_addr(payload), self.options.stage)
     }
 
     /// `WS_MANAGEMENT_ENDPOINT`: `http://127.0.0.1:port/{stage}`.
@@ -681,6 +778,7 @@ impl Gateway {
 
     // --- invocations ---------------------------------------------------------------------
 
+    /// The invocations kept, oldest first (every one unless `record_limit` is set).
     pub fn invocations(&self) -> Vec<Invocation> {
         self.shared.invocations()
     }
@@ -711,6 +809,7 @@ impl Gateway {
 
     // --- management API ------------------------------------------------------------------
 
+    /// The management calls kept, oldest first (every one unless `record_limit` is set).
     pub fn calls(&self) -> Vec<Call> {
         self.shared.management.calls()
     }
