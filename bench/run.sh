@@ -26,9 +26,9 @@
 # 4 publishers taking turns, 10 s), paced at 5 msg/s unless --rate says otherwise (--rate
 # 0: as fast as possible): each publish is one invocation that posts to the 1000
 # connections and replies once every post is answered, so one room's rate is bounded by
-# that fan-out (12-14 msg/s here, unpaced). Joins are one request per socket as in
+# that fan-out (15-21 msg/s here, unpaced). Joins are one request per socket as in
 # fanout-1k, and each posts attendance and blockedIp to every member (about 1M posts for
-# the 1000 joins, over a minute here), so loadgen's request timeout is 60 s.
+# the 1000 joins, about a minute here), so loadgen's request timeout is 60 s.
 # LG_GATEWAY_POST_DELAY_MS delays every post from the first message on (a model of the
 # management API's round trip in AWS). The report gains `gateway` (the emulator's summary of
 # the @connections calls: posts per frame, and the fan-out time of a frame from its first
