@@ -39,6 +39,10 @@ use crate::store::Store;
 /// Each `@connections` call's budget (§5.5).
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What an invocation keeps of Lambda's deadline for the attendance and the reply after
+/// its posts.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+
 /// Whether the Lambda runtime started this process (it sets `AWS_LAMBDA_RUNTIME_API`).
 pub fn is_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some_and(|v| !v.is_empty())
@@ -151,6 +155,13 @@ impl Door {
 
     /// One invocation, whatever its event; returns once everything it sent has been posted.
     pub async fn handle(&self, req: lambda_http::Request) -> Response<Body> {
+        // A fan-out whose posts hang must still reply before Lambda stops the invocation.
+        self.gateway
+            .set_deadline(req.lambda_context_ref().and_then(|c| {
+                let left = i64::try_from(c.deadline).ok()? - crate::time::now_ms();
+                let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                Some(std::time::Instant::now() + left.saturating_sub(DEADLINE_MARGIN))
+            }));
         let context = req.request_context_ref().cloned();
         let resp = match context {
             Some(RequestContext::WebSocket(ctx)) => {

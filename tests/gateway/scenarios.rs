@@ -327,6 +327,38 @@ async fn a_slow_post_times_out_and_keeps_the_row(db: TestDb) {
 }
 
 server_test!(
+    a_hanging_post_ends_with_the_invocations_deadline,
+    [postgres, mysql]
+);
+/// Lambda's deadline bounds the posts, not only their own 5 s: with 3 s left, a direct send
+/// whose post to `b` hangs still replies in time, delivered to `a` alone, `b`'s row kept.
+async fn a_hanging_post_ends_with_the_invocations_deadline(db: TestDb) {
+    let (gateway, rest, room) = setup(&db, &[]).await;
+    let mut a = socket(&gateway).await;
+    let b = socket(&gateway).await;
+    rest.join(&room, &a.id, "A", None).await;
+    rest.join(&room, &b.id, "B", None).await;
+    drain(&gateway, &mut a).await;
+    gateway.inject(&b.id, Fault::Delay(Duration::from_secs(20), 1));
+    let event = events::direct(
+        "messaging.v1.Delivery/SendConversationMessages",
+        json!({"churchId": CHURCH, "conversationId": room, "action": "message", "data": "{\"n\":1}"}),
+    );
+    let reply = gateway
+        .invoke_within(0, event, Duration::from_secs(3))
+        .await
+        .expect("the invocation replies before its deadline");
+    assert_eq!(reply, json!({"delivered": 1}));
+    let frames = drain(&gateway, &mut a).await;
+    assert_eq!(with_action(&frames, "message").len(), 1);
+    let mut kept = rest.room_sockets(CHURCH, &room).await;
+    kept.sort();
+    let mut both = vec![a.id.clone(), b.id.clone()];
+    both.sort();
+    assert_eq!(kept, both, "a post cut by the deadline deletes nothing");
+}
+
+server_test!(
     posts_run_at_most_gateway_concurrency_at_once,
     [postgres, mysql]
 );

@@ -49,6 +49,9 @@ struct Shared {
     concurrency: usize,
     state: Mutex<Pending>,
     idle: tokio::sync::Notify,
+    /// When the current invocation must have replied (Lambda's deadline, less a margin):
+    /// no post outlives it, whatever is left of its own 5 s.
+    deadline: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -80,6 +83,7 @@ impl Gateway {
                 concurrency: concurrency.max(1),
                 state: Mutex::default(),
                 idle: tokio::sync::Notify::new(),
+                deadline: Mutex::new(None),
             }),
         }
     }
@@ -89,9 +93,15 @@ impl Gateway {
         self.shared.api.endpoint()
     }
 
+    /// The current invocation's deadline: posts end by then (`None`: only their own 5 s).
+    pub fn set_deadline(&self, at: Option<Instant>) {
+        *self.shared.deadline.lock() = at;
+    }
+
     /// Posts one frame to one connection, outside any audience (the `getId` reply).
     pub async fn post_to(&self, connection: &str, frame: Bytes) -> Answer {
-        post_within_budget(&self.shared.api, connection, json_of(&frame))
+        let deadline = *self.shared.deadline.lock();
+        post_within_budget(&self.shared.api, connection, json_of(&frame), deadline)
             .await
             .unwrap_or(Answer::Failed(504))
     }
@@ -143,12 +153,13 @@ impl Shared {
             }
         };
         let count = rows.len();
+        let deadline = *self.deadline.lock();
         let outcomes: Vec<Outcome> = futures::stream::iter(rows)
             .map(|row: connections::Model| {
                 let api = &self.api;
                 let frame = frame.clone();
                 async move {
-                    match post_within_budget(api, &row.socket_id, frame).await {
+                    match post_within_budget(api, &row.socket_id, frame, deadline).await {
                         Some(Answer::Done) => Outcome::Delivered,
                         Some(Answer::Gone) => Outcome::Gone(row.socket_id),
                         Some(Answer::TooLarge) => {
@@ -203,10 +214,17 @@ fn json_of(frame: &Bytes) -> Bytes {
     frame.slice(frame.len() - payload..)
 }
 
-/// One post, `429` retried with backoff, all within [`POST_BUDGET`]. `None`: out of time
+/// One post, `429` retried with backoff, all within [`POST_BUDGET`] and the invocation's
+/// deadline. `None`: out of time
 /// (or the connection failed) before any answer that settles it.
-async fn post_within_budget(api: &Management, connection: &str, frame: Bytes) -> Option<Answer> {
-    let deadline = Instant::now() + POST_BUDGET;
+async fn post_within_budget(
+    api: &Management,
+    connection: &str,
+    frame: Bytes,
+    invocation_deadline: Option<Instant>,
+) -> Option<Answer> {
+    let own = Instant::now() + POST_BUDGET;
+    let deadline = invocation_deadline.map_or(own, |d| d.min(own));
     let mut backoff = Duration::from_millis(50);
     // A kept-alive connection the far end closed while this instance was frozen fails the
     // first request sent on it: one more try, on a new connection, within the budget.
