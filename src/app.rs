@@ -88,7 +88,7 @@ pub struct Application {
 /// (an aborted task, a runtime that ends). The hub holds the service layer for its socket
 /// events and the service layer holds the hub, so without this an application that never
 /// finished `run_until_stopped` kept its socket threads and database pools for good.
-struct HubGuard(Arc<Hub>);
+pub(crate) struct HubGuard(pub(crate) Arc<Hub>);
 
 impl Drop for HubGuard {
     fn drop(&mut self) {

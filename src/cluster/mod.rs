@@ -71,13 +71,17 @@ pub trait Seam: Send + Sync + 'static {
 
     /// How often a write still running must extend its held frames; `None` when they need
     /// no extending (one node: nobody else holds them).
-    fn extend_every(&self) -> Option<std::time::Duration>;
+    fn extend_every(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Resolves once every frame published on this node before the call is ordered for
     /// every node (across nodes: acknowledged by the broker). A call that published awaits
     /// it before it replies, so that what its caller publishes next, through any node, comes
     /// after. `None` when there is nothing to wait for, as always on one node.
-    fn settled(&self) -> Option<BoxFuture<'static, ()>>;
+    fn settled(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 
     /// Delivers to this node's sockets of `audience` only. For presence frames: each node
     /// computes attendance for its own sockets, so that the coalescing bound (one frame per
@@ -86,7 +90,7 @@ pub trait Seam: Send + Sync + 'static {
 
     /// Tells the other nodes that a room's rows changed, so that they raise attendance for
     /// their sockets in it. This node has already raised its own.
-    fn room_changed(&self, church: &str, room: &str, with_blocked_ip: bool);
+    fn room_changed(&self, _church: &str, _room: &str, _with_blocked_ip: bool) {}
 
     /// This node's sockets in `audience`.
     fn local_members(&self, audience: &Audience) -> usize;
@@ -94,37 +98,56 @@ pub trait Seam: Send + Sync + 'static {
     /// `audience` got its first local socket (`has_members`) or lost its last. Across nodes this is
     /// where a node starts or stops receiving the audience's traffic; a join awaits it, so
     /// that a frame published after the join's response reaches the socket.
-    fn interest(&self, audience: &Audience, has_members: bool) -> BoxFuture<'_, ()>;
+    fn interest(&self, _audience: &Audience, _has_members: bool) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    // The defaults of the room calls below are one process's answers: no other node holds
+    // a socket, so a socket this node does not hold does not exist.
 
     /// The other live node holding `socket_id` (not this one), if any.
-    fn locate<'a>(&'a self, socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>>;
+    fn locate<'a>(&'a self, _socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Runs the write of a join on the node holding these rows' sockets.
     fn remote_join<'a>(
         &'a self,
-        node: &'a str,
-        rows: Vec<NewRow>,
-    ) -> BoxFuture<'a, AppResult<Vec<connections::Model>>>;
+        _node: &'a str,
+        _rows: Vec<NewRow>,
+    ) -> BoxFuture<'a, AppResult<Vec<connections::Model>>> {
+        Box::pin(std::future::ready(Err(AppError::NotFound(
+            "Socket not found",
+        ))))
+    }
 
     /// Runs the write of a leave on the node holding the row's socket; `NotFound` when no
     /// live node holds it.
     fn remote_leave<'a>(
         &'a self,
-        node: &'a str,
-        row: connections::Model,
-    ) -> BoxFuture<'a, AppResult<bool>>;
+        _node: &'a str,
+        _row: connections::Model,
+    ) -> BoxFuture<'a, AppResult<bool>> {
+        Box::pin(std::future::ready(Err(AppError::NotFound(
+            "Socket not found",
+        ))))
+    }
 
     /// Tells the node holding `socket` that some of its rows were renamed.
     fn remote_renamed<'a>(
         &'a self,
-        node: &'a str,
-        socket: &'a str,
-        ids: &'a [String],
-        name: &'a str,
-    ) -> BoxFuture<'a, AppResult<()>>;
+        _node: &'a str,
+        _socket: &'a str,
+        _ids: &'a [String],
+        _name: &'a str,
+    ) -> BoxFuture<'a, AppResult<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// Why delivery across nodes is impaired right now (the broker is unreachable), if it is.
-    fn unready(&self) -> Option<String>;
+    fn unready(&self) -> Option<String> {
+        None
+    }
 
     /// Whether frames reach other nodes at all.
     fn crosses_nodes(&self) -> bool;
@@ -185,60 +208,8 @@ impl Seam for Local {
         })
     }
 
-    fn extend_every(&self) -> Option<std::time::Duration> {
-        None
-    }
-
-    fn settled(&self) -> Option<BoxFuture<'static, ()>> {
-        None
-    }
-
-    fn room_changed(&self, _church: &str, _room: &str, _with_blocked_ip: bool) {}
-
     fn local_members(&self, audience: &Audience) -> usize {
         self.hub.local_count(audience)
-    }
-
-    fn interest(&self, _audience: &Audience, _has_members: bool) -> BoxFuture<'_, ()> {
-        Box::pin(std::future::ready(()))
-    }
-
-    fn locate<'a>(&'a self, _socket_id: &'a str) -> BoxFuture<'a, AppResult<Option<String>>> {
-        Box::pin(std::future::ready(Ok(None)))
-    }
-
-    fn remote_join<'a>(
-        &'a self,
-        _node: &'a str,
-        _rows: Vec<NewRow>,
-    ) -> BoxFuture<'a, AppResult<Vec<connections::Model>>> {
-        Box::pin(std::future::ready(Err(AppError::NotFound(
-            "Socket not found",
-        ))))
-    }
-
-    fn remote_leave<'a>(
-        &'a self,
-        _node: &'a str,
-        _row: connections::Model,
-    ) -> BoxFuture<'a, AppResult<bool>> {
-        Box::pin(std::future::ready(Err(AppError::NotFound(
-            "Socket not found",
-        ))))
-    }
-
-    fn remote_renamed<'a>(
-        &'a self,
-        _node: &'a str,
-        _socket: &'a str,
-        _ids: &'a [String],
-        _name: &'a str,
-    ) -> BoxFuture<'a, AppResult<()>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn unready(&self) -> Option<String> {
-        None
     }
 
     fn crosses_nodes(&self) -> bool {

@@ -26,6 +26,7 @@ use lambda_http::{RequestExt, service_fn};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::app::HubGuard;
 use crate::auth::TokenKeys;
 use crate::cluster::Gateway;
 use crate::cluster::gateway::{Answer, GATEWAY_NODE, Management};
@@ -68,8 +69,8 @@ pub struct Door {
     delivery: DeliveryService,
     connection: ConnectionService,
     max_connection_age: Duration,
-    /// Dropped with the door: stops the (idle) socket runtime.
-    _hub: Arc<Hub>,
+    /// Stops the (idle) socket runtime when the door goes away, as an application's does.
+    _hub: HubGuard,
 }
 
 impl Door {
@@ -144,7 +145,7 @@ impl Door {
             },
             connection: ConnectionService { svc: services },
             max_connection_age: Duration::from_secs(settings.gateway.gateway_max_connection_secs),
-            _hub: hub,
+            _hub: HubGuard(hub),
         })
     }
 
@@ -187,7 +188,7 @@ impl Door {
                 self.rest(req, path, query, ip).await
             }
             Some(RequestContext::PassThrough) => self.pass_through(req).await,
-            _ => json_reply(
+            _ => edge::json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": "unsupported event"}),
             ),
@@ -223,7 +224,10 @@ impl Door {
         parts.uri = match path_and_query.parse::<Uri>() {
             Ok(uri) => uri,
             Err(_) => {
-                return json_reply(StatusCode::BAD_REQUEST, &json!({"error": "Invalid path"}));
+                return edge::json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "Invalid path"}),
+                );
             }
         };
         let ip = source_ip
@@ -255,7 +259,7 @@ impl Door {
                 if let Err(e) = self.services().connection_gone(connection).await {
                     // The sweep removes them.
                     tracing::warn!(%connection, error = %e, "rows of a closed connection not deleted");
-                    return json_reply(
+                    return edge::json_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &json!({"error": "Database unavailable"}),
                     );
@@ -281,7 +285,7 @@ impl Door {
                 let drained = self.services().drain_published().await;
                 reply = json!({"delivered": drained.delivered});
             }
-            return json_reply(StatusCode::OK, &reply);
+            return edge::json_response(StatusCode::OK, &reply);
         }
         if event.get("source").and_then(Value::as_str) == Some("aws.events") {
             return match self
@@ -289,14 +293,14 @@ impl Door {
                 .sweep_joined_before(self.max_connection_age)
                 .await
             {
-                Ok(rooms) => json_reply(StatusCode::OK, &json!({"sweptRooms": rooms})),
+                Ok(rooms) => edge::json_response(StatusCode::OK, &json!({"sweptRooms": rooms})),
                 Err(e) => {
                     tracing::warn!(error = %e, "scheduled sweep failed");
-                    json_reply(StatusCode::OK, &invoke::error(&tonic::Status::from(e)))
+                    edge::json_response(StatusCode::OK, &invoke::error(&tonic::Status::from(e)))
                 }
             };
         }
-        json_reply(
+        edge::json_response(
             StatusCode::OK,
             &json!({"error": {"code": "INVALID_ARGUMENT", "message":
                 "unrecognised event: expected an API Gateway event, a scheduled event \
@@ -313,10 +317,6 @@ fn refuse_sqlite(settings: &Settings) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn json_reply(status: StatusCode, body: &Value) -> Response<Body> {
-    edge::json_response(status, body)
 }
 
 /// Everything but RFC 3986's unreserved characters and `,`.

@@ -13,11 +13,6 @@ use crate::error::AppResult;
 const MAX_ROUNDS: usize = 8;
 
 impl Services {
-    /// Whether this process serves sockets that API Gateway holds (gateway mode).
-    pub fn socketless(&self) -> bool {
-        self.seam.socketless()
-    }
-
     /// `$disconnect` of a connection: its rows go, and attendance becomes due in its rooms.
     pub async fn connection_gone(&self, connection: &str) -> AppResult<usize> {
         let rooms = self.store().delete_socket_rows(connection).await?;

@@ -39,6 +39,31 @@ async fn send(rest: &Rest, room: &str, content: &str, instance: Option<usize>) -
     body[0].clone()
 }
 
+/// `setup`, and sockets `a` and `b` joined to its room, `a`'s frames so far read.
+async fn a_and_b(db: &TestDb) -> (Gateway, Rest, String, Ws, Ws) {
+    let (gateway, rest, room) = setup(db, &[]).await;
+    let mut a = socket(&gateway).await;
+    let b = socket(&gateway).await;
+    rest.join(&room, &a.id, "A", None).await;
+    rest.join(&room, &b.id, "B", None).await;
+    drain(&gateway, &mut a).await;
+    (gateway, rest, room, a, b)
+}
+
+/// The socket ids of a room's rows, sorted.
+async fn sorted_rows(rest: &Rest, room: &str) -> Vec<String> {
+    let mut ids = rest.room_sockets(CHURCH, room).await;
+    ids.sort();
+    ids
+}
+
+/// These sockets' ids, sorted.
+fn sorted<const N: usize>(sockets: [&Ws; N]) -> Vec<String> {
+    let mut ids: Vec<String> = sockets.iter().map(|w| w.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
 /// The one `attendance` frame among `frames`, checked to be one.
 fn one_attendance(frames: &[Value]) -> Value {
     let att = with_action(frames, "attendance");
@@ -266,15 +291,14 @@ async fn a_403_413_or_500_keeps_the_row(db: TestDb) {
     rest.join(&room, &b.id, "B", None).await;
     drain(&gateway, &mut a).await;
     drain(&gateway, &mut b).await;
-    let mut both = vec![a.id.clone(), b.id.clone()];
-    both.sort();
-
     for status in [403, 413, 500] {
         gateway.inject(&a.id, Fault::Status(status, 1));
         let first = send(&rest, &room, "lost for a", None).await;
-        let mut kept = rest.room_sockets(CHURCH, &room).await;
-        kept.sort();
-        assert_eq!(kept, both, "a {status} deletes nothing");
+        assert_eq!(
+            sorted_rows(&rest, &room).await,
+            sorted([&a, &b]),
+            "a {status} deletes nothing"
+        );
         assert_eq!(
             drain(&gateway, &mut a).await,
             Vec::<Value>::new(),
@@ -299,12 +323,7 @@ async fn a_403_413_or_500_keeps_the_row(db: TestDb) {
 
 server_test!(a_slow_post_times_out_and_keeps_the_row, [postgres, mysql]);
 async fn a_slow_post_times_out_and_keeps_the_row(db: TestDb) {
-    let (gateway, rest, room) = setup(&db, &[]).await;
-    let mut a = socket(&gateway).await;
-    let b = socket(&gateway).await;
-    rest.join(&room, &a.id, "A", None).await;
-    rest.join(&room, &b.id, "B", None).await;
-    drain(&gateway, &mut a).await;
+    let (gateway, rest, room, mut a, b) = a_and_b(&db).await;
     let b_answered = gateway.posts_to(&b.id).len();
 
     // Far longer than the 5 s a post may take: the send must not wait for it.
@@ -319,11 +338,11 @@ async fn a_slow_post_times_out_and_keeps_the_row(db: TestDb) {
     assert_eq!(with_action(&frames, "message").len(), 1);
     assert_eq!(with_action(&frames, "message")[0]["data"], message);
     assert!(with_action(&frames, "attendance").is_empty());
-    let mut kept = rest.room_sockets(CHURCH, &room).await;
-    kept.sort();
-    let mut both = vec![a.id.clone(), b.id.clone()];
-    both.sort();
-    assert_eq!(kept, both, "a timed-out post deletes nothing");
+    assert_eq!(
+        sorted_rows(&rest, &room).await,
+        sorted([&a, &b]),
+        "a timed-out post deletes nothing"
+    );
 }
 
 server_test!(
@@ -333,12 +352,7 @@ server_test!(
 /// Lambda's deadline bounds the posts, not only their own 5 s: with 3 s left, a direct send
 /// whose post to `b` hangs still replies in time, delivered to `a` alone, `b`'s row kept.
 async fn a_hanging_post_ends_with_the_invocations_deadline(db: TestDb) {
-    let (gateway, rest, room) = setup(&db, &[]).await;
-    let mut a = socket(&gateway).await;
-    let b = socket(&gateway).await;
-    rest.join(&room, &a.id, "A", None).await;
-    rest.join(&room, &b.id, "B", None).await;
-    drain(&gateway, &mut a).await;
+    let (gateway, rest, room, mut a, b) = a_and_b(&db).await;
     gateway.inject(&b.id, Fault::Delay(Duration::from_secs(20), 1));
     let event = events::direct(
         "messaging.v1.Delivery/SendConversationMessages",
@@ -351,11 +365,11 @@ async fn a_hanging_post_ends_with_the_invocations_deadline(db: TestDb) {
     assert_eq!(reply, json!({"delivered": 1}));
     let frames = drain(&gateway, &mut a).await;
     assert_eq!(with_action(&frames, "message").len(), 1);
-    let mut kept = rest.room_sockets(CHURCH, &room).await;
-    kept.sort();
-    let mut both = vec![a.id.clone(), b.id.clone()];
-    both.sort();
-    assert_eq!(kept, both, "a post cut by the deadline deletes nothing");
+    assert_eq!(
+        sorted_rows(&rest, &room).await,
+        sorted([&a, &b]),
+        "a post cut by the deadline deletes nothing"
+    );
 }
 
 server_test!(
@@ -491,12 +505,7 @@ server_test!(
     [postgres, mysql]
 );
 async fn delivered_counts_the_rows_the_frame_reached(db: TestDb) {
-    let (gateway, rest, room) = setup(&db, &[]).await;
-    let mut a = socket(&gateway).await;
-    let b = socket(&gateway).await;
-    rest.join(&room, &a.id, "A", None).await;
-    rest.join(&room, &b.id, "B", None).await;
-    drain(&gateway, &mut a).await;
+    let (gateway, _rest, room, mut a, b) = a_and_b(&db).await;
     let direct = |data: &str| {
         events::direct(
             "messaging.v1.Delivery/SendConversationMessages",

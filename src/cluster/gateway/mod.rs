@@ -23,10 +23,10 @@ use parking_lot::Mutex;
 pub use management::{Answer, Management};
 
 use super::{Drained, HeldFrame, Seam};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::hub::Audience;
+use crate::store::Store;
 use crate::store::entities::connections;
-use crate::store::{NewRow, Store};
 
 /// The node id of every row in gateway mode: instances come and go with each scale-out,
 /// and every one of them may write, read and delete any row.
@@ -215,8 +215,8 @@ fn json_of(frame: &Bytes) -> Bytes {
 }
 
 /// One post, `429` retried with backoff, all within [`POST_BUDGET`] and the invocation's
-/// deadline. `None`: out of time
-/// (or the connection failed) before any answer that settles it.
+/// deadline. `None`: out of time (or the connection failed) before any answer that settles
+/// it.
 async fn post_within_budget(
     api: &Management,
     connection: &str,
@@ -291,27 +291,13 @@ impl Seam for Gateway {
         })
     }
 
-    fn extend_every(&self) -> Option<Duration> {
-        None
-    }
-
-    fn settled(&self) -> Option<BoxFuture<'static, ()>> {
-        None
-    }
-
     fn publish_local(&self, audience: &Audience, frame: &Bytes) -> usize {
         // Every row is this function's to serve: attendance goes to all of them.
         self.publish(audience, frame)
     }
 
-    fn room_changed(&self, _church: &str, _room: &str, _with_blocked_ip: bool) {}
-
     fn local_members(&self, _audience: &Audience) -> usize {
         0
-    }
-
-    fn interest(&self, _audience: &Audience, _has_members: bool) -> BoxFuture<'_, ()> {
-        Box::pin(std::future::ready(()))
     }
 
     /// Whether the gateway knows the connection (`GET @connections/{id}`): `410` is a
@@ -329,40 +315,6 @@ impl Seam for Gateway {
                 }
             }
         })
-    }
-
-    fn remote_join<'a>(
-        &'a self,
-        _node: &'a str,
-        _rows: Vec<NewRow>,
-    ) -> BoxFuture<'a, AppResult<Vec<connections::Model>>> {
-        Box::pin(std::future::ready(Err(AppError::NotFound(
-            "Socket not found",
-        ))))
-    }
-
-    fn remote_leave<'a>(
-        &'a self,
-        _node: &'a str,
-        _row: connections::Model,
-    ) -> BoxFuture<'a, AppResult<bool>> {
-        Box::pin(std::future::ready(Err(AppError::NotFound(
-            "Socket not found",
-        ))))
-    }
-
-    fn remote_renamed<'a>(
-        &'a self,
-        _node: &'a str,
-        _socket: &'a str,
-        _ids: &'a [String],
-        _name: &'a str,
-    ) -> BoxFuture<'a, AppResult<()>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn unready(&self) -> Option<String> {
-        None
     }
 
     fn crosses_nodes(&self) -> bool {
