@@ -80,13 +80,15 @@ pub struct Settings {
     pub socket_threads: usize,
     /// How many nice steps (0-19) below the process the socket threads run: above 0,
     /// requests come first when the cores are saturated and the writers catch up with
-    /// larger batches. 0 = equal priority.
+    /// larger batches. 0 (the default) = equal priority: publishers that outrun the writers
+    /// wait for them in their reply instead (`hub::Hub::backlog`).
     #[arg(long, env = "SOCKET_NICE", default_value_t = crate::hub::DEFAULT_SOCKET_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
     pub socket_nice: i32,
     /// For a socket fed faster than one frame per interval (on average): least milliseconds
     /// between two writes to it, so that frames sent meanwhile leave in one `writev`. Other
-    /// sockets are written at once. 0 = every frame as soon as a socket thread gets to it.
+    /// sockets are written at once. 0 (the default) = every frame as soon as a socket thread
+    /// gets to it; writes still carry several frames under load (`hub::Hub::backlog`).
     #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = crate::hub::DEFAULT_FLUSH_INTERVAL.as_millis() as u64, global = true)]
     pub flush_interval_ms: u64,
     /// Broker for delivery across nodes: `redis://host:port[/db]` or `nats://host:port`.

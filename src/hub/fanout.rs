@@ -51,6 +51,19 @@ const RECYCLE_MAX_FRAMES: usize = 8;
 /// Flush-queue entries after which a flusher lets the socket tasks on its thread run.
 const FLUSH_YIELD_EVERY: usize = 256;
 
+/// How much writing a flusher may have ahead of it before publishers wait, µs (see
+/// `Hub::backlog`; at least two broadcasts into its widest room). 16 ms: `fanout-1k` closed
+/// loop at 2.2 times the floor's deliveries with a p99 of 0.7 times the floor's; 8 ms gave
+/// 1.5 times (BENCHMARKS.md, session 17).
+const BACKLOG_MAX_US: u64 = 16_000;
+
+/// Sockets the flusher looks at between two reports of its progress to held publishers.
+const RELIEF_EVERY: usize = 64;
+
+/// Longest a publisher is held back by a flusher that is behind: a safety bound only (a
+/// pass over the biggest room takes far less).
+const BACKLOG_HOLD_MAX: Duration = Duration::from_secs(1);
+
 /// How often a socket gets frames, as its flusher sees it: sockets that get them faster
 /// than one per flush interval are written at most once per interval.
 #[derive(Default)]
@@ -571,6 +584,15 @@ pub(crate) struct FlushQueue {
     evictions: [AtomicU64; 2],
     catch_ups: AtomicU64,
     epoch: Instant,
+    /// Sockets listed and not yet looked at by the flusher (its list and the rest of the
+    /// batch it is writing): the writes it has ahead of it.
+    outstanding: AtomicUsize,
+    /// What one socket's turn costs the flusher, ns (moving average over its passes).
+    turn_ns: AtomicU64,
+    /// The most sockets one broadcast listed here lately (decaying slowly).
+    widest: AtomicUsize,
+    /// Publishers held back by `Hub::backlog`; woken as the flusher works its way down.
+    relieved: Notify,
 }
 
 impl Default for FlushQueue {
@@ -584,6 +606,10 @@ impl Default for FlushQueue {
             evictions: Default::default(),
             catch_ups: AtomicU64::new(0),
             epoch: Instant::now(),
+            outstanding: AtomicUsize::new(0),
+            turn_ns: AtomicU64::new(0),
+            widest: AtomicUsize::new(0),
+            relieved: Notify::new(),
         }
     }
 }
@@ -640,6 +666,7 @@ impl FlushQueue {
             list.push(h);
             list.len() == 1
         };
+        self.outstanding.fetch_add(1, Relaxed);
         if was_empty {
             self.wake.notify_one();
         }
@@ -650,9 +677,14 @@ impl FlushQueue {
             return;
         }
         let was_empty = {
+            let n = hs.len();
+            // Rises at once, forgets a 64th per broadcast.
+            let w = self.widest.load(Relaxed);
+            self.widest.store(n.max(w - w / 64), Relaxed);
             let mut list = self.list.lock();
             let was_empty = list.is_empty();
             list.append(hs);
+            self.outstanding.fetch_add(n, Relaxed);
             was_empty
         };
         if was_empty {
@@ -660,10 +692,67 @@ impl FlushQueue {
         }
     }
 
+    /// The flusher's work ahead of it, in time: its outstanding sockets at what a turn has
+    /// cost it lately.
+    fn backlog_ns(&self) -> u64 {
+        let turns = self.outstanding.load(Relaxed) as u64;
+        turns.saturating_mul(self.turn_ns.load(Relaxed))
+    }
+
+    /// How much work ahead holds publishers back: `BACKLOG_MAX_US`, or two broadcasts into
+    /// the widest room lately where that takes longer (a big room). Less than that would let
+    /// no broadcast wait for a pass over the room already under way, so every pass would
+    /// carry one frame per socket: the writes would cost the most exactly when there is the
+    /// most to write (measured: a bound of half a pass cut `fanout-1k` to a quarter).
+    fn backlog_bound_ns(&self) -> u64 {
+        let room = (self.widest.load(Relaxed) as u64).saturating_mul(self.turn_ns.load(Relaxed));
+        (BACKLOG_MAX_US * 1000).max(room.saturating_mul(2))
+    }
+
+    /// Whether a publisher should wait for this flusher (see `Hub::backlog`).
+    fn behind(&self) -> bool {
+        !self.closed.load(Relaxed) && self.backlog_ns() > self.backlog_bound_ns()
+    }
+
+    /// Resolves once this flusher's backlog is back under half the bound (or it closed):
+    /// half, so that a held publisher does not wake for every socket written.
+    async fn relieved(&self) {
+        loop {
+            let notified = self.relieved.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.closed.load(Acquire) || self.backlog_ns() <= self.backlog_bound_ns() / 2 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The flusher has looked at `n` more sockets.
+    fn turns_done(&self, n: usize) {
+        self.outstanding.fetch_sub(n, Relaxed);
+        self.relieved.notify_waiters();
+    }
+
+    /// Folds a pass's cost into the moving average of a turn.
+    fn pass_took(&self, turns: usize, took: Duration) {
+        if turns == 0 {
+            return;
+        }
+        let per = u64::try_from(took.as_nanos() / turns as u128).unwrap_or(u64::MAX);
+        let avg = match self.turn_ns.load(Relaxed) {
+            0 => per,
+            // An eighth of the newest pass: a few passes to follow a change of load.
+            a => a - a / 8 + per / 8,
+        };
+        self.turn_ns.store(avg.max(1), Relaxed);
+    }
+
     /// Lets the flusher end once its queue is empty.
     pub(crate) fn close(&self) {
         self.closed.store(true, Release);
         self.wake.notify_one();
+        self.relieved.notify_waiters();
     }
 }
 
@@ -710,10 +799,19 @@ pub(crate) async fn run_flusher(q: Arc<FlushQueue>, interval: Duration) {
         if now >= due || closing || q.hurry.swap(false, AcqRel) {
             std::mem::swap(&mut waiting, &mut batch);
             due = u64::MAX;
+            // Sockets back from waiting for their interval are work ahead again.
+            q.outstanding.fetch_add(batch.len(), Relaxed);
         }
         batch.append(&mut q.list.lock());
+        let pass = Instant::now();
+        let turns = batch.len();
         let mut written = 0;
+        let mut looked = 0;
         for h in batch.drain(..) {
+            looked += 1;
+            if looked % RELIEF_EVERY == 0 {
+                q.turns_done(RELIEF_EVERY);
+            }
             // A closing socket's task waits for its queued frames to go out first.
             if every > 0
                 && !closing
@@ -734,6 +832,8 @@ pub(crate) async fn run_flusher(q: Arc<FlushQueue>, interval: Duration) {
                 tokio::task::yield_now().await;
             }
         }
+        q.turns_done(looked % RELIEF_EVERY);
+        q.pass_took(turns, pass.elapsed());
         if batch.capacity() > 4096 {
             batch = Vec::new();
         }
@@ -780,6 +880,36 @@ pub fn encode_frame<T: Serialize + ?Sized>(
 }
 
 impl Hub {
+    /// Holds a publisher back while a flusher has more writing ahead of it than its bound
+    /// (`BACKLOG_MAX_US`, or two broadcasts into its widest room), until it is down to half
+    /// that. `None` when every flusher keeps up, as it does whenever the machine has time to
+    /// spare: then nothing waits and nothing is delayed.
+    ///
+    /// Why: a publish is answered once its frame is queued, and writing happens later on the
+    /// socket threads. A publisher that outruns the writers would otherwise queue frames
+    /// faster than they leave, and the backlog, not the work, would set every frame's
+    /// latency (bufferbloat: a closed-loop p99 of 160 ms against the floor's 30). Bounding
+    /// the backlog rather than waiting for each frame's write keeps the batching that a
+    /// backlog brings: what is published while a pass over a room runs still leaves in one
+    /// write per socket, so under load each write carries several frames, and at a calm rate
+    /// every frame is written at once.
+    pub fn backlog(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let behind: Vec<Arc<FlushQueue>> = self
+            .flushers
+            .iter()
+            .filter(|q| q.behind())
+            .cloned()
+            .collect();
+        (!behind.is_empty()).then(|| async move {
+            let _ = tokio::time::timeout(BACKLOG_HOLD_MAX, async {
+                for q in &behind {
+                    q.relieved().await;
+                }
+            })
+            .await;
+        })
+    }
+
     /// The fan-out (§5.2): one pre-framed frame to every local row of the audience.
     /// Returns the number of rows it was enqueued for.
     ///
@@ -817,7 +947,52 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use super::Pace;
+    use super::{FlushQueue, Pace};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn publishers_wait_only_while_the_writing_ahead_passes_the_bound() {
+        let q = FlushQueue::default();
+        // Nothing ahead: never behind, whatever a turn costs.
+        assert!(!q.behind());
+        q.pass_took(100, Duration::from_millis(1)); // 10 µs a turn
+        q.outstanding.store(1_000, Relaxed); // 10 ms ahead: under 16 ms
+        assert!(!q.behind());
+        q.outstanding.store(2_000, Relaxed); // 20 ms ahead
+        assert!(q.behind());
+        // A room of 1500 sockets takes 15 ms a pass: the bound is two of its broadcasts, so
+        // that a broadcast may wait for a pass under way (and leave with it).
+        q.widest.store(1_500, Relaxed);
+        assert!(!q.behind());
+        q.outstanding.store(3_100, Relaxed);
+        assert!(q.behind());
+        q.widest.store(0, Relaxed);
+
+        // A held publisher goes once the flusher is down to half the bound (8 ms), not at
+        // every turn it reports before that.
+        q.outstanding.store(2_000, Relaxed);
+        let mut held = Box::pin(q.relieved());
+        assert!(futures::poll!(&mut held).is_pending());
+        q.turns_done(1_000); // 10 ms ahead: still over half
+        assert!(
+            futures::poll!(&mut held).is_pending(),
+            "released above half"
+        );
+        q.turns_done(300); // 7 ms ahead
+        assert!(
+            futures::poll!(&mut held).is_ready(),
+            "held under half the bound"
+        );
+
+        // A closing flusher releases everyone.
+        q.outstanding.store(5_000, Relaxed);
+        let mut held = Box::pin(q.relieved());
+        assert!(futures::poll!(&mut held).is_pending());
+        q.close();
+        assert!(futures::poll!(&mut held).is_ready(), "held after close");
+        assert!(!q.behind());
+    }
 
     const EVERY: u64 = 20_000; // 20 ms, in µs
 

@@ -74,21 +74,22 @@ impl Default for HubConfig {
     }
 }
 
-/// How many nice steps below the process the socket threads run by default. When the cores
-/// are saturated, what comes first is the request path (parse, authorize, commit, acknowledge
-/// through the broker), which wakes and sleeps several times per request; at equal priority
-/// each wake-up waited behind a writer's time slice, and the next publish with it. Writers at
-/// a lower priority still get every idle cycle, fall behind only while requests need the
-/// CPU, and then write more frames per `writev`. The measurements behind the default:
-/// BENCHMARKS.md, "Design decisions and their measurements".
-pub const DEFAULT_SOCKET_NICE: i32 = 10;
+/// How many nice steps below the process the socket threads run by default: none. At a
+/// lower priority they lost their core to any other busy thread (a client on the same
+/// machine, the request path), which cost 5 ms of p99 at a chat's rate and made the writers,
+/// not the work, set the latency under load. What the lower priority used to buy (a
+/// publisher outrunning the writers could not starve them) is now `Hub::backlog`'s: a
+/// publisher waits for the writers once they are behind. Measurements: BENCHMARKS.md,
+/// session 17.
+pub const DEFAULT_SOCKET_NICE: i32 = 0;
 
 /// Least time between two writes to a socket fed faster than one frame per interval (see
-/// `fanout::run_flusher`). 40 writes a second is more than any reader of a chat needs, and
-/// a socket getting up to 30 frames a second (33 ms apart) is never paced; a frame waits
-/// at most the interval. Why 25 ms: BENCHMARKS.md, "Design decisions and their
-/// measurements".
-pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(25);
+/// `fanout::run_flusher`); by default none: every frame is written as soon as a socket
+/// thread gets to it, and writes carry several frames only when there is a backlog (frames
+/// that arrive while a pass over the room runs leave together). A fixed interval delayed
+/// every frame of a busy room by up to the interval even on an idle machine: at 500 msg/s
+/// into 1000 sockets, 25 ms doubled the p50 (BENCHMARKS.md, session 17).
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::ZERO;
 
 /// Lowers the calling thread's scheduling priority by `nice` steps, as `nice -n` would
 /// (Linux: the nice value is per thread). Lowering needs no privilege; a failure leaves the

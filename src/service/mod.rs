@@ -144,6 +144,14 @@ impl Services {
     /// `Seam::settled`). Calls that publish await it before they reply, so that the next
     /// call of their caller, to whichever node, cannot overtake them. Free on one node.
     pub async fn settle(&self) {
+        // A publisher that outruns this node's socket writers waits for them here, so that
+        // it is slowed by its reply instead of by a growing queue (see `Hub::backlog`).
+        if let Some(backlog) = self.hub.backlog() {
+            let started = std::time::Instant::now();
+            backlog.await;
+            metrics::histogram!("messaging_backlog_wait_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
         if let Some(settled) = self.seam.settled() {
             let started = std::time::Instant::now();
             settled.await;
