@@ -900,7 +900,7 @@ impl Hub {
             .filter(|q| q.behind())
             .cloned()
             .collect();
-        (!behind.is_empty()).then(|| async move {
+        (!behind.is_empty()).then_some(async move {
             let _ = tokio::time::timeout(BACKLOG_HOLD_MAX, async {
                 for q in &behind {
                     q.relieved().await;
