@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod hub;
 pub mod ids;
 pub mod lambda;
+pub mod memory;
 pub mod service;
 pub mod store;
 pub mod telemetry;

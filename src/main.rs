@@ -15,8 +15,16 @@ unsafe extern "C" {
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (the Rust bindings lack it).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    messaging::memory::enable();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(messaging::memory::on_park)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     // Hand freed pages back at once rather than 10 ms later: idle sockets are what a node
     // holds most of, and the delayed purge kept each of them bigger (BENCHMARKS.md,
     // "Design decisions and their measurements").

@@ -277,6 +277,7 @@ impl Hub {
             .worker_threads(threads)
             .thread_name("sockets")
             .on_thread_start(move || lower_priority(nice))
+            .on_thread_park(crate::memory::on_park)
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
