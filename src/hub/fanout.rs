@@ -12,11 +12,14 @@
 //! 3. The flusher (`run_flusher`, on the socket runtime) takes the queue and, socket by
 //!    socket, writes everything queued with one non-blocking `writev`. A socket fed faster
 //!    than one frame per flush interval and written less than an interval ago waits for its
-//!    turn, still listed, so that a stream of broadcasts into a big room costs one `writev`
-//!    per socket per interval instead of one per frame.
+//!    turn, still listed (only with `FLUSH_INTERVAL_MS` set; by default every socket is
+//!    written as soon as the flusher gets to it, and frames that arrived meanwhile go with it).
 //! 4. A socket that cannot take it all (its send buffer is full) is handed to its own task
 //!    (`socket.rs`), which waits for it to drain and writes the rest. Until then the flusher
 //!    leaves it alone, so a slow reader never holds up anyone else.
+//! 5. After the fan-out, not on it: a call that published waits before it replies while a
+//!    flusher has more writing ahead of it than its bound (`Hub::backlog`), so a publisher
+//!    that outruns the writers is slowed by its reply instead of growing their queue.
 //!
 //! Nothing on this path awaits, takes a shared lock per recipient or touches the database.
 use std::collections::VecDeque;
