@@ -39,6 +39,7 @@
 # bound to 127.0.0.1. Exit status: loadgen's (0 ok, 1 a check failed, 2 setup error); for
 # `all`, the worst one.
 #
+# LG_METRICS_OUT=FILE: the service's /metrics (node 0) after the run, kept in FILE.
 # Environment: LG_HTTP_PORT LG_WS_PORT LG_GRPC_PORT (service: 19184 19187 19151),
 # LG_FLOOR_HTTP_PORT LG_FLOOR_WS_PORT (floor: 29184 29187), FLOOR_DIR (default
 # ../shared/floor next to the repo), FLOOR_TARGET (default /tmp/floor-target), LG_TIMEOUT
@@ -453,6 +454,11 @@ run_one() {
     else
       log "no summary from the gateway emulator"
     fi
+  fi
+  # LG_METRICS_OUT=FILE keeps the service's /metrics (node 0) as the run left them.
+  if [ -n "${LG_METRICS_OUT:-}" ] && [ "$target" = service ] && [ "$name" != gateway ]; then
+    curl -fsS "http://127.0.0.1:$http_port/metrics" >"$LG_METRICS_OUT" 2>/dev/null ||
+      log "could not read /metrics"
   fi
   stop_target
   return "$rc"

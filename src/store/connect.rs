@@ -22,7 +22,8 @@ pub(super) struct SqliteWriter {
 
 /// SQLite connection settings, for the pool and the writer connection alike. WAL lets
 /// readers run beside the one writer; write transactions start IMMEDIATE (see
-/// `begin_write`) so they queue on busy_timeout instead of failing.
+/// `begin_write`) so they queue on busy_timeout instead of failing. No connection
+/// checkpoints when it commits: a task of its own does (`checkpoint`).
 fn sqlite_tuning(
     o: sea_orm::sqlx::sqlite::SqliteConnectOptions,
 ) -> sea_orm::sqlx::sqlite::SqliteConnectOptions {
@@ -30,6 +31,11 @@ fn sqlite_tuning(
     o.journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
+        .pragma("wal_autocheckpoint", "0")
+        .pragma(
+            "journal_size_limit",
+            (super::checkpoint::RESTART_FRAMES * 4096).to_string(),
+        )
 }
 
 /// Runs a `BEGIN …; COMMIT;` batch. If a statement fails, the rest did not run: it rolls
@@ -129,10 +135,13 @@ impl Store {
                 r => break r?,
             }
         };
-        Ok(std::sync::Arc::new(SqliteWriter {
-            opts,
+        let writer = std::sync::Arc::new(SqliteWriter {
+            opts: opts.clone(),
             conn: tokio::sync::Mutex::new(Some(conn)),
-        }))
+        });
+        // In-memory databases have no WAL, and no writer of their own: only files get here.
+        super::checkpoint::spawn(opts, std::sync::Arc::downgrade(&writer));
+        Ok(writer)
     }
 
     /// SQLite: runs `sql`, a `BEGIN IMMEDIATE; …; COMMIT;` batch, as one round trip to a

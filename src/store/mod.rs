@@ -1,6 +1,7 @@
 //! Persistence through sea-orm: SQLite by default, PostgreSQL and MySQL/MariaDB by URL.
 //! Timestamps are stored as epoch milliseconds (exact, and identical on every backend).
 mod blocked_ips;
+mod checkpoint;
 mod connect;
 mod connections;
 mod conversations;

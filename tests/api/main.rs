@@ -12,6 +12,7 @@ mod access_matrix;
 mod alerts_flow;
 mod broker;
 mod chat;
+mod checkpoint;
 mod cluster;
 mod errors;
 mod grpc_api;
