@@ -133,7 +133,11 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot start the socket runtime: {e}"))?;
         let hub_guard = HubGuard(hub.clone());
         let (seam, cluster, room_changes): (Arc<dyn Seam>, _, _) = match &settings.broker_url {
-            None => (Arc::new(cluster::Local::new(hub.clone())), None, None),
+            None => (
+                Arc::new(cluster::Local::new(hub.clone(), settings.history_limits())),
+                None,
+                None,
+            ),
             Some(url) => {
                 let (c, rx) = Cluster::connect(
                     url,

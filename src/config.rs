@@ -112,6 +112,14 @@ pub struct Settings {
     /// acknowledgement after the write.
     #[arg(long, env = "BROKER_HOLD_MS", default_value_t = 2000, global = true)]
     pub broker_hold_ms: u64,
+    /// Positions (§5.6): most frames kept per audience for a socket that resumes.
+    #[arg(long, env = "RESUME_HISTORY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+    pub resume_history: u64,
+    /// Positions (§5.6): how long a frame is kept for a socket that resumes (seconds).
+    #[arg(long, env = "RESUME_WINDOW_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
+    pub resume_window_secs: u64,
     /// Most open sockets (and upgrades in progress); past it an upgrade gets 503 before the
     /// handshake. 0: the process's file-descriptor limit less 1024 for everything else.
     #[arg(long, env = "MAX_SOCKETS", default_value_t = 0, global = true)]
@@ -254,6 +262,14 @@ impl Settings {
             },
             close_wait: Duration::from_millis(self.close_wait_ms),
             ..defaults
+        }
+    }
+
+    /// What a node keeps for sockets that resume (§5.6).
+    pub fn history_limits(&self) -> crate::cluster::HistoryLimits {
+        crate::cluster::HistoryLimits {
+            frames: usize::try_from(self.resume_history).unwrap_or(usize::MAX),
+            window: Duration::from_secs(self.resume_window_secs),
         }
     }
 

@@ -39,6 +39,10 @@ pub mod pb {
                 socket_id: r.socket_id,
                 ip_address: r.ip_address,
                 node_id: r.node_id,
+                position: r.position.map(|p| Position {
+                    epoch: p.epoch,
+                    seq: p.seq,
+                }),
             }
         }
     }
@@ -59,6 +63,10 @@ pub mod pb {
                 socket_id: r.socket_id,
                 ip_address: r.ip_address,
                 node_id: r.node_id,
+                position: r.position.map(|p| crate::cluster::Position {
+                    epoch: p.epoch,
+                    seq: p.seq,
+                }),
             })
         }
     }

@@ -315,6 +315,7 @@ impl Seam for Cluster {
                 hub: self.inbox.hub.clone(),
                 audience: audience.clone(),
                 frame,
+                history: None,
             })
         }
     }

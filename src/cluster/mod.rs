@@ -20,12 +20,14 @@ use crate::store::entities::connections;
 mod brokered;
 pub mod gateway;
 mod held;
+mod history;
 mod inbox;
 mod peers;
 mod wire;
 
 pub use brokered::Cluster;
 pub use gateway::Gateway;
+pub use history::{History, HistoryLimits, Position};
 pub use inbox::RoomChange;
 
 /// A frame published ahead of the write it announces (see [`Seam::publish_held`]).
@@ -38,16 +40,21 @@ pub trait HeldFrame: Send + Sync {
     fn extend(&self);
 }
 
-/// A held frame that never left this node: delivered to its sockets on release.
+/// A held frame that never left this node: delivered to its sockets on release (and
+/// numbered then, with a history: a withdrawn frame leaves no hole).
 pub struct HeldHere {
     hub: Arc<Hub>,
     audience: Audience,
     frame: Bytes,
+    history: Option<Arc<History>>,
 }
 
 impl HeldFrame for HeldHere {
     fn release(self: Box<Self>) {
-        self.hub.deliver(&self.audience, &self.frame);
+        match &self.history {
+            Some(h) => h.publish(&self.hub, &self.audience, &self.frame),
+            None => self.hub.deliver(&self.audience, &self.frame),
+        };
     }
 
     fn extend(&self) {}
@@ -144,6 +151,13 @@ pub trait Seam: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// The positions this seam keeps (§5.6), if it keeps them: a socket with positions
+    /// joins through it. `None`: such a socket is served like any other (no `seq`, no
+    /// `position`), as it is with a broker until the broker engines keep positions.
+    fn history(&self) -> Option<&History> {
+        None
+    }
+
     /// Why delivery across nodes is impaired right now (the broker is unreachable), if it is.
     fn unready(&self) -> Option<String> {
         None
@@ -180,20 +194,28 @@ pub struct Drained {
     pub pruned: Vec<(String, String)>,
 }
 
-/// One node: delivery is the local hub's.
+/// One node: delivery is the local hub's, positions are kept in memory.
 pub struct Local {
     hub: Arc<Hub>,
+    history: Arc<History>,
 }
 
 impl Local {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
+        Self {
+            hub,
+            history: Arc::new(History::new(limits)),
+        }
     }
 }
 
 impl Seam for Local {
     fn publish(&self, audience: &Audience, frame: &Bytes) -> usize {
-        self.hub.deliver(audience, frame)
+        self.history.publish(&self.hub, audience, frame)
+    }
+
+    fn history(&self) -> Option<&History> {
+        Some(&self.history)
     }
 
     fn publish_local(&self, audience: &Audience, frame: &Bytes) -> usize {
@@ -205,6 +227,7 @@ impl Seam for Local {
             hub: self.hub.clone(),
             audience: audience.clone(),
             frame,
+            history: Some(self.history.clone()),
         })
     }
 

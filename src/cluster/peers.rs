@@ -165,6 +165,7 @@ impl From<connections::Model> for pb::ConnectionRow {
             socket_id: r.socket_id,
             ip_address: r.ip_address,
             node_id: r.node_id,
+            position: None,
         }
     }
 }

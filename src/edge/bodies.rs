@@ -14,6 +14,7 @@ use crate::service::limits::{
     MAX_LABEL, MAX_LINK, MAX_PAGE, MAX_PAGE_SIZE, MAX_ROOM_ID, MAX_SOCKET_ID, MAX_TIMESTAMP,
     MAX_TITLE,
 };
+use crate::service::limits::{MAX_EPOCH, MAX_SEQ};
 
 /// An id-typed field (§9: 64 characters).
 pub type Id = Text<MAX_ID>;
@@ -60,8 +61,46 @@ pub struct JoinItem {
     pub conversation_id: NonEmpty<MAX_ROOM_ID>,
     pub socket_id: NonEmpty<MAX_SOCKET_ID>,
     pub display_name: Option<Text<MAX_DISPLAY_NAME>>,
+    /// Resume from this position (§5.6): honoured for a socket with positions only.
+    pub since: Option<Obj<SincePosition>>,
 }
 impl Rules for JoinItem {}
+
+/// A position a socket had in a room's stream (§5.6), as a join's `since`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SincePosition {
+    pub epoch: NonEmpty<MAX_EPOCH>,
+    pub seq: Seq,
+}
+impl Rules for SincePosition {}
+
+/// A `seq`: a JSON integer from 0 to 2^53 - 1 (no text, unlike a query's `Number`).
+#[derive(Debug, Clone, Copy)]
+pub struct Seq(pub u64);
+
+impl<'de> Deserialize<'de> for Seq {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        if n > MAX_SEQ {
+            return Err(serde::de::Error::custom("seq out of range"));
+        }
+        Ok(Seq(n))
+    }
+}
+
+impl JsonSchema for Seq {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Seq".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "integer", "minimum": 0, "maximum": MAX_SEQ})
+    }
+}
 
 /// `POST /messaging/connections/setName`.
 pub type SetNameBody = Obj<SetName>;

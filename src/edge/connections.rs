@@ -21,6 +21,16 @@ pub struct ConnectionJson {
     socket_id: String,
     /// Only for Content Edit holders of the church.
     ip_address: Option<String>,
+    /// Sockets with positions only (§5.6): the room's position when the socket joined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<PositionJson>,
+}
+
+/// `{"epoch","seq"}` (§5.6).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct PositionJson {
+    epoch: String,
+    seq: u64,
 }
 
 /// The rows as the service returned them (it decides who sees `ipAddress`); `nodeId` never.
@@ -35,6 +45,10 @@ fn to_json(rows: Vec<Connection>) -> Vec<ConnectionJson> {
             time_joined: crate::time::format_ms(r.time_joined),
             socket_id: r.socket_id,
             ip_address: r.ip_address,
+            position: r.position.map(|p| PositionJson {
+                epoch: p.epoch,
+                seq: p.seq,
+            }),
         })
         .collect()
 }
@@ -62,6 +76,10 @@ pub async fn join(
             display_name: item.display_name.map(String::from),
             person_id: None,
             ip_address: None,
+            since: item.since.map(|Obj(s)| crate::cluster::Position {
+                epoch: s.epoch.into(),
+                seq: s.seq.0,
+            }),
         })
         .collect();
     if parsed.is_empty() {

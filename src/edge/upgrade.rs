@@ -45,7 +45,13 @@ fn valid_key(key: &HeaderValue) -> bool {
         .is_ok_and(|k| k.len() == 16)
 }
 
+/// `positions=1` in the query opts the socket into positions (§5.6); exactly that value.
+fn wants_positions(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|pair| pair == "positions=1"))
+}
+
 pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
+    let positions = wants_positions(req.uri().query());
     let headers = req.headers();
     // §4.4: another version gets 426 and the version we speak, so the client may retry.
     let version_ok = headers
@@ -92,7 +98,7 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
         };
         // Moved to the socket runtime's reactor by `spawn_socket`.
         match parts.io.into_inner().into_std() {
-            Ok(stream) => hub.spawn_socket(stream, parts.read_buf, permit),
+            Ok(stream) => hub.spawn_socket(stream, parts.read_buf, permit, positions),
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -105,4 +111,24 @@ pub fn upgrade(hub: Arc<Hub>, mut req: Request) -> Response {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_positions_1_opts_in() {
+        use super::wants_positions as w;
+        assert!(w(Some("positions=1")));
+        assert!(w(Some("a=b&positions=1&c")));
+        for q in [
+            None,
+            Some(""),
+            Some("positions=true"),
+            Some("positions=10"),
+            Some("positions"),
+            Some("xpositions=1"),
+        ] {
+            assert!(!w(q), "{q:?}");
+        }
+    }
 }

@@ -36,6 +36,10 @@ impl pb::connection_server::Connection for ConnectionService {
                 display_name: it.display_name,
                 person_id: it.person_id,
                 ip_address: it.ip_address,
+                since: it.since.map(|p| crate::cluster::Position {
+                    epoch: p.epoch,
+                    seq: p.seq,
+                }),
             })
             .collect();
         Ok(list(self.svc.join(&Caller::System, None, items).await?))

@@ -168,6 +168,9 @@ pub struct SocketHandle {
     pub membership: tokio::sync::Mutex<()>,
     /// The audiences this socket is mirrored in.
     pub(crate) audiences: Mutex<Vec<Audience>>,
+    /// Opted into positions (`positions=1`, §5.6): it gets each audience frame with its
+    /// `seq`, and its joins may resume.
+    pub positions: bool,
 }
 
 const OPEN: u8 = 0;
@@ -179,6 +182,7 @@ impl SocketHandle {
         max_queued: usize,
         stall: Duration,
         (flush_index, flush): (usize, Arc<FlushQueue>),
+        positions: bool,
     ) -> Self {
         let socket_id_frame = encode_frame("", "", Action::SocketId, &*id);
         Self {
@@ -201,6 +205,7 @@ impl SocketHandle {
             socket_id_frame,
             membership: tokio::sync::Mutex::new(()),
             audiences: Mutex::new(Vec::new()),
+            positions,
         }
     }
 
@@ -919,6 +924,18 @@ impl Hub {
     /// Only this node's sockets: the delivery seam (`cluster::Seam`) carries a frame to
     /// the other nodes, each of which calls this for its own.
     pub fn deliver(&self, audience: &Audience, frame: &Bytes) -> usize {
+        self.deliver_at(audience, frame, None)
+    }
+
+    /// [`Hub::deliver`] of a frame that has a position: sockets with positions get
+    /// `positioned` (the same envelope with its `seq`), the others `frame`. Two encodings
+    /// per broadcast at most, never one per socket.
+    pub fn deliver_at(
+        &self,
+        audience: &Audience,
+        frame: &Bytes,
+        positioned: Option<&Bytes>,
+    ) -> usize {
         let started = Instant::now();
         let mut n = 0;
         // Sockets that went from idle to queued, by flush queue: each queue is appended to
@@ -927,7 +944,11 @@ impl Hub {
         if let Some(room) = self.members.read().get(audience) {
             listed.resize_with(self.flushers.len(), Vec::new);
             for h in room.values() {
-                match h.push(frame.clone()) {
+                let f = match positioned {
+                    Some(p) if h.positions => p,
+                    _ => frame,
+                };
+                match h.push(f.clone()) {
                     Push::Refused => {}
                     Push::Queued => n += 1,
                     Push::List => {

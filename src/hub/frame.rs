@@ -38,6 +38,19 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The same envelope with its position (§5.6): `"seq":N` as a fifth key, after `data`.
+/// Built from the framed envelope, once per broadcast, never per socket.
+pub fn with_seq(frame: &[u8], seq: u64) -> Bytes {
+    let payload = server_frame_payload(frame);
+    let body = payload.strip_suffix(b"}").unwrap_or(payload);
+    let mut json = Vec::with_capacity(body.len() + 28);
+    json.extend_from_slice(body);
+    json.extend_from_slice(b",\"seq\":");
+    json.extend_from_slice(seq.to_string().as_bytes());
+    json.push(b'}');
+    text_frame(&json)
+}
+
 /// The payload of a frame this server framed (unmasked, so the header is 2, 4 or 10 bytes).
 pub fn server_frame_payload(frame: &[u8]) -> &[u8] {
     let header = match frame.get(1).map(|b| b & 0x7f) {

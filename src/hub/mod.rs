@@ -165,10 +165,12 @@ pub enum Action {
     BlockedIp,
     PrivateMessage,
     Notification,
+    /// To one socket with positions: frames of an audience it will not get (§5.6).
+    Gap,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::SocketId,
         Action::Message,
         Action::ConversationActivity,
@@ -179,6 +181,7 @@ impl Action {
         Action::BlockedIp,
         Action::PrivateMessage,
         Action::Notification,
+        Action::Gap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -193,6 +196,7 @@ impl Action {
             Action::BlockedIp => "blockedIp",
             Action::PrivateMessage => "privateMessage",
             Action::Notification => "notification",
+            Action::Gap => "gap",
         }
     }
 
@@ -329,6 +333,7 @@ impl Hub {
         stream: std::net::TcpStream,
         early: Bytes,
         permit: SocketPermit,
+        positions: bool,
     ) {
         let hub = self.clone();
         self.tasks.spawn_on(
@@ -336,7 +341,7 @@ impl Hub {
                 let _permit = permit;
                 // Registers the stream with the socket runtime's own reactor.
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => socket::run_socket(hub, stream, early).await,
+                    Ok(stream) => socket::run_socket(hub, stream, early, positions).await,
                     Err(e) => tracing::debug!(error = %e, "websocket registration failed"),
                 }
             },
@@ -346,7 +351,7 @@ impl Hub {
 
     /// A new socket with a fresh CSPRNG id. `stream` must be registered with the socket
     /// runtime.
-    fn register_socket(&self, stream: TcpStream) -> Arc<SocketHandle> {
+    fn register_socket(&self, stream: TcpStream, positions: bool) -> Arc<SocketHandle> {
         let i = self.next_flusher.fetch_add(1, Relaxed) % self.flushers.len();
         let flusher = (i, self.flushers[i].clone());
         let mut sockets = self.sockets.write();
@@ -363,6 +368,7 @@ impl Hub {
             self.config.max_queued_bytes,
             self.config.stall,
             flusher,
+            positions,
         ));
         sockets.insert(id, h.clone());
         metrics::gauge!("messaging_sockets_open").set(sockets.len() as f64);

@@ -226,8 +226,8 @@ async fn send_close(
 
 /// Owns one upgraded socket from registration to cleanup. `early` holds any client bytes
 /// that arrived behind the upgrade request.
-pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes) {
-    let h = hub.register_socket(stream);
+pub async fn run_socket(hub: Arc<Hub>, stream: TcpStream, early: Bytes, positions: bool) {
+    let h = hub.register_socket(stream, positions);
     // Copied, then dropped: `early` is a slice of the HTTP server's read buffer (8 KiB or
     // more), which it would otherwise keep alive for the socket's whole life.
     let rbuf = BytesMut::from(&early[..]);

@@ -11,7 +11,10 @@ use crate::hub::{Action, Audience};
 /// Checks an envelope's parts; `data` must be JSON and is embedded as-is.
 fn checked(action: &str, data: &str) -> AppResult<(Action, Box<RawValue>)> {
     let action = match Action::parse(action) {
-        Some(Action::SocketId) | None => return Err(AppError::invalid_body("/action")),
+        // Both go to one socket, from this server only.
+        Some(Action::SocketId | Action::Gap) | None => {
+            return Err(AppError::invalid_body("/action"));
+        }
         Some(a) => a,
     };
     let data =

@@ -6,6 +6,10 @@ pub const MAX_ID: usize = 64;
 /// Room ids (`conversationId` of a join): a conversation id, `alerts` or `content-{type}-{id}`.
 pub const MAX_ROOM_ID: usize = 64;
 pub const MAX_SOCKET_ID: usize = 45;
+/// A position's epoch (§5.6): ours are far shorter; this bounds what a client may echo.
+pub const MAX_EPOCH: usize = 64;
+/// A position's seq: JSON numbers stay exact up to 2^53 - 1 in every browser.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 pub const MAX_DISPLAY_NAME: usize = 45;
 /// Short labels: contentType, messageType, visibility.
 pub const MAX_LABEL: usize = 45;

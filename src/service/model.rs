@@ -240,6 +240,8 @@ pub struct Connection {
     pub socket_id: String,
     pub ip_address: Option<String>,
     pub node_id: String,
+    /// For a socket with positions (§5.6): the audience's position when it joined.
+    pub position: Option<crate::cluster::Position>,
 }
 
 impl From<connections::Model> for Connection {
@@ -254,6 +256,7 @@ impl From<connections::Model> for Connection {
             socket_id: r.socket_id,
             ip_address: r.ip_address,
             node_id: r.node_id,
+            position: None,
         }
     }
 }

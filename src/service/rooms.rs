@@ -12,11 +12,14 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
 use super::Services;
-use super::limits::{MAX_BATCH, MAX_DISPLAY_NAME, MAX_ID, MAX_IP, MAX_ROOM_ID, MAX_SOCKET_ID};
+use super::limits::{
+    MAX_BATCH, MAX_DISPLAY_NAME, MAX_EPOCH, MAX_ID, MAX_IP, MAX_ROOM_ID, MAX_SEQ, MAX_SOCKET_ID,
+};
 use super::model::Connection;
 use super::presence::AttendanceData;
 use crate::auth::access::ContentType;
 use crate::auth::{Caller, access};
+use crate::cluster::Position;
 use crate::error::{AppError, AppResult};
 use crate::hub::{Audience, SocketEvents, SocketHandle};
 pub use crate::store::NewRow;
@@ -85,6 +88,15 @@ pub struct JoinInput {
     pub display_name: Option<String>,
     pub person_id: Option<String>,
     pub ip_address: Option<String>,
+    /// Resume from here (§5.6); ignored unless the socket has positions.
+    pub since: Option<Position>,
+}
+
+/// Rows of one join by `(churchId, room, socketId)`, as a join's positions are keyed.
+type RowKey = (String, String, String);
+
+fn row_key(church: &str, room: &str, socket: &str) -> RowKey {
+    (church.to_string(), room.to_string(), socket.to_string())
 }
 
 /// A room named by a request, resolved and authorized.
@@ -265,7 +277,15 @@ impl Services {
         let holders = self.socket_holders(&items).await?;
         self.authorize_join(caller, &items, &rooms).await?;
         let rows = rows_to_write(caller, client_ip, &items, &rooms);
-        let joined = self.write_join(&rows, &holders).await?;
+        let since: HashMap<RowKey, Position> = items
+            .iter()
+            .zip(&rows)
+            .filter_map(|(it, r)| {
+                let s = it.since.clone()?;
+                Some((row_key(&r.church_id, &r.room, &r.socket_id), s))
+            })
+            .collect();
+        let joined = self.write_join(&rows, &holders, &since).await?;
         Ok(visible_to(caller, joined))
     }
 
@@ -369,7 +389,8 @@ impl Services {
         &self,
         rows: &[NewRow],
         holders: &HashMap<&str, Option<String>>,
-    ) -> AppResult<Vec<connections::Model>> {
+        since: &HashMap<RowKey, Position>,
+    ) -> AppResult<Vec<(connections::Model, Option<Position>)>> {
         let mut by_node: BTreeMap<Option<String>, Vec<NewRow>> = BTreeMap::new();
         for row in rows {
             let node = holders.get(row.socket_id.as_str()).cloned().flatten();
@@ -378,35 +399,50 @@ impl Services {
         let mut stored = Vec::with_capacity(rows.len());
         for (node, part) in by_node {
             stored.extend(match node {
-                None => self.join_here(part).await?,
-                Some(node) => self.seam.remote_join(&node, part).await?,
+                None => self.join_here(part, since).await?,
+                // Positions are kept by this node's seam only for sockets it holds.
+                Some(node) => self
+                    .seam
+                    .remote_join(&node, part)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r, None))
+                    .collect(),
             });
         }
         // In request order.
-        let key = |church: &str, room: &str, socket: &str| {
-            (church.to_string(), room.to_string(), socket.to_string())
-        };
         let mut by_key: HashMap<_, _> = stored
             .into_iter()
-            .map(|r| (key(&r.church_id, &r.conversation_id, &r.socket_id), r))
+            .map(|r| {
+                (
+                    row_key(&r.0.church_id, &r.0.conversation_id, &r.0.socket_id),
+                    r,
+                )
+            })
             .collect();
         Ok(rows
             .iter()
-            .filter_map(|r| by_key.remove(&key(&r.church_id, &r.room, &r.socket_id)))
+            .filter_map(|r| by_key.remove(&row_key(&r.church_id, &r.room, &r.socket_id)))
             .collect())
     }
 
     /// The write of a join for sockets this node holds: upsert, membership, attendance.
     pub async fn join_local(&self, rows: Vec<NewRow>) -> AppResult<Vec<Connection>> {
         Ok(self
-            .join_here(rows)
+            .join_here(rows, &HashMap::new())
             .await?
             .into_iter()
-            .map(Connection::from)
+            .map(|(r, _)| Connection::from(r))
             .collect())
     }
 
-    async fn join_here(&self, rows: Vec<NewRow>) -> AppResult<Vec<connections::Model>> {
+    /// With each row, for a socket with positions (when the seam keeps them), the
+    /// audience's position at its join; `since` replays from there (§5.6).
+    async fn join_here(
+        &self,
+        rows: Vec<NewRow>,
+        since: &HashMap<RowKey, Position>,
+    ) -> AppResult<Vec<(connections::Model, Option<Position>)>> {
         if self.seam.socketless() {
             // No socket here to lock or to add to an audience: the rows are the membership.
             let stored = self
@@ -420,7 +456,7 @@ impl Services {
             for (church, room) in rooms {
                 self.room_changed(church, room, true);
             }
-            return Ok(stored);
+            return Ok(stored.into_iter().map(|r| (r, None)).collect());
         }
         let mut sockets = BTreeMap::new();
         for row in &rows {
@@ -443,13 +479,30 @@ impl Services {
             .upsert_connections(&self.node_id, &rows)
             .await?;
         let mut audiences = BTreeSet::new();
+        let mut positions = Vec::with_capacity(stored.len());
         for row in &stored {
+            let mut position = None;
             if let Some(h) = sockets.get(&row.socket_id) {
                 let audience = audience_of(row);
-                self.hub.add_member(h, audience.clone());
+                match self.seam.history().filter(|_| h.positions) {
+                    Some(history) => {
+                        let key = row_key(&row.church_id, &row.conversation_id, &row.socket_id);
+                        position = Some(history.join(
+                            &self.hub,
+                            h,
+                            &audience,
+                            &row.conversation_id,
+                            since.get(&key),
+                        ));
+                    }
+                    None => {
+                        self.hub.add_member(h, audience.clone());
+                    }
+                }
                 self.rows.put(&h.id, row.clone());
                 audiences.insert(audience);
             }
+            positions.push(position);
         }
         drop(guards);
         // Every audience, not only new ones: a concurrent join may have started the
@@ -463,7 +516,7 @@ impl Services {
                 self.room_changed(&row.church_id, &row.conversation_id, true);
             }
         }
-        Ok(stored)
+        Ok(stored.into_iter().zip(positions).collect())
     }
 
     /// Leave (§10.2). Returns whether a row was removed. Once it returns, the socket gets
@@ -589,7 +642,10 @@ impl Services {
             self.room_changed(&r.church_id, &r.conversation_id, false);
             out.push(r);
         }
-        Ok(visible_to(caller, out))
+        Ok(visible_to(
+            caller,
+            out.into_iter().map(|r| (r, None)).collect(),
+        ))
     }
 
     /// The rows of a room by `timeJoined`; for `alerts`, only the caller's own rows.
@@ -606,7 +662,10 @@ impl Services {
             }
             r => self.store().room_rows(r.church(), room).await?,
         };
-        Ok(visible_to(caller, rows))
+        Ok(visible_to(
+            caller,
+            rows.into_iter().map(|r| (r, None)).collect(),
+        ))
     }
 
     /// The current attendance of a room, as the `attendance` frame would carry it.
@@ -673,6 +732,12 @@ fn check_join_items(caller: &Caller, items: &[JoinInput]) -> AppResult<()> {
         check_len(&it.socket_id, MAX_SOCKET_ID, format!("/{i}/socketId"), true)?;
         let name = it.display_name.as_deref().unwrap_or("");
         check_len(name, MAX_DISPLAY_NAME, format!("/{i}/displayName"), false)?;
+        if let Some(s) = &it.since {
+            check_len(&s.epoch, MAX_EPOCH, format!("/{i}/since/epoch"), true)?;
+            if s.seq > MAX_SEQ {
+                return Err(AppError::invalid_body(format!("/{i}/since/seq")));
+            }
+        }
         if caller.is_system() {
             let room = RoomId::parse(&it.conversation_id);
             check_len(
@@ -745,10 +810,14 @@ fn rows_to_write(
 
 /// Rows as `caller` may see them: `ipAddress` only for Content Edit holders of the row's
 /// church (and trusted backends), whatever the door the rows leave by.
-fn visible_to(caller: &Caller, rows: Vec<connections::Model>) -> Vec<Connection> {
+fn visible_to(
+    caller: &Caller,
+    rows: Vec<(connections::Model, Option<Position>)>,
+) -> Vec<Connection> {
     rows.into_iter()
-        .map(|r| {
+        .map(|(r, position)| {
             let mut c = Connection::from(r);
+            c.position = position;
             if !access::sees_ip_addresses(caller, &c.church_id) {
                 c.ip_address = None;
             }

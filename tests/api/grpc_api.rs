@@ -22,6 +22,7 @@ server_test!(
                     display_name: Some("grpc".into()),
                     person_id: Some("P7".into()),
                     ip_address: Some("10.1.2.3".into()),
+                    since: None,
                 }],
             })
             .await
@@ -225,6 +226,7 @@ server_test!(
                 display_name: Some("n".into()),
                 person_id: Some("P1".into()),
                 ip_address: Some("10.0.0.1".into()),
+                since: None,
             };
             f(&mut it);
             pb::JoinRequest { items: vec![it] }

@@ -19,6 +19,7 @@ mod grpc_api;
 mod migrate;
 mod nodes;
 mod outage;
+mod positions;
 mod rooms;
 mod service_access;
 mod socket;
