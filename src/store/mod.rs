@@ -14,7 +14,10 @@ mod private_messages;
 
 pub use blocked_ips::BlockedIpToggle;
 pub use connections::{NewRow, anonymous_number};
-pub use db_error::{DbCode, DbFailure, error_code, is_transient, is_unavailable};
+pub use db_error::{
+    DbCode, DbFailure, Outage, error_code, is_connection_killed, is_transient, is_unavailable,
+    outage_of,
+};
 pub use notifications::{PRIVATE_MESSAGE, Unread};
 pub use private_messages::Thread;
 
