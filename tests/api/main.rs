@@ -7,12 +7,14 @@
 #[allow(unused_imports)]
 mod emulator;
 mod helpers;
+mod own_server;
 
 mod access_matrix;
 mod alerts_flow;
 mod broker;
 mod chat;
 mod cluster;
+mod db_restart;
 mod errors;
 mod grpc_api;
 mod migrate;
