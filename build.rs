@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(compiler.file_descriptor_set())?;
     embed_client(&out_dir)?;
     servers_for_tests();
+    server_binaries_for_tests();
     Ok(())
 }
 
@@ -38,6 +39,89 @@ fn servers_for_tests() {
         if env::var_os(var).is_some_and(|v| !v.is_empty()) {
             println!("cargo:rustc-cfg={cfg}");
         }
+    }
+}
+
+/// The database servers a test may start for itself (`tests/api/own_server.rs`: a server of
+/// its own in a temp dir, which it stops and starts again). Found here, they are passed to
+/// the tests as `MESSAGING_TEST_*` variables, with the cfg `with_pg_binaries` or
+/// `with_mariadb_binaries`; not found, the tests that need them are compiled as ignored.
+/// Looked for where Debian puts them, then on `PATH`. Installing them later takes a rebuild
+/// (`touch build.rs`): watching directories that do not exist yet would rerun this script on
+/// every build.
+fn server_binaries_for_tests() {
+    use std::path::{Path, PathBuf};
+    println!("cargo::rustc-check-cfg=cfg(with_pg_binaries)");
+    println!("cargo::rustc-check-cfg=cfg(with_mariadb_binaries)");
+    let path_dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let found = |dirs: &[PathBuf], names: &[&str]| -> Option<PathBuf> {
+        dirs.iter()
+            .flat_map(|d| names.iter().map(move |n| d.join(n)))
+            .find(|p| p.is_file())
+    };
+    let watch = |p: &Path| println!("cargo:rerun-if-changed={}", p.display());
+
+    // PostgreSQL: one bin directory with all four tools; Debian's newest version first,
+    // then PATH (whose `initdb` may be a link into such a directory).
+    let mut pg_dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .collect();
+    pg_dirs.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+    let from_path = found(&path_dirs, &["initdb"])
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let pg_bin = pg_dirs
+        .into_iter()
+        .map(|(_, d)| d)
+        .chain(from_path)
+        .find(|d| {
+            ["initdb", "postgres", "pg_ctl", "pg_isready"]
+                .iter()
+                .all(|t| d.join(t).is_file())
+        });
+    if let Some(dir) = pg_bin {
+        watch(&dir.join("postgres"));
+        println!("cargo:rustc-env=MESSAGING_TEST_PG_BIN={}", dir.display());
+        println!("cargo:rustc-cfg=with_pg_binaries");
+    }
+
+    // MariaDB: the server, its data-directory installer and its admin client.
+    let with_path = |dirs: &[&str]| -> Vec<PathBuf> {
+        dirs.iter()
+            .map(PathBuf::from)
+            .chain(path_dirs.iter().cloned())
+            .collect()
+    };
+    let server = found(
+        &with_path(&["/usr/sbin", "/usr/local/sbin"]),
+        &["mariadbd", "mysqld"],
+    );
+    let install = found(
+        &with_path(&["/usr/bin", "/usr/local/bin"]),
+        &["mariadb-install-db", "mysql_install_db"],
+    );
+    let admin = found(
+        &with_path(&["/usr/bin", "/usr/local/bin"]),
+        &["mariadb-admin", "mysqladmin"],
+    );
+    if let (Some(server), Some(install), Some(admin)) = (server, install, admin) {
+        watch(&server);
+        for (var, p) in [
+            ("MESSAGING_TEST_MARIADBD", &server),
+            ("MESSAGING_TEST_MARIADB_INSTALL_DB", &install),
+            ("MESSAGING_TEST_MARIADB_ADMIN", &admin),
+        ] {
+            println!("cargo:rustc-env={var}={}", p.display());
+        }
+        println!("cargo:rustc-cfg=with_mariadb_binaries");
     }
 }
 

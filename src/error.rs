@@ -49,7 +49,8 @@ impl AppError {
         }
     }
 
-    /// The database cannot be reached (connection refused, pool timed out): the caller may
+    /// The database cannot be reached (connection refused, pool timed out) or ended the
+    /// connection (restart, failover, a killed session: `store::outage_of`): the caller may
     /// retry later. Any other failure is a bug or a constraint and stays a 500.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, AppError::Db(e) if crate::store::is_unavailable(e))

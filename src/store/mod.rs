@@ -15,7 +15,10 @@ mod private_messages;
 
 pub use blocked_ips::BlockedIpToggle;
 pub use connections::{NewRow, anonymous_number};
-pub use db_error::{DbCode, DbFailure, error_code, is_transient, is_unavailable};
+pub use db_error::{
+    DbCode, DbFailure, Outage, error_code, is_connection_killed, is_transient, is_unavailable,
+    outage_of,
+};
 pub use notifications::{PRIVATE_MESSAGE, Unread};
 pub use private_messages::Thread;
 
@@ -88,6 +91,18 @@ impl Store {
     /// Runs a write unit, retrying it when the database reports a transient conflict
     /// (deadlock, serialization failure, lock wait timeout, SQLite busy), decided by the
     /// driver's error code. `f` must be idempotent up to its commit.
+    ///
+    /// A unit whose pooled connection the server had killed (`is_connection_killed`:
+    /// PostgreSQL's `pg_terminate_backend` or idle-session timeout, MySQL's 1927) runs once
+    /// more, at once: the pool drops the dead connection, so the next checkout is a fresh
+    /// one. Nothing is written twice: the server rolled back what the killed session had
+    /// begun, and PostgreSQL holds interrupts while it commits: a termination that arrives
+    /// then ends the session when it next waits for the client, after the commit's answer
+    /// (the unit has succeeded). Only once: if the server is going down (a fast shutdown
+    /// reports the same 57P01), the second try fails too (within the 5 s checkout timeout)
+    /// and the caller gets its 503. An I/O error is not retried: it cannot tell a killed
+    /// connection from an unreachable server (MariaDB 10.11 closes the socket of a killed
+    /// session without a code: that write answers 503).
     pub async fn write<T, E, F, Fut>(&self, mut f: F) -> Result<T, E>
     where
         F: FnMut() -> Fut,
@@ -95,12 +110,21 @@ impl Store {
         E: DbFailure,
     {
         let mut attempt = 0;
+        let mut reconnected = false;
         loop {
             match f().await {
                 Err(e) if attempt < 5 && e.db_err().is_some_and(is_transient) => {
                     attempt += 1;
                     metrics::counter!("messaging_db_retries_total").increment(1);
                     tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                }
+                Err(e) if !reconnected && e.db_err().is_some_and(is_connection_killed) => {
+                    reconnected = true;
+                    tracing::warn!(
+                        error = ?e.db_err(),
+                        "the database killed the connection; the write runs once more"
+                    );
+                    metrics::counter!("messaging_db_retries_total").increment(1);
                 }
                 r => return r,
             }

@@ -731,7 +731,10 @@ pub fn server_url(var: &str) -> String {
 /// | `postgres`, `mysql` | `DATABASE_URL_POSTGRES` / `DATABASE_URL_MYSQL` | a fresh `TestDb` |
 /// | `redis`, `nats` | `BROKER_URL_REDIS` / `BROKER_URL_NATS` | the broker URL, `&str` |
 /// | `postgres_redis`, `postgres_nats`, `mysql_redis`, `mysql_nats` | both | `TestDb`, URL `String` |
+/// | `own_postgres`, `own_mariadb` | the server's binaries (found by build.rs) | an `OwnServer` |
 ///
+/// `own_postgres` and `own_mariadb` start a server of the test's own (`own_server.rs`) in a
+/// temp dir, for a test that stops and starts it; they need no variable, only the binaries.
 /// A variant whose server is not configured is compiled as ignored, with the variable as the
 /// reason, so `cargo test` counts it as ignored, never as passed. A test that needs nothing
 /// outside the process (SQLite only) may be a plain `#[tokio::test]`.
@@ -828,6 +831,16 @@ macro_rules! server_test {
                 $crate::helpers::TestDb::create($crate::helpers::Backend::Mysql).await,
                 $crate::helpers::server_url("BROKER_URL_REDIS")
             ));
+    };
+    (@variant own_postgres, $body:expr) => {
+        $crate::server_test!(@test own_postgres, $body,
+            needs (with_pg_binaries) "PostgreSQL's server binaries (initdb, postgres) were not found",
+            gives ($crate::own_server::OwnServer::start($crate::own_server::Kind::Postgres).await));
+    };
+    (@variant own_mariadb, $body:expr) => {
+        $crate::server_test!(@test own_mariadb, $body,
+            needs (with_mariadb_binaries) "MariaDB's server binaries (mariadbd, mariadb-install-db) were not found",
+            gives ($crate::own_server::OwnServer::start($crate::own_server::Kind::Mariadb).await));
     };
     (@variant mysql_nats, $body:expr) => {
         $crate::server_test!(@test mysql_nats, $body,

@@ -7,6 +7,7 @@
 #[allow(unused_imports)]
 mod emulator;
 mod helpers;
+mod own_server;
 
 mod access_matrix;
 mod alerts_flow;
@@ -14,6 +15,7 @@ mod broker;
 mod chat;
 mod checkpoint;
 mod cluster;
+mod db_restart;
 mod errors;
 mod grpc_api;
 mod migrate;
