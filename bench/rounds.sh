@@ -36,7 +36,12 @@ for ((r = 0; r < rounds; r++)); do
     IFS='|' read -r label envs args <<<"$c"
     f="$out/${label// /_}.$r.json"
     # shellcheck disable=SC2086
-    env $envs "$BENCH_DIR/run.sh" $args --no-build >"$f" 2>"$f.log" || true
+    # `--no-build` goes before a `--` (what follows it is loadgen's).
+    case " $args " in
+      *" -- "*) args="${args/ -- / --no-build -- }" ;;
+      *) args="$args --no-build" ;;
+    esac
+    env $envs "$BENCH_DIR/run.sh" $args >"$f" 2>"$f.log" || true
     if [ -s "$f" ]; then row "$label" "$r" "$f"; else printf '%s\t%s\tFAILED (see %s.log)\n' "$label" "$r" "$f"; fi
   done
 done | tee "$out/runs.tsv"

@@ -136,6 +136,11 @@ struct Args {
     /// Longest wait for presence (attendance) to settle after the joins (s).
     #[arg(long, default_value_t = 30.0)]
     presence_timeout: f64,
+    /// Idle time between presence settling and reading the server's RSS after the joins
+    /// (s): what the server holds at rest, once its allocator has had a moment to return
+    /// the joins' transient garbage (the `after_join` figure and `rss_per_socket_bytes`).
+    #[arg(long, default_value_t = 0.0)]
+    idle_wait: f64,
     /// Sockets per 127.0.0.x source address once --sockets exceeds it (loopback targets).
     #[arg(long, default_value_t = 20_000)]
     sockets_per_source: usize,
@@ -417,6 +422,9 @@ async fn run(a: Args, publish_on: Option<tokio::runtime::Handle>) -> anyhow::Res
     ));
     // ---- presence ----
     let presence = wait_presence(&a, &shared, &room_sizes, join.first_ns, join.last_ns).await;
+    if a.idle_wait > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(a.idle_wait)).await;
+    }
     let rss_after_join = server_rss(pid);
     let srv_cpu_join1 = pid.and_then(procfs::cpu_seconds_sum);
     let aux_cpu_join1 = aux.and_then(procfs::cpu_seconds_sum);
