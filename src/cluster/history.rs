@@ -169,34 +169,48 @@ impl History {
         since: Option<&Position>,
     ) -> Position {
         let now = Instant::now();
-        let log = self.log(audience, now);
-        let mut l = log.lock();
-        l.trim(self.limits, now);
-        l.touched = now;
-        let position = Position {
-            epoch: l.epoch.to_string(),
-            seq: l.last,
-        };
-        if let Some(since) = since {
-            match l.after(since) {
-                Ok(frames) => {
-                    metrics::counter!("messaging_resume_total", "outcome" => "replayed")
-                        .increment(1);
-                    metrics::counter!("messaging_resume_frames_total")
-                        .increment(frames.len() as u64);
-                    for f in frames {
-                        h.enqueue(f);
+        let position = loop {
+            let log = self.log(audience, now);
+            let mut l = log.lock();
+            // A log the sweep dropped meanwhile is not the audience's any more: join the
+            // one the map holds, under its lock (the sweep never takes a locked log).
+            let current = self
+                .logs
+                .read()
+                .get(audience)
+                .is_some_and(|x| Arc::ptr_eq(x, &log));
+            if !current {
+                continue;
+            }
+            l.trim(self.limits, now);
+            l.touched = now;
+            let position = Position {
+                epoch: l.epoch.to_string(),
+                seq: l.last,
+            };
+            if let Some(since) = since {
+                match l.after(since) {
+                    Ok(frames) => {
+                        metrics::counter!("messaging_resume_total", "outcome" => "replayed")
+                            .increment(1);
+                        metrics::counter!("messaging_resume_frames_total")
+                            .increment(frames.len() as u64);
+                        for f in frames {
+                            h.enqueue(f);
+                        }
+                    }
+                    Err(reason) => {
+                        metrics::counter!("messaging_resume_total", "outcome" => reason.as_str())
+                            .increment(1);
+                        h.enqueue(gap_frame(audience, room, reason, &position));
                     }
                 }
-                Err(reason) => {
-                    metrics::counter!("messaging_resume_total", "outcome" => reason.as_str())
-                        .increment(1);
-                    h.enqueue(gap_frame(audience, room, reason, &position));
-                }
             }
-        }
-        hub.add_member(h, audience.clone());
-        drop(l);
+            hub.add_member(h, audience.clone());
+            break position;
+        };
+        // Outside the log's lock: the sweep takes every log's in turn.
+        self.sweep(hub, now);
         position
     }
 
@@ -230,19 +244,26 @@ impl History {
             }
             *last = now;
         }
-        let idle: Vec<Audience> = self
+        let idle = |l: &Mutex<Log>| {
+            // A locked log is in use: not idle. (A join holds its log's lock while it looks
+            // the log up in the map, so waiting for it here could deadlock.)
+            l.try_lock()
+                .is_some_and(|l| now.duration_since(l.touched) > self.limits.window)
+        };
+        let candidates: Vec<Audience> = self
             .logs
             .read()
             .iter()
-            .filter(|(_, l)| now.duration_since(l.lock().touched) > self.limits.window)
+            .filter(|(_, l)| idle(l))
             .map(|(a, _)| a.clone())
             .collect();
-        if idle.is_empty() {
+        if candidates.is_empty() {
             return;
         }
         let mut logs = self.logs.write();
-        for a in idle {
-            if hub.local_count(&a) == 0 {
+        for a in candidates {
+            // Checked again under the map's lock: a join since then touched it, or holds it.
+            if logs.get(&a).is_some_and(|l| idle(l)) && hub.local_count(&a) == 0 {
                 logs.remove(&a);
             }
         }

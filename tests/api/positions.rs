@@ -59,7 +59,7 @@ async fn public_room(app: &TestApp) -> String {
         .post(
             "/messaging/conversations",
             Some(&admin),
-            &json!([{"contentType": "streamingLive", "contentId": "S1", "visibility": "public", "allowAnonymousPosts": true}]),
+            &json!([{"contentType": "streamingLive", "contentId": messaging::ids::new_id(), "visibility": "public", "allowAnonymousPosts": true}]),
         )
         .await;
     assert_eq!(s, 200, "{body}");
@@ -374,5 +374,42 @@ server_test!(
             .await
             .expect_err("gap refused");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+);
+
+server_test!(
+    a_log_idle_for_the_window_is_dropped_and_its_room_starts_a_new_epoch,
+    [sqlite],
+    |db: TestDb| async move {
+        let mut settings = settings(&db);
+        settings.resume_window_secs = 1;
+        let app = TestApp::spawn_with(settings).await;
+        let (room, a, old) = joined_room(&app).await;
+        publish(&app, &room, 1).await;
+        // Its only member leaves; another room stays busy.
+        let (s, body) = app
+            .delete(&format!("/messaging/connections/C1/{room}/{}", a.id), None)
+            .await;
+        assert_eq!(s, 200, "{body}");
+        let (busy, mut b, busy_epoch) = joined_room(&app).await;
+        // The window is the event: nothing touches the first room's log for longer.
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        publish(&app, &busy, 1).await;
+        assert_eq!(seqs(&frames(&mut b, 1).await), [1]);
+
+        let mut c = positioned(&app).await;
+        let row = join(&app, &room, &c.id, Some(&json!({"epoch": old, "seq": 1}))).await;
+        let new = row["position"]["epoch"].as_str().expect("epoch");
+        assert_ne!(new, old, "the idle log was kept");
+        assert_eq!(row["position"]["seq"], 0);
+        let f = frames(&mut c, 1).await.remove(0);
+        assert_eq!(
+            f["data"],
+            json!({"reason": "epoch", "epoch": new, "seq": 0})
+        );
+        // The busy room, with a member, kept its log.
+        let probe = positioned(&app).await;
+        let row = join(&app, &busy, &probe.id, None).await;
+        assert_eq!(row["position"], json!({"epoch": busy_epoch, "seq": 1}));
     }
 );
