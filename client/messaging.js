@@ -783,6 +783,7 @@ export class SubscriptionManager {
     if (since) item.since = since;
     const joining = { since, seen: 0, gapSeen: false };
     entry.joining = joining;
+    entry.answeredGap = null; // only the gap frame of the join that answered it matches
     let rows;
     try {
       rows = await this.api.joinRooms([item]);
@@ -1336,8 +1337,8 @@ export class PresenceStore {
 /**
  * Unread counters of the signed-in person: joins the per-person `alerts` room (§4, token
  * required), applies the counts carried by `privateMessage` and `notification` frames (§7),
- * and refetches `GET /notifications/unreadCount` after every re-join, because frames sent
- * while the socket was down are gone.
+ * and refetches `GET /notifications/unreadCount` after every re-join that did not resume and
+ * after every gap (§5.6), because frames sent while the socket was down are gone.
  */
 export class NotificationService {
   /**
