@@ -6,6 +6,14 @@ export interface Envelope<T = unknown> {
   conversationId: string;
   action: string;
   data: T;
+  /** the frame's place in its room's stream, on sockets with positions (§5.6) */
+  seq?: number;
+}
+
+/** A place in a room's stream of frames (§5.6): the last `seq` applied, within `epoch`. */
+export interface Position {
+  epoch: string;
+  seq: number;
 }
 
 export interface Message {
@@ -41,6 +49,8 @@ export interface Connection {
   timeJoined: string;
   socketId: string;
   ipAddress: string | null;
+  /** the room's last `seq` when this socket joined; only for sockets with positions (§5.6) */
+  position?: Position;
 }
 
 export interface Conversation {
@@ -95,6 +105,8 @@ export type TokenSource = () => string | null | undefined | Promise<string | nul
 
 export function defaultRestBase(): string;
 export function defaultSocketUrl(): string;
+/** `url` with the `positions=1` query parameter, unless it already has a `positions` one. */
+export function withPositions(url: string): string;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -124,7 +136,7 @@ export class MessagingApi {
   post<T = unknown>(path: string, body?: unknown): Promise<T>;
   delete<T = unknown>(path: string): Promise<T>;
 
-  joinRooms(items: Array<{ conversationId: string; socketId: string; churchId?: string; displayName?: string }>): Promise<Connection[]>;
+  joinRooms(items: Array<{ conversationId: string; socketId: string; churchId?: string; displayName?: string; since?: Position }>): Promise<Connection[]>;
   leaveRoom(churchId: string, roomId: string, socketId: string): Promise<{ success: true }>;
   setName(socketId: string, name: string): Promise<Connection[]>;
   currentConversation(churchId: string, contentType: string, contentId: string): Promise<Conversation>;
@@ -170,12 +182,17 @@ export interface SocketHelperOptions {
   backoffBaseMs?: number;
   /** default 30000 */
   backoffMaxMs?: number;
+  /** Opt into positions (§5.6): sockets open with `positions=1` added to `url`. Default
+   *  true; false opens exactly `url` and the client behaves as before positions existed. */
+  positions?: boolean;
   onError?: ErrorSink;
 }
 
 export class SocketHelper {
   constructor(options?: SocketHelperOptions);
+  /** the URL as given; sockets open with `withPositions(url)` when `positions` is on */
   readonly url: string;
+  readonly positions: boolean;
   socket: WebSocket | null;
   socketId: string | null;
   state: SocketState;
@@ -193,6 +210,8 @@ export class SocketHelper {
   addHandler(action: 'reconnect', id: string, fn: (event: ReconnectEvent) => void): void;
   addHandler<T = any>(action: string, id: string, fn: (data: T, envelope: Envelope<T>) => void): void;
   removeHandler(id: string): void;
+  /** Sees every frame but `socketId` before the handlers; returning `false` drops it. */
+  addFrameFilter(fn: (frame: Envelope) => boolean | void): Unsubscribe;
   onStateChange(fn: (state: SocketState, helper: SocketHelper) => void): Unsubscribe;
   /** Sends `getId` on a socket that looks open and reconnects if nothing answers in time. */
   probe(): void;
@@ -211,6 +230,30 @@ export interface RoomRef {
 export interface RejoinEvent extends RoomRef {
   socketId: string;
   connection: Connection | null;
+  /** the re-join named the room's position (§5.6): missed frames are replayed, or a gap
+   *  (`onGap`) follows; false: fetch what was missed */
+  resumed: boolean;
+}
+
+/** Frames of a joined room were missed and will not be replayed (§5.6). */
+export interface GapEvent extends RoomRef {
+  /** `epoch`, `expired`, `lost` (from the server's `gap` frame), or `jump` (a frame's `seq`
+   *  skipped ahead) */
+  reason: 'epoch' | 'expired' | 'lost' | 'jump' | string;
+  /** the position the room continues from: the next frame is `seq + 1` */
+  epoch: string;
+  seq: number;
+  /** the position held before the gap */
+  previous: Position | null;
+}
+
+/** A re-join with `since` received every replayed frame (§5.6). */
+export interface ResumeEvent extends RoomRef {
+  /** how many frames were replayed (0: nothing was missed) */
+  replayed: number;
+  epoch: string;
+  seq: number;
+  since: Position;
 }
 
 export class SubscriptionManager {
@@ -229,6 +272,11 @@ export class SubscriptionManager {
   rooms(): Array<RoomRef & { displayName: string; refs: number }>;
   isJoined(churchId: string, conversationId: string): boolean;
   onRejoin(fn: (event: RejoinEvent) => void): Unsubscribe;
+  /** Missed frames that will not be replayed: refetch the room through REST. */
+  onGap(fn: (event: GapEvent) => void): Unsubscribe;
+  onResume(fn: (event: ResumeEvent) => void): Unsubscribe;
+  /** The room's position, or `null` without positions. */
+  position(churchId: string, conversationId: string): Position | null;
   dispose(): void;
 }
 
@@ -253,6 +301,9 @@ export class ConversationStore {
   remove(messageId: string): Promise<{ message: string }>;
   react(messageId: string, emoji: string): Promise<{ messageId: string; emoji: string; added: boolean }>;
   setReactions(conversationId: string, messageId: string, summaries: ReactionSummary[]): void;
+  /** After a gap in an open conversation was caught up through REST; `refetched` counts the
+   *  messages the catch-up added. */
+  onGap(fn: (event: GapEvent & { refetched: number }) => void): Unsubscribe;
   dispose(): void;
 }
 

@@ -7,8 +7,10 @@
 //   PresenceStore        the latest attendance per room, viewers grouped by name
 //   NotificationService  unread counters from the per-person `alerts` room
 //
-// Delivery over the socket is at-most-once (§5.2): a frame sent while this tab was not
-// subscribed is never replayed. Everything below is built so that REST closes that gap
+// Delivery over the socket is at-most-once (§5.2) unless the socket opts into positions
+// (§5.6, `positions=1`, on by default): then every room frame carries a `seq`, a re-join after
+// a reconnect names the last one held (`since`) and the server replays what was missed or
+// sends one `gap`. Everything below is built so that REST closes any gap that remains
 // (re-join first, then catch up), never the other way round.
 
 /** WebSocket.OPEN; not read from the constructor so test doubles need not define it. */
@@ -61,6 +63,28 @@ function abortError(message) {
 
 function roomKey(churchId, roomId) {
   return `${churchId}\u0000${roomId}`;
+}
+
+/** `url` with the `positions=1` query parameter (§5.6), unless it already has a `positions`
+ *  parameter. Only the query is touched, so everything else stays byte for byte. */
+export function withPositions(url) {
+  const hash = url.indexOf('#');
+  const base = hash < 0 ? url : url.slice(0, hash);
+  const fragment = hash < 0 ? '' : url.slice(hash);
+  const query = base.indexOf('?');
+  if (query >= 0 && /(?:^|&)positions=/.test(base.slice(query + 1))) return url;
+  const separator = query < 0 ? '?' : (query === base.length - 1 || base.endsWith('&') ? '' : '&');
+  return `${base}${separator}positions=1${fragment}`;
+}
+
+/** `{epoch, seq}` if `value` is a well-formed position (§5.6), else `null`. */
+function asPosition(value) {
+  if (!value || typeof value.epoch !== 'string' || !Number.isSafeInteger(value.seq) || value.seq < 0) return null;
+  return { epoch: value.epoch, seq: value.seq };
+}
+
+function samePosition(a, b) {
+  return !!a && !!b && a.epoch === b.epoch && a.seq === b.seq;
 }
 
 /** Calls every listener, isolating their failures from each other and from the caller. */
@@ -210,10 +234,14 @@ export class SocketHelper {
    * @param {number} [options.probeTimeoutMs] default 3000
    * @param {number} [options.backoffBaseMs] default 500
    * @param {number} [options.backoffMaxMs] default 30000
+   * @param {boolean} [options.positions] opt into positions (§5.6): `positions=1` on the URL,
+   *   default true; false opens exactly `url`, as before positions existed
    * @param {(error: unknown) => void} [options.onError] handler failures end up here
    */
   constructor(options = {}) {
     this.url = options.url ?? defaultSocketUrl();
+    /** Whether sockets are opened with `positions=1` (§5.6). */
+    this.positions = options.positions ?? true;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._clock = options.clock ?? defaultClock();
     this._random = options.random ?? Math.random;
@@ -238,6 +266,7 @@ export class SocketHelper {
     this.retryAt = null;
 
     this._handlers = new Map(); // id -> { action, fn }, in registration order
+    this._filters = new Set(); // frame filters, run before any handler
     this._stateListeners = new Set();
     this._ready = null; // { promise, resolve, reject } shared by concurrent init() calls
     this._active = false; // false until init(), and again after close()
@@ -289,6 +318,17 @@ export class SocketHelper {
 
   removeHandler(id) {
     this._handlers.delete(id);
+  }
+
+  /**
+   * `fn(frame)` sees every server frame but `socketId` before any handler, in arrival order;
+   * returning `false` drops the frame (no handler sees it). `SubscriptionManager` uses this
+   * to drop frames replayed twice (§5.6). Returns an unsubscribe function.
+   */
+  addFrameFilter(fn) {
+    if (typeof fn !== 'function') throw new TypeError('filter must be a function');
+    this._filters.add(fn);
+    return () => this._filters.delete(fn);
   }
 
   /** `fn(state, helper)` on every state change; returns an unsubscribe function. */
@@ -362,7 +402,7 @@ export class SocketHelper {
     this.retryAt = null;
     let ws;
     try {
-      ws = new this._WebSocket(this.url);
+      ws = new this._WebSocket(this.positions ? withPositions(this.url) : this.url);
     } catch (error) {
       // A malformed URL or a blocked port throws synchronously; treat it like a failed attempt.
       this._onError(error);
@@ -402,6 +442,13 @@ export class SocketHelper {
     if (frame.action === 'socketId') {
       if (!this._handshakeDone && typeof frame.data === 'string') this._onHandshake(frame.data);
       return;
+    }
+    for (const filter of [...this._filters]) {
+      try {
+        if (filter(frame) === false) return;
+      } catch (error) {
+        this._onError(error);
+      }
     }
     this._dispatch(frame.action, frame.data, frame);
   }
@@ -523,11 +570,22 @@ export class SocketHelper {
 // SubscriptionManager
 // ---------------------------------------------------------------------------------------------
 
+/** Actions whose frames belong to the person's `alerts` audience although their
+ *  `conversationId` is not `alerts` (§3.1: a private conversation's id, or `"alert"`). */
+const ALERT_ACTIONS = new Set(['privateMessage', 'notification']);
+
 /**
  * Reference-counted room membership for one socket. Components join and leave freely; the
  * server sees one join when the first reference appears and one leave when the last goes away
  * (after `leaveDelayMs`, so a leave immediately followed by a join — a re-render, a route
  * change — costs nothing and does not flicker the room's attendance).
+ *
+ * With positions (§5.6, when the socket has them and the server answers with a `position`)
+ * it also keeps each room's place, `{epoch, seq}`: from the join row, then advanced by every
+ * frame of the room. Frames at or below it are replays already applied and are dropped before
+ * any handler sees them. A re-join after a reconnect sends it as `since`, so the server
+ * replays what was missed (`onResume`) or says it cannot (`onGap`, also raised when a frame's
+ * `seq` skips ahead); gap listeners refetch through REST.
  */
 export class SubscriptionManager {
   /**
@@ -547,8 +605,12 @@ export class SubscriptionManager {
     this._rooms = new Map(); // key -> entry
     this._leaving = new Map(); // key -> promise of an in-flight leave
     this._rejoinListeners = new Set();
+    this._gapListeners = new Set();
+    this._resumeListeners = new Set();
     this._handlerId = nextInstanceId('subscriptions');
     socket.addHandler('reconnect', this._handlerId, () => this._rejoinAll());
+    this._offFilter = typeof socket.addFrameFilter === 'function'
+      ? socket.addFrameFilter((frame) => this._onFrame(frame)) : () => {};
   }
 
   /**
@@ -565,6 +627,10 @@ export class SubscriptionManager {
         joined: null, // the first join, as its callers see it
         sync: null, // every post for this room, in order; never rejects
         joinedSocketId: null, leaveTimer: null, settleLeave: null,
+        position: null, // {epoch, seq} of the last frame applied (§5.6); null without positions
+        joining: null, // the post in flight: {since, seen, gapSeen}
+        resume: null, // a resume whose replay is still arriving: {since, target}
+        answeredGap: null, // a gap taken from a join row; the matching gap frame is not a second one
       };
       this._rooms.set(key, entry);
     }
@@ -631,16 +697,45 @@ export class SubscriptionManager {
     return (this._rooms.get(roomKey(churchId, conversationId))?.refs ?? 0) > 0;
   }
 
-  /** `fn({churchId, conversationId, socketId, connection})` after each room was re-joined on
-   *  a new socket: the moment to fetch what was missed. Returns an unsubscribe function. */
+  /** `fn({churchId, conversationId, socketId, connection, resumed})` after each room was
+   *  re-joined on a new socket. `resumed` false: the moment to fetch what was missed. `resumed`
+   *  true: the re-join named the room's position (§5.6), so the server replays what was missed
+   *  or a gap (`onGap`) follows; nothing needs fetching. Returns an unsubscribe function. */
   onRejoin(fn) {
     this._rejoinListeners.add(fn);
     return () => this._rejoinListeners.delete(fn);
   }
 
+  /** `fn({churchId, conversationId, reason, epoch, seq, previous})` when frames of a joined
+   *  room were missed and will not be replayed (§5.6): a `gap` frame (`reason` `epoch`,
+   *  `expired`, `lost`) or a frame whose `seq` skipped ahead (`jump`). The room continues
+   *  from `{epoch, seq}`; `previous` is the position held before. Refetch the room through
+   *  REST (`ConversationStore` and `NotificationService` do). Returns an unsubscribe function. */
+  onGap(fn) {
+    this._gapListeners.add(fn);
+    return () => this._gapListeners.delete(fn);
+  }
+
+  /** `fn({churchId, conversationId, replayed, epoch, seq, since})` once a re-join with `since`
+   *  has received every frame the server replayed (`replayed` of them; 0 when nothing was
+   *  missed). Returns an unsubscribe function. */
+  onResume(fn) {
+    this._resumeListeners.add(fn);
+    return () => this._resumeListeners.delete(fn);
+  }
+
+  /** The room's position `{epoch, seq}` (§5.6), or `null` without positions. */
+  position(churchId, conversationId) {
+    const position = this._rooms.get(roomKey(churchId, conversationId))?.position;
+    return position ? { ...position } : null;
+  }
+
   /** Stops re-joining; rooms stay joined on the server until the socket closes. */
   dispose() {
     this.socket.removeHandler(this._handlerId);
+    this._offFilter();
+    this._gapListeners.clear();
+    this._resumeListeners.clear();
     for (const entry of this._rooms.values()) {
       if (entry.leaveTimer) this._clock.clearTimeout(entry.leaveTimer);
       entry.leaveTimer = null;
@@ -664,26 +759,144 @@ export class SubscriptionManager {
     await this._leaving.get(entry.key)?.catch(() => {});
     const socketId = await this.socket.init();
     try {
-      return await this._post(entry, socketId);
+      return (await this._post(entry, socketId)).row;
     } catch (error) {
       // The socket died while the join was in flight ("Socket not found"). Re-joins after the
       // reconnect only cover rooms that had joined, so retry this one on the next socket.
       if (this.socket.socketId === socketId || this._rooms.get(entry.key) !== entry) throw error;
       const next = await this.socket.init();
       if (next === socketId) throw error;
-      return this._post(entry, next);
+      return (await this._post(entry, next)).row;
     }
   }
 
+  /** Posts the join; with a position held (and positions on), as a resume from it. Resolves
+   *  with the row and whether positions cover what this socket missed (`resumed`). */
   async _post(entry, socketId) {
-    const rows = await this.api.joinRooms([{
+    const item = {
       conversationId: entry.conversationId,
       churchId: entry.churchId,
       displayName: entry.displayName,
       socketId,
-    }]);
+    };
+    const since = this.socket.positions && entry.position ? { ...entry.position } : null;
+    if (since) item.since = since;
+    const joining = { since, seen: 0, gapSeen: false };
+    entry.joining = joining;
+    entry.answeredGap = null; // only the gap frame of the join that answered it matches
+    let rows;
+    try {
+      rows = await this.api.joinRooms([item]);
+    } finally {
+      if (entry.joining === joining) entry.joining = null;
+    }
     entry.joinedSocketId = socketId;
-    return Array.isArray(rows) ? rows[0] ?? null : null;
+    const row = Array.isArray(rows) ? rows[0] ?? null : null;
+    return { row, resumed: this._applyRow(entry, row, joining) };
+  }
+
+  /** Takes the position of a join row (§5.6). Returns whether a resume is under way, i.e.
+   *  the join named a position and the server keeps positions for this socket. */
+  _applyRow(entry, row, joining) {
+    const answered = this.socket.positions ? asPosition(row?.position) : null;
+    if (!answered) {
+      // A server (or a mode of it) without positions: at-most-once, as before (§5.2).
+      entry.position = null;
+      entry.resume = null;
+      return false;
+    }
+    // A gap frame for this join came first and set the place to continue from.
+    if (joining.gapSeen) return !!joining.since;
+    const { since } = joining;
+    if (!since) {
+      // Frames published after the join may have overtaken its response.
+      entry.position = { epoch: answered.epoch, seq: Math.max(answered.seq, joining.seen) };
+      return false;
+    }
+    if (answered.epoch === since.epoch && answered.seq >= since.seq) {
+      // Frames since.seq+1 … answered.seq are queued to the socket (or an `expired` gap is).
+      entry.resume = { since, target: answered.seq };
+      this._checkResume(entry);
+      return true;
+    }
+    // Another epoch (a restart), or a seq this epoch never reached: the server sends a gap
+    // frame naming this very position. Act on the row now; that frame is then no news.
+    entry.answeredGap = answered;
+    this._gap(entry, { reason: 'epoch', ...answered });
+    return true;
+  }
+
+  /** The joined room a frame belongs to, or `undefined`. Frames are routed by
+   *  `conversationId`, except the `alerts` audience's own actions (§3.1). A room whose church
+   *  the server resolved differently from the one joined with is found by its id alone. */
+  _audience(frame) {
+    const roomId = ALERT_ACTIONS.has(frame.action) ? 'alerts' : frame.conversationId;
+    if (typeof roomId !== 'string' || !roomId) return undefined;
+    const exact = this._rooms.get(roomKey(frame.churchId ?? '', roomId));
+    if (exact) return exact;
+    let found;
+    for (const entry of this._rooms.values()) {
+      if (entry.conversationId !== roomId) continue;
+      if (found) return undefined; // ambiguous across churches
+      found = entry;
+    }
+    return found;
+  }
+
+  /** Frame filter (§5.6): keeps each room's position, drops replays already applied. */
+  _onFrame(frame) {
+    if (frame.action !== 'gap' && !Number.isSafeInteger(frame.seq)) return true;
+    const entry = this._audience(frame);
+    if (!entry) return true;
+    if (frame.action === 'gap') {
+      this._onGapFrame(entry, frame.data);
+      return true;
+    }
+    const { seq } = frame;
+    const held = entry.position;
+    if (!held) {
+      // First join, response not here yet: remember how far frames went.
+      if (entry.joining && !entry.joining.since) entry.joining.seen = Math.max(entry.joining.seen, seq);
+      return true;
+    }
+    if (seq <= held.seq) return false; // replayed again (a repeated join): already applied
+    if (seq > held.seq + 1) {
+      // Frames held.seq+1 … seq-1 never came and no gap said so: refetch, then go on.
+      entry.resume = null;
+      this._gap(entry, { reason: 'jump', epoch: held.epoch, seq: seq - 1 });
+    }
+    entry.position = { epoch: held.epoch, seq };
+    this._checkResume(entry);
+    return true;
+  }
+
+  _onGapFrame(entry, data) {
+    const at = asPosition(data);
+    if (!at) return;
+    if (entry.joining) entry.joining.gapSeen = true;
+    const answered = entry.answeredGap;
+    entry.answeredGap = null;
+    if (samePosition(answered, at) && samePosition(entry.position, at)) return; // acted on already
+    entry.resume = null;
+    this._gap(entry, { reason: typeof data.reason === 'string' ? data.reason : 'unknown', ...at });
+  }
+
+  _gap(entry, { reason, epoch, seq }) {
+    const previous = entry.position;
+    entry.position = { epoch, seq };
+    emit(this._gapListeners, this._onError, {
+      churchId: entry.churchId, conversationId: entry.conversationId, reason, epoch, seq, previous,
+    });
+  }
+
+  _checkResume(entry) {
+    const { resume, position } = entry;
+    if (!resume || !position || position.seq < resume.target) return;
+    entry.resume = null;
+    emit(this._resumeListeners, this._onError, {
+      churchId: entry.churchId, conversationId: entry.conversationId,
+      replayed: resume.target - resume.since.seq, epoch: position.epoch, seq: position.seq, since: resume.since,
+    });
   }
 
   async _leave(entry) {
@@ -713,9 +926,9 @@ export class SubscriptionManager {
         if (!entry.joinedSocketId || !socketId || entry.joinedSocketId === socketId) return;
         for (let retry = 0; ; retry += 1) {
           try {
-            const connection = await this._post(entry, socketId);
+            const { row: connection, resumed } = await this._post(entry, socketId);
             emit(this._rejoinListeners, this._onError, {
-              churchId: entry.churchId, conversationId: entry.conversationId, socketId, connection,
+              churchId: entry.churchId, conversationId: entry.conversationId, socketId, connection, resumed,
             });
             return;
           } catch (error) {
@@ -755,7 +968,10 @@ function notOlder(incoming, existing) {
 /**
  * Messages of open conversations, from REST hydration and the `message`, `deleteMessage` and
  * `reaction` frames, merged by id. After a reconnect each open conversation is re-joined first
- * and then caught up with `since`, so a message sent during the gap is never lost.
+ * and then caught up with `since`, so a message sent during the gap is never lost. With
+ * positions (§5.6) the re-join resumes instead: the server replays the missed frames (applied
+ * once: replays already held are dropped by `SubscriptionManager`), and only a gap is caught up
+ * through REST, then announced to `onGap` listeners.
  *
  * Limits of catch-up (the server keeps no change log): deletes, edits of older messages and
  * reactions made while this tab was offline are not replayed; re-open to resynchronise.
@@ -776,14 +992,25 @@ export class ConversationStore {
     this._personId = typeof personId === 'function' ? personId : () => personId;
     this._onError = onError ?? defaultOnError;
     this._conversations = new Map(); // conversationId -> state
+    this._gapListeners = new Set();
     this._handlerId = nextInstanceId('conversations');
     socket.addHandler('message', `${this._handlerId}:message`, (data) => this._onMessage(data));
     socket.addHandler('deleteMessage', `${this._handlerId}:delete`, (data) => this._onDelete(data));
     socket.addHandler('reaction', `${this._handlerId}:reaction`, (data) => this._onReaction(data));
-    this._offRejoin = subscriptions.onRejoin(({ conversationId }) => {
+    this._offRejoin = subscriptions.onRejoin(({ conversationId, resumed }) => {
       const state = this._conversations.get(conversationId);
-      if (state?.refs > 0) this.catchUp(conversationId).catch((error) => this._onError(error));
+      // A resumed re-join gets the missed frames replayed, or a gap (below).
+      if (state?.refs > 0 && !resumed) this.catchUp(conversationId).catch((error) => this._onError(error));
     });
+    this._offGap = subscriptions.onGap?.((gap) => this._onGap(gap)) ?? (() => {});
+  }
+
+  /** `fn({churchId, conversationId, reason, epoch, seq, previous, refetched})` after a gap in
+   *  an open conversation (§5.6, see `SubscriptionManager.onGap`) was caught up through REST;
+   *  `refetched` counts the messages the catch-up added. Returns an unsubscribe function. */
+  onGap(fn) {
+    this._gapListeners.add(fn);
+    return () => this._gapListeners.delete(fn);
   }
 
   /**
@@ -892,6 +1119,8 @@ export class ConversationStore {
   dispose() {
     for (const suffix of ['message', 'delete', 'reaction']) this.socket.removeHandler(`${this._handlerId}:${suffix}`);
     this._offRejoin();
+    this._offGap();
+    this._gapListeners.clear();
     this._conversations.clear();
   }
 
@@ -926,12 +1155,22 @@ export class ConversationStore {
     const run = state.loading.catch(() => {}).then(async () => {
       const since = incremental && state.hydrated ? this._newest(state) : null;
       const messages = await this.api.catchup(state.churchId, state.conversationId, since);
-      if (this._conversations.get(state.conversationId) !== state) return;
+      if (this._conversations.get(state.conversationId) !== state) return 0;
       state.hydrated = true;
-      this._merge(Array.isArray(messages) ? messages : [], false);
+      return this._merge(Array.isArray(messages) ? messages : [], false);
     });
     state.loading = run;
     return run;
+  }
+
+  /** A gap in an open conversation's frames: catch up (merged by id), then tell listeners. */
+  _onGap(gap) {
+    const state = this._conversations.get(gap.conversationId);
+    if (!state || state.refs === 0 || state.churchId !== gap.churchId) return;
+    this._load(state, true).then((refetched) => {
+      if (this._conversations.get(gap.conversationId) !== state) return;
+      emit(this._gapListeners, this._onError, { ...gap, refetched });
+    }).catch((error) => this._onError(error));
   }
 
   _newest(state) {
@@ -940,18 +1179,22 @@ export class ConversationStore {
     return newest;
   }
 
-  /** `replace`: a frame (or an edit response) is authoritative; REST lists only fill gaps. */
+  /** `replace`: a frame (or an edit response) is authoritative; REST lists only fill gaps.
+   *  Returns how many messages were new. */
   _merge(messages, replace) {
     const touched = new Set();
+    let added = 0;
     for (const message of messages) {
       const state = this._conversations.get(message?.conversationId);
       if (!state || !message.id || state.deleted.has(message.id)) continue;
       const existing = state.messages.get(message.id);
       if (existing && !replace && !notOlder(message, existing)) continue;
+      if (!existing) added += 1;
       state.messages.set(message.id, message);
       touched.add(state);
     }
     for (const state of touched) this._changed(state);
+    return added;
   }
 
   _onMessage(data) {
@@ -1094,8 +1337,8 @@ export class PresenceStore {
 /**
  * Unread counters of the signed-in person: joins the per-person `alerts` room (§4, token
  * required), applies the counts carried by `privateMessage` and `notification` frames (§7),
- * and refetches `GET /notifications/unreadCount` after every re-join, because frames sent
- * while the socket was down are gone.
+ * and refetches `GET /notifications/unreadCount` after every re-join that did not resume and
+ * after every gap (§5.6), because frames sent while the socket was down are gone.
  */
 export class NotificationService {
   /**
@@ -1122,11 +1365,15 @@ export class NotificationService {
     };
     socket.addHandler('privateMessage', `${this._handlerId}:pm`, onCounts);
     socket.addHandler('notification', `${this._handlerId}:notification`, onCounts);
-    this._offRejoin = subscriptions.onRejoin(({ conversationId, churchId }) => {
+    // Counts are refetched after a re-join that did not resume (frames sent during the gap
+    // are gone) and after a gap in a resumed one (§5.6); a resume replays the missed counts.
+    const refetch = ({ conversationId, churchId }) => {
       if (conversationId === 'alerts' && churchId === this._churchId) {
         this.refresh().catch((error) => this._onError(error));
       }
-    });
+    };
+    this._offRejoin = subscriptions.onRejoin((event) => { if (!event.resumed) refetch(event); });
+    this._offGap = subscriptions.onGap?.(refetch) ?? (() => {});
   }
 
   /**
@@ -1182,6 +1429,7 @@ export class NotificationService {
     this.socket.removeHandler(`${this._handlerId}:pm`);
     this.socket.removeHandler(`${this._handlerId}:notification`);
     this._offRejoin();
+    this._offGap();
     this._listeners.clear();
   }
 

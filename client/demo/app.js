@@ -2,13 +2,15 @@
 // own messaging client (its own socket), as two different people would have.
 //
 // URL parameters (all optional): church, stream, name, join=1 (join the stream at once),
-// rest (REST base), socket (WebSocket URL).
+// rest (REST base), socket (WebSocket URL), positions=0 (no positions: at-most-once delivery
+// and a REST catch-up after every reconnect, as before PROTOCOL.md §5.6).
 
 import { createMessagingClient, MessagingApi } from '../messaging.js';
 
 const params = new URLSearchParams(location.search);
 const restBase = params.get('rest') || `${location.origin}/messaging`;
 const socketUrl = params.get('socket') || undefined;
+const positions = params.get('positions') !== '0';
 const REACTIONS = ['👍', '❤️', '🙏', '😂'];
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -95,6 +97,48 @@ function bindStatus(el, socket) {
     if (ticker) clearInterval(ticker);
     el.hidden = true;
     el.dataset.state = 'idle';
+  };
+}
+
+/**
+ * Shows a panel's resumes and gaps (§5.6) in its status note: after a reconnect the room
+ * either got its missed frames replayed ("resumed") or was refetched through REST ("gap").
+ * The note's data attributes count the events (`data-resumes`, `data-gaps`) for tests.
+ */
+function bindSync(el, client, { alerts = false } = {}) {
+  let resumes = 0;
+  let gaps = 0;
+  const show = (event, text, details) => {
+    el.hidden = false;
+    el.textContent = `${text} · ${timeFormat.format(new Date())}`;
+    Object.assign(el.dataset, { event, resumes: String(resumes), gaps: String(gaps), ...details });
+  };
+  const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+  const offs = [
+    client.subscriptions.onResume(({ conversationId, replayed }) => {
+      resumes += 1;
+      const where = conversationId === 'alerts' ? ' (alerts)' : '';
+      show('resume', replayed ? `Resumed${where}: ${plural(replayed, 'missed frame')} replayed` : `Resumed${where}: nothing missed`,
+        { room: conversationId, reason: '', count: String(replayed) });
+    }),
+    client.conversations.onGap(({ conversationId, reason, refetched }) => {
+      gaps += 1;
+      show('gap', `Gap (${reason}): room refetched, ${plural(refetched, 'message')} recovered`,
+        { room: conversationId, reason, count: String(refetched) });
+    }),
+  ];
+  if (alerts) {
+    offs.push(client.subscriptions.onGap(({ conversationId, reason }) => {
+      if (conversationId !== 'alerts') return;
+      gaps += 1;
+      show('gap', `Gap (${reason}) in alerts: counts refetched`, { room: conversationId, reason, count: '' });
+    }));
+  }
+  return () => {
+    offs.forEach((off) => off());
+    el.hidden = true;
+    el.textContent = '';
+    for (const key of ['event', 'resumes', 'gaps', 'room', 'reason', 'count']) delete el.dataset[key];
   };
 }
 
@@ -276,12 +320,13 @@ async function joinLive() {
   const stream = live.form.stream.value.trim();
   const name = live.form.name.value.trim();
   const client = createMessagingClient({
-    restBase, socketUrl, onError: (error) => showError(live.error, error),
+    restBase, socketUrl, positions, onError: (error) => showError(live.error, error),
   });
   try {
     const conversation = await findLiveRoom(client.api, churchId, stream);
     Object.assign(live, { client, churchId, conversation, name });
     live.teardown.push(bindStatus($('[data-testid="live-status"]'), client.socket));
+    live.teardown.push(bindSync($('[data-testid="live-sync"]'), client));
     live.teardown.push(client.presence.subscribe(churchId, conversation.id, renderViewers));
     live.teardown.push(client.conversations.subscribe(conversation.id, renderLive));
     renderViewers(null);
@@ -433,12 +478,13 @@ async function signIn() {
     churchId, personId, firstName, lastName, groupIds: groupId, permissions: moderator ? 'Content__Edit' : '',
   });
   const client = createMessagingClient({
-    restBase, socketUrl, getToken: () => token, personId, onError: (error) => showError(member.error, error),
+    restBase, socketUrl, positions, getToken: () => token, personId, onError: (error) => showError(member.error, error),
   });
   try {
     const conversation = await findGroupConversation(client.api, churchId, groupId);
     Object.assign(member, { client, claims, churchId, conversation, moderator, bot: null });
     member.teardown.push(bindStatus($('[data-testid="member-status"]'), client.socket));
+    member.teardown.push(bindSync($('[data-testid="member-sync"]'), client, { alerts: true }));
     member.teardown.push(client.conversations.subscribe(conversation.id, renderMember));
     member.teardown.push(client.notifications.subscribe(renderCounts));
     renderMember(await client.conversations.open({ churchId, conversationId: conversation.id }));

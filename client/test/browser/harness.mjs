@@ -1,9 +1,14 @@
 // Shared plumbing of the browser tests: the release binary on free ports with a temp SQLite
 // database, and Debian's headless Chromium driven by playwright-core.
+//
+// The binary embeds `client/` when it is built, so a binary older than the working tree would
+// serve an older client. The browser therefore gets `/`, `/demo` and `/client/…` from this
+// working tree (the same files, content types and headers the binary serves); set
+// CLIENT_FROM_BINARY=1 to test the copy embedded in the binary instead.
 
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, createWriteStream } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, createWriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -118,6 +123,16 @@ export class MessagingServer {
     await this.start();
   }
 
+  /** SIGKILL, and the exit: a crash, with no close frames and no clean-up of its rows. */
+  async kill() {
+    const child = this.process;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    this.process = null;
+    const exited = once(child, 'exit');
+    child.kill('SIGKILL');
+    await exited;
+  }
+
   async dispose() {
     await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
@@ -133,6 +148,52 @@ export class MessagingServer {
     if (!response.ok) throw new Error(`${method} ${route} → ${response.status} ${text}`);
     return json;
   }
+}
+
+const CONTENT_TYPES = {
+  js: 'text/javascript; charset=utf-8',
+  mjs: 'text/javascript; charset=utf-8',
+  ts: 'application/typescript; charset=utf-8',
+  html: 'text/html; charset=utf-8',
+  css: 'text/css; charset=utf-8',
+  svg: 'image/svg+xml',
+  png: 'image/png',
+  ico: 'image/x-icon',
+  md: 'text/markdown; charset=utf-8',
+};
+
+/** The working-tree file the binary would serve at `pathname` (see build.rs `embed_client`
+ *  and src/edge/static_files.rs), or `null`. */
+function clientFile(pathname) {
+  const rel = ['/', '/demo', '/demo/'].includes(pathname) ? 'demo/index.html'
+    : pathname.startsWith('/client/') ? decodeURIComponent(pathname.slice('/client/'.length)) : null;
+  if (!rel) return null;
+  const parts = rel.split('/');
+  if (parts.some((part) => !part || part.startsWith('.'))) return null;
+  if (parts.slice(0, -1).some((dir) => ['node_modules', 'test', 'tests', 'artifacts'].includes(dir))) return null;
+  const type = CONTENT_TYPES[path.extname(rel).slice(1)];
+  const file = path.join(clientDir, ...parts);
+  return type && existsSync(file) ? { file, type } : null;
+}
+
+/** Serves the client and demo page from this working tree to every page of `context`. */
+async function serveClientFromTree(context) {
+  // A page answered by a route has no IP address, so Chromium counts it as public and blocks
+  // its sockets to 127.0.0.1 unless Local Network Access is granted.
+  await context.grantPermissions(['local-network-access']);
+  const local = (url) => ['127.0.0.1', 'localhost'].includes(url.hostname)
+    && (url.pathname.startsWith('/client/') || ['/', '/demo', '/demo/'].includes(url.pathname));
+  await context.route(local, (route) => {
+    const request = route.request();
+    if (request.method() !== 'GET') return route.continue();
+    const found = clientFile(new URL(request.url()).pathname);
+    if (!found) return route.fulfill({ status: 404, body: '' });
+    return route.fulfill({
+      status: 200,
+      body: readFileSync(found.file),
+      headers: { 'content-type': found.type, 'cache-control': 'no-cache', 'access-control-allow-origin': '*' },
+    });
+  });
 }
 
 /** Debian's Chromium, headless, with a fresh profile directory. */
@@ -153,6 +214,7 @@ export async function launchBrowser() {
     colorScheme: 'light',
   });
   context.setDefaultTimeout(15000);
+  if (process.env.CLIENT_FROM_BINARY !== '1') await serveClientFromTree(context);
   return {
     context,
     async close() {
@@ -162,14 +224,51 @@ export async function launchBrowser() {
   };
 }
 
-/** Opens a page and records its uncaught errors, so a test can assert there were none. */
-export async function openPage(context, url, { viewport } = {}) {
+/** Opens a page and records its uncaught errors, so a test can assert there were none.
+ *  `beforeGoto(page)` runs before the page loads (e.g. to route its WebSockets). */
+export async function openPage(context, url, { viewport, beforeGoto } = {}) {
   const page = await context.newPage();
   if (viewport) await page.setViewportSize(viewport);
   page.errors = [];
   page.on('pageerror', (error) => page.errors.push(error));
+  await beforeGoto?.(page);
   await page.goto(url);
   return page;
+}
+
+/**
+ * Routes every WebSocket of `page` to its server through Playwright, so that a test can cut
+ * the page's sockets (`drop()`) and hold its reconnects back (`hold()`: each new socket is
+ * closed with 1013 at once, as by a server that is not there) until `release()`. `urls`
+ * lists the URL of every socket the page opened. Call before the page loads.
+ */
+export async function socketGate(page) {
+  const gate = {
+    urls: [],
+    held: false,
+    live: new Set(),
+    hold() { gate.held = true; },
+    release() { gate.held = false; },
+    /** Closes both ends of every routed socket: the page sees 4000, the server a close. */
+    async drop() {
+      const pairs = [...gate.live];
+      gate.live.clear();
+      await Promise.all(pairs.flatMap(({ ws, server }) => [
+        ws.close({ code: 4000, reason: 'dropped by the test' }).catch(() => {}),
+        server.close({ code: 1000, reason: 'dropped by the test' }).catch(() => {}),
+      ]));
+    },
+  };
+  await page.routeWebSocket(() => true, (ws) => {
+    gate.urls.push(ws.url());
+    if (gate.held) {
+      ws.close({ code: 1013, reason: 'held back by the test' }).catch(() => {});
+      return;
+    }
+    // Messages and closes are forwarded both ways by default.
+    gate.live.add({ ws, server: ws.connectToServer() });
+  });
+  return gate;
 }
 
 export function ensureArtifactsDir() {

@@ -85,7 +85,7 @@ describe('createMessagingClient', () => {
     });
     const opened = client.conversations.open({ churchId: 'C1', conversationId: 'CONV0000001', displayName: 'Ada' });
     await flush();
-    assert.equal(ws.last.url, 'ws://h/');
+    assert.equal(ws.last.url, 'ws://h/?positions=1', 'positions are on by default (§5.6)');
     handshake(ws.last, 'SOCKET00001');
     await opened;
     assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), [

@@ -30,7 +30,7 @@ describe('SocketHelper', () => {
     const ready = helper.init();
     assert.equal(helper.state, 'connecting');
     assert.equal(ws.sockets.length, 1);
-    assert.equal(ws.last.url, 'ws://test.invalid/');
+    assert.equal(ws.last.url, 'ws://test.invalid/?positions=1', 'positions are on by default (§5.6)');
     handshake(ws.last, 'SOCKET00001');
     assert.equal(await ready, 'SOCKET00001');
     assert.equal(helper.socketId, 'SOCKET00001');
