@@ -39,6 +39,7 @@
 # bound to 127.0.0.1. Exit status: loadgen's (0 ok, 1 a check failed, 2 setup error); for
 # `all`, the worst one.
 #
+# LG_DB=postgres|mysql: a service scenario on one node and that database (default SQLite).
 # LG_METRICS_OUT=FILE: the service's /metrics (node 0) after the run, kept in FILE.
 # Environment: LG_HTTP_PORT LG_WS_PORT LG_GRPC_PORT (service: 19184 19187 19151),
 # LG_FLOOR_HTTP_PORT LG_FLOOR_WS_PORT (floor: 29184 29187), FLOOR_DIR (default
@@ -353,6 +354,8 @@ start_target() {
       cluster | cluster-1) start_cluster "$1"; wait_ready; return 0 ;;
       gateway) start_gateway; return 0 ;;
     esac
+    # LG_DB=postgres|mysql: any other scenario on one node and that database instead of SQLite.
+    if [ -n "${LG_DB:-}" ]; then start_cluster one; wait_ready; return 0; fi
     local secret="loadgen-$$-$RANDOM$RANDOM"
     JWT_SECRET=$secret DATABASE_URL="sqlite://$work/svc.db?mode=rwc" HOST=127.0.0.1 \
       GRPC_HOST=127.0.0.1 PORT=$http_port SOCKET_PORT=$ws_port GRPC_PORT=$grpc_port \
@@ -401,6 +404,8 @@ run_one() {
   local kind=$target
   [ "$name" != cluster ] || kind="service-$nodes-nodes-$broker${LG_DB:+-$LG_DB}"
   [ "$name" != cluster-1 ] || kind="service-1-node-${LG_DB:-postgres}"
+  [ "$target" != service ] || [ -z "${LG_DB:-}" ] || [ "$name" = cluster ] || [ "$name" = gateway ] ||
+    kind="service-1-node-$LG_DB"
   if [ "$name" = gateway ]; then
     # One REST front and one WebSocket front (stage /dev) for all the instances; the
     # emulator's CPU apart from theirs.
