@@ -33,6 +33,7 @@ reading() { printf '%s\t%s\t%s\t%s\n' "$1" "$(rss)" "$(gauge messaging_sockets_o
 printf 'label\trss_kib\tsockets_open\trows\n'
 reading before
 before=$(rss)
+[ -z "${BURST_SMAPS:-}" ] || cp "/proc/$pid/smaps" "$BURST_SMAPS.before"
 for r in $(seq 1 "$rounds"); do
   "$TARGET_DIR/release/loadgen" --http "127.0.0.1:$http" --ws "127.0.0.1:$ws" --grpc "127.0.0.1:$grpc" \
     --token "$token" --church loadgen-church --server-pid "$pid" --sockets "$sockets" --rooms "$rooms" \
@@ -47,4 +48,7 @@ for t in 5 10 15 20 25 30; do
   reading "after +${t}s"
 done
 after=$(rss)
+# BURST_SMAPS=FILE: where the memory is at the end (FILE) and before (FILE.before):
+# anonymous, the binary's own pages, shared files; for attribution.
+[ -z "${BURST_SMAPS:-}" ] || cp "/proc/$pid/smaps" "$BURST_SMAPS"
 echo "before ${before} KiB, 30 s after the last round ${after} KiB: $(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a / b }') x (target <= 2)"

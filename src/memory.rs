@@ -50,6 +50,39 @@ pub fn on_park() {
         // SAFETY: takes a plain flag; collects the calling thread's own heap only.
         unsafe { mi_collect(false) };
     });
+    trim_system_heap();
+}
+
+/// Least time between two trims of the C library's heap, process-wide.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// SQLite (through sqlx's worker threads) allocates with the C library's `malloc`, not
+/// mimalloc: page caches and statements, in per-thread arenas that glibc keeps once freed.
+/// After a burst they held most of what the process kept over its figure before the load
+/// (`bench/burst.sh`, anonymous memory: BENCHMARKS.md, session 18). Those threads are not
+/// the runtime's and have no park hook, so a parking runtime thread trims every arena for
+/// them, at most every `TRIM_EVERY`.
+fn trim_system_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::sync::OnceLock;
+        use std::sync::atomic::AtomicU64;
+        static START: OnceLock<Instant> = OnceLock::new();
+        static NEXT_MS: AtomicU64 = AtomicU64::new(0);
+        let start = *START.get_or_init(Instant::now);
+        let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = NEXT_MS.load(Relaxed);
+        let every = u64::try_from(TRIM_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if now < next
+            || NEXT_MS
+                .compare_exchange(next, now.saturating_add(every), Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        // SAFETY: glibc's malloc_trim takes a size and touches only free memory.
+        unsafe { libc::malloc_trim(0) };
+    }
 }
 
 #[cfg(test)]
