@@ -80,11 +80,36 @@ pub struct Seq(pub u64);
 
 impl<'de> Deserialize<'de> for Seq {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = u64::deserialize(d)?;
-        if n > MAX_SEQ {
-            return Err(serde::de::Error::custom("seq out of range"));
+        use serde::de::{Error, Unexpected, Visitor};
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Seq;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a whole number from 0 to {MAX_SEQ}")
+            }
+            fn visit_u64<E: Error>(self, n: u64) -> Result<Seq, E> {
+                if n <= MAX_SEQ {
+                    Ok(Seq(n))
+                } else {
+                    Err(E::invalid_value(Unexpected::Unsigned(n), &self))
+                }
+            }
+            fn visit_i64<E: Error>(self, n: i64) -> Result<Seq, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(Unexpected::Signed(n), &self)),
+                }
+            }
+            // JSON Schema counts `5.0` as an integer, so it is one here too.
+            fn visit_f64<E: Error>(self, n: f64) -> Result<Seq, E> {
+                if n.fract() == 0.0 && (0.0..=MAX_SEQ as f64).contains(&n) {
+                    Ok(Seq(n as u64))
+                } else {
+                    Err(E::invalid_value(Unexpected::Float(n), &self))
+                }
+            }
         }
-        Ok(Seq(n))
+        d.deserialize_any(V)
     }
 }
 

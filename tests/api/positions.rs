@@ -341,6 +341,10 @@ server_test!(
             (json!({"epoch": "e", "seq": "1"}), "/0/since/seq"),
             (json!({"epoch": "e", "seq": 1.5}), "/0/since/seq"),
             (
+                json!({"epoch": "e", "seq": 9007199254740992.0}),
+                "/0/since/seq",
+            ),
+            (
                 json!({"epoch": "e", "seq": 9007199254740992u64}),
                 "/0/since/seq",
             ),
@@ -361,6 +365,17 @@ server_test!(
             .get(&format!("/messaging/connections/C1/{room}"), None)
             .await;
         assert_eq!(rows, json!([]));
+        // JSON Schema's integers include `3.0`: a valid position (ignored on this plain
+        // socket's join, which it does not refuse).
+        let plain = app.ws_with_id().await;
+        let (s, body) = app
+            .post(
+                "/messaging/connections",
+                None,
+                &json!([{"conversationId": room, "socketId": plain.id, "since": {"epoch": "e", "seq": 3.0}}]),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
         // gRPC Delivery may not send a gap: it goes to one socket, from this server.
         let err = app
             .delivery()
