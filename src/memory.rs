@@ -65,21 +65,15 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 fn trim_system_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        use std::sync::OnceLock;
-        use std::sync::atomic::AtomicU64;
-        static START: OnceLock<Instant> = OnceLock::new();
-        static NEXT_MS: AtomicU64 = AtomicU64::new(0);
-        let start = *START.get_or_init(Instant::now);
-        let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = NEXT_MS.load(Relaxed);
-        let every = u64::try_from(TRIM_EVERY.as_millis()).unwrap_or(u64::MAX);
-        if now < next
-            || NEXT_MS
-                .compare_exchange(next, now.saturating_add(every), Relaxed, Relaxed)
-                .is_err()
-        {
+        static LAST: parking_lot::Mutex<Option<Instant>> = parking_lot::Mutex::new(None);
+        // Another thread trimming right now: nothing for this one to do.
+        let Some(mut last) = LAST.try_lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < TRIM_EVERY) {
             return;
         }
+        *last = Some(Instant::now());
         // SAFETY: glibc's malloc_trim takes a size and touches only free memory.
         unsafe { libc::malloc_trim(0) };
     }

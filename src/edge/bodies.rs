@@ -10,11 +10,10 @@ use serde::Deserialize;
 
 use super::input::{Batch, Content, Flag, NonEmpty, Number, Obj, Query, Rules, Text};
 use crate::service::limits::{
-    DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_CONTENT_ID, MAX_DISPLAY_NAME, MAX_EMOJI, MAX_ID, MAX_IP,
-    MAX_LABEL, MAX_LINK, MAX_PAGE, MAX_PAGE_SIZE, MAX_ROOM_ID, MAX_SOCKET_ID, MAX_TIMESTAMP,
-    MAX_TITLE,
+    DEFAULT_PAGE_SIZE, MAX_BATCH, MAX_CONTENT_ID, MAX_DISPLAY_NAME, MAX_EMOJI, MAX_EPOCH, MAX_ID,
+    MAX_IP, MAX_LABEL, MAX_LINK, MAX_PAGE, MAX_PAGE_SIZE, MAX_ROOM_ID, MAX_SEQ, MAX_SOCKET_ID,
+    MAX_TIMESTAMP, MAX_TITLE,
 };
-use crate::service::limits::{MAX_EPOCH, MAX_SEQ};
 
 /// An id-typed field (§9: 64 characters).
 pub type Id = Text<MAX_ID>;

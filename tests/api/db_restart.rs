@@ -30,6 +30,17 @@ async fn post(app: &TestApp, room: &str, content: &str) -> (u16, Option<u32>, Va
     answer(resp).await
 }
 
+/// The conversation's messages (`/messages/catchup`): status, `Retry-After` and body.
+async fn catchup(app: &TestApp, room: &str) -> (u16, Option<u32>, Value) {
+    let resp = app
+        .client
+        .get(app.url(&format!("/messaging/messages/catchup/C1/{room}")))
+        .send()
+        .await
+        .expect("http request");
+    answer(resp).await
+}
+
 fn post_request(app: &TestApp, room: &str, content: &str) -> reqwest::RequestBuilder {
     app.client
         .post(app.url("/messaging/messages/send"))
@@ -86,13 +97,7 @@ async fn post_until_stored(app: &TestApp, room: &str, content: &str) -> String {
 async fn stored(app: &TestApp, room: &str) -> (Vec<String>, i32) {
     let deadline = tokio::time::Instant::now() + RECOVERY;
     let messages = loop {
-        let read = app
-            .client
-            .get(app.url(&format!("/messaging/messages/catchup/C1/{room}")))
-            .send()
-            .await
-            .expect("http request");
-        let answer = answer(read).await;
+        let answer = catchup(app, room).await;
         if answer.0 == 200 {
             break answer.2;
         }
@@ -209,13 +214,10 @@ async fn a_restarted_database_gives_503_then_recovers(mut server: OwnServer) {
             &answer,
         );
     }
-    let read = app
-        .client
-        .get(app.url(&format!("/messaging/messages/catchup/C1/{room}")))
-        .send()
-        .await
-        .expect("http request");
-    assert_unavailable("a read with the server stopped", &answer(read).await);
+    assert_unavailable(
+        "a read with the server stopped",
+        &catchup(&app, &room).await,
+    );
     let err = app
         .connection()
         .await

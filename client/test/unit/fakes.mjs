@@ -103,6 +103,24 @@ export function handshake(ws, id) {
   ws.answerId(id);
 }
 
+/** Starts `t.socket` (a SocketHelper over `t.ws`'s fakes) and completes its handshake. */
+export async function connected(t, id = 'SOCKET00001') {
+  const ready = t.socket.init();
+  handshake(t.ws.last, id);
+  await ready;
+}
+
+/**
+ * Drops `t.socket`'s connection and completes the handshake of the next one with `id`, then
+ * lets `rounds` of microtasks run (what follows a reconnect: the re-joins and their replies).
+ */
+export async function reconnect(t, id, rounds = 3) {
+  t.ws.last.drop();
+  t.clock.advance(t.socket.retryAt - t.clock.now());
+  handshake(t.ws.last, id);
+  await flush(rounds);
+}
+
 /**
  * A stand-in for MessagingApi that records every call in `calls` (in order) and answers
  * from overridable handlers.

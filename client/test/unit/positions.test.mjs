@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import {
   ConversationStore, NotificationService, SocketHelper, SubscriptionManager, withPositions,
 } from '../../messaging.js';
-import { FakeClock, fakeWebSockets, fakeApi, handshake, flush, message } from './fakes.mjs';
+import { FakeClock, fakeWebSockets, fakeApi, handshake, flush, message, connected, reconnect } from './fakes.mjs';
 
 const CONV = 'CONV0000001';
 const ROOM = { churchId: 'C1', conversationId: CONV };
@@ -54,19 +54,6 @@ function setup({ api = positionsApi(), positions, personId = 'P1' } = {}) {
   return { clock, ws, socket, subscriptions, conversations, notifications, api, errors, events };
 }
 
-async function connected(t, id = 'SOCKET00001') {
-  const ready = t.socket.init();
-  handshake(t.ws.last, id);
-  await ready;
-}
-
-/** Drops the socket and completes the handshake of the next one (the re-joins then run). */
-async function reconnect(t, id) {
-  t.ws.last.drop();
-  t.clock.advance(t.socket.retryAt - t.clock.now());
-  handshake(t.ws.last, id);
-  await flush(6);
-}
 
 /** A frame as a server with positions sends it: the four keys, then `seq`. */
 function seqFrame(ws, action, data, seq, { churchId = 'C1', conversationId = CONV } = {}) {
@@ -102,7 +89,7 @@ describe('positions off', () => {
     await t.conversations.open(ROOM);
     seqFrame(t.ws.last, 'message', msg(1), 7); // a server would not send seq; it is not used either
     assert.equal(t.subscriptions.position('C1', CONV), null, 'a row position is ignored');
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     assert.deepEqual(joinItems(t), [
       { ...ROOM, displayName: '', socketId: 'SOCKET00001' },
       { ...ROOM, displayName: '', socketId: 'SOCKET00002' },
@@ -118,7 +105,7 @@ describe('positions off', () => {
     assert.equal(t.ws.last.url, 'ws://test.invalid/?positions=1');
     await t.conversations.open(ROOM);
     assert.equal(t.subscriptions.position('C1', CONV), null);
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     assert.equal(joinItems(t)[1].since, undefined);
     assert.equal(t.events.rejoins[0].resumed, false);
     assert.equal(t.api.callsOf('catchup').length, 2, 'caught up after the re-join');
@@ -209,7 +196,7 @@ describe('positions on', () => {
     await t.conversations.open(ROOM);
     last = 3;
     hold = true;
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     assert.ok(answer, 'the re-join is posted, its answer held back');
     seqFrame(t.ws.last, 'message', msg(2), 2);
     seqFrame(t.ws.last, 'message', msg(3), 3);
@@ -225,7 +212,7 @@ describe('positions on', () => {
     const t = setup({ api: positionsApi({ positionOf: () => ({ epoch: E1, seq: 7 }) }) });
     await connected(t);
     await t.conversations.open(ROOM);
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     assert.deepEqual(t.events.resumes.map((e) => e.replayed), [0]);
     assert.equal(t.api.callsOf('catchup').length, 1);
   });
@@ -246,7 +233,7 @@ describe('positions on', () => {
     let answer;
     const joinRooms = api.joinRooms;
     api.joinRooms = (items) => new Promise((resolve) => { answer = () => resolve(joinRooms(items)); });
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     gapFrame(t.ws.last, 'epoch', E2, 0);
     answer();
     await flush(8);
@@ -272,7 +259,7 @@ describe('positions on', () => {
     await connected(t);
     await t.conversations.open(ROOM);
     epoch = E2;
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     assert.deepEqual(t.events.gaps.map((e) => [e.reason, e.epoch, e.seq]), [['epoch', E2, 3]]);
     gapFrame(t.ws.last, 'epoch', E2, 3);
     await flush(6);
@@ -286,7 +273,7 @@ describe('positions on', () => {
     await connected(t);
     await t.conversations.open(ROOM);
     last = 1500;
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     assert.deepEqual(t.events.resumes, [], 'waiting for 1499 frames');
     gapFrame(t.ws.last, 'expired', E1, 1500);
     await flush(6);
@@ -349,7 +336,7 @@ describe('positions on', () => {
 
     // A resumed re-join replays the counts: no refetch.
     alertsSeq = 6;
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     assert.deepEqual(joinItems(t)[1].since, { epoch: E1, seq: 5 });
     seqFrame(t.ws.last, 'notification', counts(2, 1), 6, { conversationId: 'alert' });
     assert.equal(t.api.callsOf('unreadCount').length, 1);
@@ -391,7 +378,7 @@ describe('positions on', () => {
     await t.conversations.open(ROOM);
     last = 3;
     fail = true;
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 6);
     t.clock.advance(1000);
     await flush(6);
     assert.deepEqual(sinces, [undefined, { epoch: E1, seq: 1 }, { epoch: E1, seq: 2 }]);

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import {
   ConversationStore, NotificationService, PresenceStore, SocketHelper, SubscriptionManager, groupViewers,
 } from '../../messaging.js';
-import { FakeClock, fakeWebSockets, fakeApi, handshake, flush, message } from './fakes.mjs';
+import { FakeClock, fakeWebSockets, fakeApi, flush, message, connected, reconnect } from './fakes.mjs';
 
 const CONV = 'CONV0000001';
 const ROOM = { churchId: 'C1', conversationId: CONV };
@@ -25,18 +25,6 @@ function setup({ api = fakeApi(), personId = 'P1' } = {}) {
   return { clock, ws, socket, subscriptions, conversations, presence, notifications, api, errors };
 }
 
-async function connected(t, id = 'SOCKET00001') {
-  const ready = t.socket.init();
-  handshake(t.ws.last, id);
-  await ready;
-}
-
-async function reconnect(t, id) {
-  t.ws.last.drop();
-  t.clock.advance(t.socket.retryAt - t.clock.now());
-  handshake(t.ws.last, id);
-  await flush(5);
-}
 
 const ids = (messages) => messages.map((m) => m.id);
 
@@ -198,7 +186,7 @@ describe('ConversationStore', () => {
     t.ws.last.push('message', message('M3', '2026-05-04T12:00:03.000Z'));
     const seen = [];
     t.conversations.subscribe(CONV, (messages) => seen.push(ids(messages)));
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 5);
     const order = t.api.calls.map((c) => `${c.name}:${c.args[0]?.[0]?.socketId ?? c.args[2] ?? ''}`);
     assert.deepEqual(order, [
       'joinRooms:SOCKET00001', 'catchup:', 'joinRooms:SOCKET00002', 'catchup:2026-05-04T12:00:03.000Z',
@@ -211,7 +199,7 @@ describe('ConversationStore', () => {
     const t = setup();
     await connected(t, 'SOCKET00001');
     await t.conversations.open(ROOM);
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 5);
     assert.deepEqual(t.api.callsOf('catchup'), [['C1', CONV, null], ['C1', CONV, null]]);
   });
 
@@ -221,7 +209,7 @@ describe('ConversationStore', () => {
     const t = setup({ api });
     await connected(t, 'SOCKET00001');
     await t.conversations.open(ROOM);
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 5);
     assert.equal(t.errors.length, 1);
     assert.equal(t.errors[0].message, '503');
   });
@@ -336,7 +324,7 @@ describe('NotificationService', () => {
     await t.notifications.initialize({ churchId: 'C1', personId: 'P1' });
     const seen = [];
     t.notifications.subscribe((c) => seen.push(c));
-    await reconnect(t, 'SOCKET00002');
+    await reconnect(t, 'SOCKET00002', 5);
     assert.deepEqual(t.api.calls.map((c) => c.name), ['joinRooms', 'unreadCount', 'joinRooms', 'unreadCount']);
     assert.equal(t.api.callsOf('joinRooms')[1][0][0].socketId, 'SOCKET00002');
     assert.deepEqual(seen, [{ notificationCount: 4, pmCount: 2 }]);

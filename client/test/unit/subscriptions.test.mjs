@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { SocketHelper, SubscriptionManager } from '../../messaging.js';
-import { FakeClock, fakeWebSockets, fakeApi, handshake, flush } from './fakes.mjs';
+import { FakeClock, fakeWebSockets, fakeApi, handshake, flush, connected, reconnect } from './fakes.mjs';
 
 function setup({ api = fakeApi(), leaveDelayMs = 250 } = {}) {
   const clock = new FakeClock();
@@ -16,19 +16,6 @@ function setup({ api = fakeApi(), leaveDelayMs = 250 } = {}) {
   return { clock, ws, socket, subs, api, errors };
 }
 
-async function connected(t, id = 'SOCKET00001') {
-  const ready = t.socket.init();
-  handshake(t.ws.last, id);
-  await ready;
-}
-
-/** Drops the socket and completes the reconnect with `id`. */
-async function reconnect(t, id) {
-  t.ws.last.drop();
-  t.clock.advance(t.socket.retryAt - t.clock.now());
-  handshake(t.ws.last, id);
-  await flush();
-}
 
 const ROOM = { churchId: 'C1', conversationId: 'CONV0000001' };
 
